@@ -1,0 +1,1 @@
+"""The Z-Image-Turbo API in Python: wire models, typed errors, sync and async clients."""

@@ -1,0 +1,1 @@
+"""A faithful local stand-in for the Z-Image-Turbo API."""
