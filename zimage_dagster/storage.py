@@ -1,0 +1,589 @@
+"""Where generated images live, and how downstream assets load them.
+
+Layout under a root (a local folder by default, any fsspec URL such as ``s3://bucket/prefix`` or
+``memory://demo`` in production)::
+
+    <root>/<asset path...>/<partition_key>.<ext>    the image (png, jpg, webp)
+    <root>/<asset path...>/<partition_key>.json     its provenance record
+    <root>/_ledger/<asset path...>/<partition_key>.json   the task ledger (see ``zimage_dagster.ledger``)
+
+A multi-part Dagster asset key (``AssetKey(["catalog", "hero"])``) maps to nested folders
+(``<root>/catalog/hero/...``). The first folder name ``_ledger`` is reserved for the ledger.
+
+Writes are atomic. On a local filesystem the bytes go to a hidden temp file in the same folder,
+which is flushed, fsynced and then renamed over the target with ``os.replace``, so a reader sees the
+old file or the new one, never half of one. On an object store a single PUT (or a completed
+multipart upload) is atomic by itself. The image is always written before its provenance record,
+so a provenance record always points at a complete image.
+
+The provenance record stores exactly the mapping it is given, as JSON. It must never hold a secret
+(an API key, a signed URL, an ``Authorization`` header): the caller builds it from
+``zimage_dagster.metadata.to_provenance``, which holds none.
+
+Every asset name part and partition key is checked before it touches a path: empty names, ``.``,
+``..``, ``/``, ``\\``, NUL and other control characters, drive prefixes such as ``C:`` and names
+longer than 200 bytes are refused with :class:`UnsafePathError`, and every built path is checked to
+lie under the root. Nothing is ever written outside the root.
+
+Example:
+    >>> import tempfile
+    >>> store = ImageStore(tempfile.mkdtemp())
+    >>> path = store.write_image("hero", "p1", b"not really a png", "png")
+    >>> store.read_bytes("hero", "p1", "png")
+    b'not really a png'
+    >>> store.exists("hero", "p1")
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import tempfile
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath, PureWindowsPath
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+from pydantic import Field
+from upath import UPath
+from upath.implementations.local import LocalPath
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "LEDGER_DIR",
+    "AssetLike",
+    "ImageStore",
+    "ImageStoreIOManager",
+    "StoredImage",
+    "UnsafePathError",
+    "asset_parts",
+    "check_path_component",
+    "extension_for_format",
+]
+
+#: An asset named by a Dagster ``AssetKey``, a sequence of path parts, or a single-part name.
+AssetLike = dg.AssetKey | Sequence[str] | str
+
+#: Reserved first-level folder under the root holding the task ledger.
+LEDGER_DIR = "_ledger"
+
+#: Image file extensions the store knows, in the order ``find`` probes them.
+IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "gif")
+
+_FORMAT_TO_EXT = {"PNG": "png", "JPEG": "jpg", "JPG": "jpg", "WEBP": "webp", "GIF": "gif"}
+_EXT_TO_FORMAT = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP", "gif": "GIF"}
+_MAX_COMPONENT_BYTES = 200
+
+
+class UnsafePathError(ValueError):
+    """An asset name or partition key that could escape the store's root or break a filesystem."""
+
+
+def extension_for_format(fmt: str) -> str:
+    """File extension for a Pillow format name.
+
+    >>> extension_for_format("JPEG")
+    'jpg'
+    """
+    try:
+        return _FORMAT_TO_EXT[fmt.upper()]
+    except KeyError:
+        raise ValueError(f"unsupported image format {fmt!r}") from None
+
+
+def check_path_component(value: object, what: str = "partition key") -> str:
+    """Return ``value`` if it is safe as one file or folder name under the root, else raise.
+
+    Refused: non-strings, empty names, ``.`` and ``..``, ``/`` and ``\\``, NUL and other control
+    characters, leading or trailing whitespace, drive or UNC prefixes (``C:``), and names over 200
+    UTF-8 bytes. Everything else (Dagster date keys, ``2024-01-01-00:00``, unicode) is allowed.
+
+    >>> check_path_component("2024-01-01")
+    '2024-01-01'
+    >>> check_path_component("../etc")
+    Traceback (most recent call last):
+    ...
+    zimage_dagster.storage.UnsafePathError: unsafe partition key '../etc': contains a path separator
+    """
+    if not isinstance(value, str):
+        raise UnsafePathError(f"unsafe {what} {value!r}: not a string")
+    reason: str | None = None
+    if value == "":
+        reason = "empty"
+    elif value in (".", ".."):
+        reason = "is a relative path reference"
+    elif "/" in value or "\\" in value:
+        reason = "contains a path separator"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        reason = "contains a control character"
+    elif value != value.strip():
+        reason = "has leading or trailing whitespace"
+    elif PureWindowsPath(value).anchor or PurePosixPath(value).anchor:
+        reason = "is an absolute path or has a drive prefix"
+    elif len(value.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        reason = f"longer than {_MAX_COMPONENT_BYTES} bytes"
+    if reason is not None:
+        raise UnsafePathError(f"unsafe {what} {value!r}: {reason}")
+    return value
+
+
+def asset_parts(asset: AssetLike) -> tuple[str, ...]:
+    """The checked folder parts for an asset.
+
+    A ``str`` is one part (``"a/b"`` is refused: pass ``AssetKey(["a", "b"])`` or ``["a", "b"]``).
+
+    >>> asset_parts(dg.AssetKey(["catalog", "hero"]))
+    ('catalog', 'hero')
+    """
+    if isinstance(asset, dg.AssetKey):
+        parts: tuple[str, ...] = tuple(asset.path)
+    elif isinstance(asset, str):
+        parts = (asset,)
+    else:
+        parts = tuple(asset)
+    if not parts:
+        raise UnsafePathError("unsafe asset name: no parts")
+    for part in parts:
+        check_path_component(part, "asset name")
+    return parts
+
+
+def _check_ext(ext: str) -> str:
+    ext = ext.lower().lstrip(".")
+    if not (1 <= len(ext) <= 8 and ext.isascii() and ext.isalnum()):
+        raise UnsafePathError(f"unsafe file extension {ext!r}")
+    return ext
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An image found in the store.
+
+    Attributes:
+        path: where the image is.
+        format: ``"PNG"``, ``"JPEG"``, ``"WEBP"`` (from the provenance, else from the extension).
+        sha256: hex digest recorded in the provenance (``None`` if no provenance record).
+        provenance: the provenance record (empty if none).
+    """
+
+    path: UPath
+    format: str
+    sha256: str | None
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+class ImageStore:
+    """Images and their provenance records under one root (local folder or fsspec URL).
+
+    Args:
+        root: a folder path, ``PathLike``, ``UPath`` or fsspec URL (``s3://bucket/prefix``).
+        storage_options: fsspec options for the root's filesystem (credentials belong in the
+            environment or here, never in a provenance record).
+
+    Example:
+        >>> store = ImageStore("memory://doctest-store")
+        >>> _ = store.save("hero", "p1", b"img", "png", {"seed": 7, "sha256": "ab"})
+        >>> found = store.find("hero", "p1")
+        >>> (found.format, found.sha256, found.path.name)
+        ('PNG', 'ab', 'p1.png')
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | UPath,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        opts = dict(storage_options or {})
+        if isinstance(root, UPath) and not opts:
+            self._root = root
+        else:
+            self._root = UPath(
+                os.fspath(root) if not isinstance(root, UPath) else str(root), **opts
+            )
+        self._is_local = isinstance(self._root, LocalPath)
+        if self._is_local:
+            self._root = UPath(os.path.abspath(self._root.path))
+        self._root_str = str(self._root).rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"ImageStore({self._root_str!r})"
+
+    @property
+    def root(self) -> UPath:
+        """The root folder."""
+        return self._root
+
+    @property
+    def is_local(self) -> bool:
+        """True when the root is on the local filesystem."""
+        return self._is_local
+
+    # -- paths -------------------------------------------------------------------------------
+
+    def join(self, *parts: str) -> UPath:
+        """Join checked parts onto the root, refusing anything that would land outside it."""
+        for part in parts:
+            check_path_component(part, "path part")
+        path = self._root.joinpath(*parts)
+        if not str(path).startswith(self._root_str + "/"):
+            raise UnsafePathError(f"path {path} is outside the root {self._root_str}")
+        return path
+
+    def asset_dir(self, asset: AssetLike) -> UPath:
+        """The folder of an asset's images."""
+        parts = asset_parts(asset)
+        if parts[0] == LEDGER_DIR:
+            raise UnsafePathError(f"asset name {LEDGER_DIR!r} is reserved for the ledger")
+        return self.join(*parts)
+
+    def image_path(self, asset: AssetLike, partition_key: str, ext: str = "png") -> UPath:
+        """``<root>/<asset>/<partition_key>.<ext>``."""
+        check_path_component(partition_key)
+        return self.asset_dir(asset) / f"{partition_key}.{_check_ext(ext)}"
+
+    def provenance_path(self, asset: AssetLike, partition_key: str) -> UPath:
+        """``<root>/<asset>/<partition_key>.json``."""
+        check_path_component(partition_key)
+        return self.asset_dir(asset) / f"{partition_key}.json"
+
+    # -- low-level I/O (also used by the ledger) ----------------------------------------------
+
+    def write_atomic(self, path: UPath, data: bytes, *, fsync: bool = True) -> UPath:
+        """Write ``data`` to ``path`` so that readers see the old or new content, never a part.
+
+        ``path`` must come from this store (``join``, ``image_path``...): it is re-checked.
+        """
+        if not str(path).startswith(self._root_str + "/"):
+            raise UnsafePathError(f"path {path} is outside the root {self._root_str}")
+        if self._is_local:
+            folder = os.path.dirname(path.path)
+            os.makedirs(folder, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    if fsync:
+                        fh.flush()
+                        os.fsync(fh.fileno())
+                os.replace(tmp, path.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        else:
+            # One put: atomic on object stores (S3, GCS, Azure) and in memory://.
+            with contextlib.suppress(OSError, NotImplementedError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+            path.fs.pipe_file(path.path, data)
+        return path
+
+    def read_bytes_or_none(self, path: UPath) -> bytes | None:
+        """The file's bytes, or ``None`` when it does not exist."""
+        try:
+            if self._is_local:
+                with open(path.path, "rb") as fh:
+                    return fh.read()
+            return bytes(path.fs.cat_file(path.path))
+        except FileNotFoundError:
+            return None
+
+    def list_files(self, folder: UPath, suffix: str = "") -> list[UPath]:
+        """Every file under ``folder`` (recursively) whose name ends with ``suffix``.
+
+        Hidden files (temp files of in-flight writes) are skipped. Missing folder: empty list.
+        """
+        out: list[UPath] = []
+        if self._is_local:
+            for dirpath, dirnames, filenames in os.walk(folder.path):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                out.extend(
+                    UPath(os.path.join(dirpath, name))
+                    for name in sorted(filenames)
+                    if name.endswith(suffix) and not name.startswith(".")
+                )
+            return out
+        try:
+            found = folder.fs.find(folder.path)
+        except FileNotFoundError:
+            return []
+        for p in sorted(found):
+            name = p.rsplit("/", 1)[-1]
+            if name.endswith(suffix) and not name.startswith("."):
+                out.append(_child(folder, p))
+        return out
+
+    def read_many(self, paths: Sequence[UPath]) -> dict[str, bytes]:
+        """Read many files at once: ``{str(path): bytes}``; files that vanished are left out.
+
+        On object stores this is one concurrent ``fs.cat`` call, not one round trip per file.
+        """
+        if not paths:
+            return {}
+        if self._is_local:
+            result: dict[str, bytes] = {}
+            for p in paths:
+                data = self.read_bytes_or_none(p)
+                if data is not None:
+                    result[str(p)] = data
+            return result
+        fs = paths[0].fs
+        by_inner = {p.path: p for p in paths}
+        raw = fs.cat(list(by_inner), on_error="omit")
+        if isinstance(raw, bytes):  # a single path gives bytes, not a dict
+            raw = {next(iter(by_inner)): raw}
+        return {str(by_inner[k]): bytes(v) for k, v in raw.items() if k in by_inner}
+
+    def delete_file(self, path: UPath) -> bool:
+        """Delete one file; ``False`` if it did not exist."""
+        if not str(path).startswith(self._root_str + "/"):
+            raise UnsafePathError(f"path {path} is outside the root {self._root_str}")
+        try:
+            if self._is_local:
+                os.unlink(path.path)
+            else:
+                path.fs.rm_file(path.path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    # -- images and provenance ----------------------------------------------------------------
+
+    def write_image(
+        self, asset: AssetLike, partition_key: str, data: bytes, ext: str = "png"
+    ) -> UPath:
+        """Write image bytes atomically; returns the path."""
+        return self.write_atomic(self.image_path(asset, partition_key, ext), data)
+
+    def write_provenance(
+        self, asset: AssetLike, partition_key: str, record: Mapping[str, Any]
+    ) -> UPath:
+        """Write the provenance record (exactly ``record``, as JSON) atomically.
+
+        Write it after the image. It must hold no secret: it stores what it is given.
+        """
+        data = json.dumps(dict(record), indent=2, sort_keys=True, default=str).encode("utf-8")
+        return self.write_atomic(self.provenance_path(asset, partition_key), data)
+
+    def save(
+        self,
+        asset: AssetLike,
+        partition_key: str,
+        data: bytes,
+        ext: str,
+        provenance: Mapping[str, Any],
+    ) -> StoredImage:
+        """Image, then provenance, then remove stale siblings with another extension."""
+        path = self.write_image(asset, partition_key, data, ext)
+        self.write_provenance(asset, partition_key, provenance)
+        ext = _check_ext(ext)
+        for other in IMAGE_EXTENSIONS:
+            if other != ext:
+                self.delete_file(self.image_path(asset, partition_key, other))
+        fmt = str(provenance.get("format") or _EXT_TO_FORMAT.get(ext, ext.upper()))
+        sha = provenance.get("sha256")
+        return StoredImage(path, fmt, str(sha) if sha else None, dict(provenance))
+
+    def read_provenance(self, asset: AssetLike, partition_key: str) -> dict[str, Any] | None:
+        """The provenance record, or ``None`` if there is none."""
+        data = self.read_bytes_or_none(self.provenance_path(asset, partition_key))
+        if data is None:
+            return None
+        record = json.loads(data)
+        return record if isinstance(record, dict) else None
+
+    def find(self, asset: AssetLike, partition_key: str) -> StoredImage | None:
+        """The stored image for a partition, or ``None``.
+
+        The extension comes from the provenance's ``format`` when there is one; otherwise the known
+        extensions are probed in order.
+        """
+        prov = self.read_provenance(asset, partition_key) or {}
+        candidates: list[str] = []
+        fmt = prov.get("format")
+        if isinstance(fmt, str) and fmt.upper() in _FORMAT_TO_EXT:
+            candidates.append(_FORMAT_TO_EXT[fmt.upper()])
+        candidates += [e for e in IMAGE_EXTENSIONS if e not in candidates]
+        for ext in candidates:
+            path = self.image_path(asset, partition_key, ext)
+            if path.exists():
+                sha = prov.get("sha256")
+                return StoredImage(
+                    path=path,
+                    format=_EXT_TO_FORMAT.get(ext, ext.upper()),
+                    sha256=str(sha) if sha else None,
+                    provenance=prov,
+                )
+        return None
+
+    def exists(self, asset: AssetLike, partition_key: str) -> bool:
+        """True when an image is stored for the partition."""
+        return self.find(asset, partition_key) is not None
+
+    def read_bytes(self, asset: AssetLike, partition_key: str, ext: str | None = None) -> bytes:
+        """The image's bytes; raises ``FileNotFoundError`` when there is none."""
+        if ext is not None:
+            data = self.read_bytes_or_none(self.image_path(asset, partition_key, ext))
+        else:
+            found = self.find(asset, partition_key)
+            data = self.read_bytes_or_none(found.path) if found else None
+        if data is None:
+            raise FileNotFoundError(
+                f"no image for asset {'/'.join(asset_parts(asset))!r} partition {partition_key!r} "
+                f"under {self._root_str}"
+            )
+        return data
+
+    def open_image(self, asset: AssetLike, partition_key: str) -> Image.Image:
+        """The image, decoded and loaded (the file is not kept open)."""
+        image = Image.open(io.BytesIO(self.read_bytes(asset, partition_key)))
+        image.load()
+        return image
+
+    def partitions(self, asset: AssetLike) -> list[str]:
+        """Partition keys that have a provenance record, sorted."""
+        folder = self.asset_dir(asset)
+        keys = []
+        for p in self.list_files(folder, ".json"):
+            if str(p.parent).rstrip("/") == str(folder).rstrip("/"):
+                keys.append(p.name[: -len(".json")])
+        return sorted(keys)
+
+    def delete(self, asset: AssetLike, partition_key: str) -> None:
+        """Remove the partition's provenance, then its image files."""
+        self.delete_file(self.provenance_path(asset, partition_key))
+        for ext in IMAGE_EXTENSIONS:
+            self.delete_file(self.image_path(asset, partition_key, ext))
+
+    def iter_images(self, asset: AssetLike) -> Iterator[tuple[str, StoredImage]]:
+        """``(partition_key, StoredImage)`` for each stored partition."""
+        for key in self.partitions(asset):
+            found = self.find(asset, key)
+            if found is not None:
+                yield key, found
+
+
+def _child(folder: UPath, inner: str) -> UPath:
+    """A UPath for ``inner`` (an fs-internal path found under ``folder``) on folder's filesystem."""
+    base = folder.path.rstrip("/")
+    rel = inner[len(base) :].lstrip("/") if inner.startswith(base) else inner
+    return folder.joinpath(*rel.split("/")) if rel else folder
+
+
+# -- IO manager -------------------------------------------------------------------------------
+
+
+_AS_VALUES = ("bytes", "pil", "path")
+
+
+def _wanted_kind(context: dg.InputContext) -> tuple[str, bool]:
+    """``(kind, force_dict)`` from input metadata ``{"as": ...}`` or the type annotation."""
+    meta = context.definition_metadata or {}
+    as_ = meta.get("as")
+    typ: Any = context.dagster_type.typing_type if context.dagster_type else None
+    force_dict = False
+    origin = typing.get_origin(typ)
+    if origin is not None and origin in (dict, Mapping, typing.Dict, typing.Mapping):  # noqa: UP006
+        force_dict = True
+        args = typing.get_args(typ)
+        typ = args[1] if len(args) == 2 else Any
+    if isinstance(as_, str):
+        if as_ not in _AS_VALUES:
+            raise dg.DagsterInvariantViolationError(
+                f"input metadata 'as' must be one of {_AS_VALUES}, got {as_!r}"
+            )
+        return as_, force_dict
+    if isinstance(typ, type) and issubclass(typ, Image.Image):
+        return "pil", force_dict
+    if isinstance(typ, type) and issubclass(typ, (UPath, os.PathLike)):
+        return "path", force_dict
+    return "bytes", force_dict
+
+
+class ImageStoreIOManager(dg.ConfigurableIOManager):
+    """Loads stored images into downstream assets; the image asset itself writes through the store.
+
+    Why ``handle_output`` takes only ``None``: an image asset materializes many partitions in one
+    step (a single-run backfill) and records an ``AssetMaterialization`` per finished partition;
+    an IO manager's ``handle_output`` sees one output for the whole range and could not write
+    per-partition files or report partial success. So the asset writes each image with
+    :class:`ImageStore` as it arrives and returns ``None``.
+
+    ``load_input`` reads ``<root>/<asset>/<partition_key>.<ext>`` for each upstream partition the
+    input needs. What each value is:
+
+    * input metadata ``{"as": "pil"}`` / ``"bytes"`` / ``"path"``, else
+    * the annotation: ``PIL.Image.Image`` -> decoded image, ``UPath`` -> path, anything else -> bytes.
+
+    One partition gives the value itself; several (or a ``dict[str, ...]`` annotation) give a
+    dict ``partition_key -> value``. A missing partition raises ``FileNotFoundError`` unless the
+    input metadata has ``{"allow_missing_partitions": True}`` (then it is left out of the dict).
+
+    Example:
+        >>> import dagster as dg
+        >>> from PIL import Image
+        >>> @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a"]))
+        ... def thumbs(hero: Image.Image) -> None: ...
+        >>> io_manager = ImageStoreIOManager(root="memory://doctest-io")
+    """
+
+    root: str = Field(
+        default="zimage_output",
+        description="Folder or fsspec URL of the image store (s3://bucket/prefix, memory://x).",
+    )
+    storage_options: dict[str, Any] | None = Field(
+        default=None,
+        description="fsspec storage options for the root (use dagster.EnvVar for credentials).",
+    )
+
+    def _store(self) -> ImageStore:
+        return ImageStore(self.root, self.storage_options)
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        """Accept ``None`` only: images are written by the asset through :class:`ImageStore`."""
+        if obj is not None:
+            raise dg.DagsterInvariantViolationError(
+                "ImageStoreIOManager stores nothing itself: the image asset writes each partition "
+                "through ImageStore and must return None (or MaterializeResult/Output(None))."
+            )
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        """Stored images for the upstream partitions this input needs (see the class doc)."""
+        if not context.has_asset_key:
+            raise dg.DagsterInvariantViolationError(
+                "ImageStoreIOManager loads asset inputs only (the input has no asset key)."
+            )
+        store = self._store()
+        asset = context.asset_key
+        kind, force_dict = _wanted_kind(context)
+        allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
+        if not context.has_asset_partitions:
+            raise dg.DagsterInvariantViolationError(
+                f"{asset.to_user_string()} is not partitioned: ImageStoreIOManager loads "
+                "partitioned image assets."
+            )
+        keys = list(context.asset_partition_keys)
+        values: dict[str, Any] = {}
+        for key in keys:
+            found = store.find(asset, str(key))
+            if found is None:
+                if allow_missing:
+                    continue
+                raise FileNotFoundError(
+                    f"no stored image for {asset.to_user_string()} partition {key!r} "
+                    f"under {store.root}"
+                )
+            if kind == "path":
+                values[str(key)] = found.path
+            elif kind == "pil":
+                values[str(key)] = store.open_image(asset, str(key))
+            else:
+                values[str(key)] = store.read_bytes_or_none(found.path)
+        if len(keys) == 1 and not force_dict:
+            return values.get(str(keys[0]))
+        return values
