@@ -108,11 +108,13 @@ class PromptDatasetError(ValueError):
 
 
 def _show(value: object) -> str:
-    """A short, printable rendering of a bad value: truncated, control/bidi characters escaped."""
+    """A short, printable rendering of a bad value: truncated to 80 characters, and every character
+    that is not printable (control, bidi and zero-width format characters, line separators, unusual
+    spaces, unassigned code points, lone surrogates) and the backslash escaped."""
     text = value if isinstance(value, str) else repr(value)
     out = []
     for ch in text[:_SHOW_CHARS]:
-        if unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") or ch == "\\":
+        if not (ch.isprintable() or ch == " ") or ch == "\\":
             code = ord(ch)
             if ch == "\\":
                 out.append("\\\\")
@@ -489,7 +491,8 @@ class _Builder:
         )
 
     def dataset(self) -> PromptDataset:
-        return PromptDataset(tuple(self.rows), tuple(self.problems), self.source, self.numbering)
+        problems = tuple(sorted(self.problems, key=lambda p: p.row_number))
+        return PromptDataset(tuple(self.rows), problems, self.source, self.numbering)
 
 
 def _normalise_columns(names: Sequence[object], source: str) -> list[str]:
