@@ -1,0 +1,95 @@
+"""The outermost ASGI layer: per-route accounting and HTTP fault injection.
+
+It sits outside Starlette's own middleware so that, under uvicorn, it holds the server's real
+`send` (needed to drop a connection without an answer).
+
+>>> route_of("/v1/images/generations"), route_of("/v1/tasks/x"), route_of("/_files/a.png"), route_of("/_emulator/stats")
+('create', 'task', 'files', None)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from zimage_dagster.emulator.faults import DroppedConnection, act_out
+from zimage_dagster.emulator.state import EmulatorState
+from zimage_dagster.emulator.tasks import FILES_PREFIX
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def route_of(path: str) -> str | None:
+    """The fault/stats route name of a path: create, task, credits, files, or None (control...)."""
+    if path == "/v1/images/generations":
+        return "create"
+    if path.startswith("/v1/tasks/") or path == "/v1/tasks":
+        return "task"
+    if path == "/v1/credits":
+        return "credits"
+    if path.startswith(FILES_PREFIX):
+        return "files"
+    return None
+
+
+class EmulatorMiddleware:
+    def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = route_of(scope["path"]) if scope["type"] == "http" else None
+        if route is None:
+            await self.app(scope, receive, send)
+            return
+        state = self.state
+        stats = state.stats
+        if route == "files":
+            stats.file_requests += 1
+            if any(name.lower() == b"authorization" for name, _ in scope["headers"]):
+                stats.file_requests_with_authorization += 1
+        legacy = route == "credits" and state.config.legacy_credits_errors
+        rule = state.faults.pick(route)
+        label: int | str = "none"
+        try:
+            if rule is not None:
+                stats.faults_fired += 1
+                if rule.action == "slow" and not rule.after_create:
+                    await asyncio.sleep(rule.delay_s)
+                    rule = None
+            if rule is None:
+
+                async def recording_send(message: Message) -> None:
+                    nonlocal label
+                    if message["type"] == "http.response.start":
+                        label = message["status"]
+                    await send(message)
+
+                await self.app(scope, receive, recording_send)
+            elif not rule.after_create:
+                label = await act_out(rule, send, legacy_envelope=legacy)
+            else:
+                # Run the real handler (a create makes its task), hold its answer, then act.
+                held: list[Message] = []
+
+                async def holding_send(message: Message) -> None:
+                    held.append(message)
+
+                await self.app(scope, receive, holding_send)
+                if rule.action == "slow":
+                    await asyncio.sleep(rule.delay_s)
+                    for message in held:
+                        await send(message)
+                    label = held[0]["status"] if held else "none"
+                else:
+                    label = await act_out(rule, send, legacy_envelope=legacy)
+        except DroppedConnection:
+            label = "dropped"
+            raise
+        finally:
+            stats.record_request(route, label)

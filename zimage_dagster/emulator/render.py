@@ -1,0 +1,190 @@
+"""Deterministic, demo-friendly images: a seed-driven palette gradient, soft circles and the prompt.
+
+Same prompt, seed, size and format give the same bytes; another seed gives another palette and
+another composition.
+
+>>> data = render_image("a cute cat", 42, 400, 400, "png")
+>>> data[:8] == b"\\x89PNG\\r\\n\\x1a\\n", data == render_image("a cute cat", 42, 400, 400, "png")
+(True, True)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import hashlib
+import io
+import random
+import textwrap
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_SAVE_OPTIONS: dict[str, dict[str, object]] = {
+    "png": {"compress_level": 1},
+    "jpeg": {"quality": 88},
+    "webp": {"quality": 82, "method": 0},
+}
+
+
+def _rng(prompt: str, seed: int) -> random.Random:
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:16], "big"))
+
+
+def _color(hue: float, sat: float, val: float) -> tuple[int, int, int]:
+    r, g, b = colorsys.hsv_to_rgb(hue % 1.0, sat, val)
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+@cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> bytes:
+    """Render and encode one image (`fmt` in png, jpeg, webp). Pure: no state, no clock."""
+    rng = _rng(prompt, seed)
+    hue = rng.random()
+    c1 = _color(hue, 0.55 + 0.3 * rng.random(), 0.85 + 0.15 * rng.random())
+    c2 = _color(
+        hue + 0.25 + 0.3 * rng.random(), 0.6 + 0.3 * rng.random(), 0.35 + 0.3 * rng.random()
+    )
+
+    # Diagonal gradient at an angle drawn from the seed, built small and scaled up (cheap).
+    mask = Image.linear_gradient("L").rotate(
+        rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=False
+    )
+    mask = mask.crop((48, 48, 208, 208)).resize((width, height), Image.Resampling.BILINEAR)
+    image = Image.composite(
+        Image.new("RGB", (width, height), c1), Image.new("RGB", (width, height), c2), mask
+    )
+
+    # Soft circles on a small layer, blurred there and scaled up.
+    scale = 8
+    small = (max(1, width // scale), max(1, height // scale))
+    layer = Image.new("RGBA", small, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for _ in range(5 + rng.randrange(5)):
+        r = rng.uniform(0.08, 0.3) * min(small)
+        x, y = rng.uniform(0, small[0]), rng.uniform(0, small[1])
+        fill = (
+            *_color(
+                hue + rng.uniform(-0.2, 0.5), 0.4 + 0.5 * rng.random(), 0.7 + 0.3 * rng.random()
+            ),
+            90 + rng.randrange(90),
+        )
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
+    # Blur premultiplied (mode "RGBa") so edges fade instead of darkening.
+    layer = (
+        layer.convert("RGBa")
+        .filter(ImageFilter.GaussianBlur(1.5))
+        .resize((width, height), Image.Resampling.BILINEAR)
+    )
+    layer = layer.convert("RGBA")
+    image.paste(layer, (0, 0), layer)
+
+    # The prompt, wrapped on a translucent band near the bottom.
+    font_size = max(14, min(width, height) // 24)
+    font = _font(font_size)
+    chars_per_line = max(8, int(width / (font_size * 0.5)) - 4)
+    lines = textwrap.wrap(" ".join(prompt.split()), chars_per_line)[:4] or [""]
+    line_h = int(font_size * 1.3)
+    band_h = line_h * len(lines) + font_size
+    top = height - band_h - height // 16
+    band = Image.new("RGBA", (width, band_h), (255, 255, 255, 0))
+    band_draw = ImageDraw.Draw(band)
+    band_draw.rectangle((0, 0, width, band_h), fill=(16, 16, 24, 120))
+    for i, line in enumerate(lines):
+        band_draw.text(
+            (font_size, font_size // 2 + i * line_h), line, font=font, fill=(255, 255, 255, 235)
+        )
+    image.paste(band, (0, max(0, top)), band)
+
+    out = io.BytesIO()
+    image.save(out, _PIL_FORMATS[fmt], **_SAVE_OPTIONS[fmt])
+    return out.getvalue()
+
+
+RenderKey = tuple[str, int, int, int, str]
+
+
+class RenderCache:
+    """Renders in worker threads (never on the event loop), caching by (prompt, seed, w, h, format).
+
+    `start(key)` begins a render and returns at once; `get(key)` awaits it. A bounded LRU keeps
+    memory in check: an evicted image is rendered again on demand (same bytes).
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 64,
+        workers: int = 2,
+        on_render: Callable[[float], None] | None = None,
+    ) -> None:
+        self._entries: OrderedDict[RenderKey, asyncio.Future[bytes]] = OrderedDict()
+        self._max_entries = max_entries
+        self._workers = workers
+        self._executor: ThreadPoolExecutor | None = None
+        self.on_render = on_render
+
+    def _timed_render(self, key: RenderKey) -> tuple[bytes, float]:
+        start = time.perf_counter()
+        data = render_image(*key)
+        return data, time.perf_counter() - start
+
+    def start(self, key: RenderKey) -> asyncio.Future[bytes]:
+        """Begin rendering `key` (if not cached) in a worker thread; call from the event loop."""
+        loop = asyncio.get_running_loop()
+        found = self._entries.get(key)
+        if (
+            found is not None
+            and found.get_loop() is loop
+            and not (found.done() and (found.cancelled() or found.exception()))
+        ):
+            self._entries.move_to_end(key)
+            return found
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                self._workers, thread_name_prefix="zimage-emulator-render"
+            )
+        future: asyncio.Future[bytes] = loop.create_future()
+        work = loop.run_in_executor(self._executor, self._timed_render, key)
+
+        def finish(done: asyncio.Future[tuple[bytes, float]]) -> None:
+            if future.done():
+                return
+            if done.cancelled():
+                future.cancel()
+            elif (exc := done.exception()) is not None:
+                future.set_exception(exc)
+            else:
+                data, seconds = done.result()
+                if self.on_render is not None:
+                    self.on_render(seconds)
+                future.set_result(data)
+
+        work.add_done_callback(finish)
+        self._entries[key] = future
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+        return future
+
+    async def get(self, key: RenderKey) -> bytes:
+        return await asyncio.shield(self.start(key))
+
+    def close(self) -> None:
+        self._entries.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
