@@ -1,0 +1,278 @@
+"""``AsyncZImageClient``: the asyncio client. A thin driver of the flows in ``_core``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from zimage_dagster.api import _core
+from zimage_dagster.api.errors import ConfigurationError, ZImageError
+from zimage_dagster.api.images import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DownloadedImage,
+)
+from zimage_dagster.api.models import Credits, GenerationRequest, Task
+from zimage_dagster.api.policies import PollPolicy, RetryPolicy
+from zimage_dagster.api.results import GenerationFailure, GenerationResult, WaitOutcome
+
+__all__ = ["AsyncZImageClient"]
+
+T = TypeVar("T")
+
+
+class _Done:
+    """End-of-worker marker in ``generate_many``'s queue."""
+
+
+class AsyncZImageClient:
+    """The asyncio twin of :class:`~zimage_dagster.api.ZImageClient` (same arguments, ``async`` methods),
+    plus :meth:`generate_many`.
+
+    Example::
+
+        async with AsyncZImageClient() as client:
+            requests = [GenerationRequest(prompt=p, seed=i + 1) for i, p in enumerate(prompts)]
+            async for item in client.generate_many(requests, concurrency=8):
+                if item.ok:
+                    print(item.task.id, item.seed, item.image.sha256)
+                else:
+                    print("failed:", item.request.prompt, item.error)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        deadline: float = 300.0,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        http_client: httpx.AsyncClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        key, url = _core.resolve_settings(api_key, base_url)
+        if http_client is not None and transport is not None:
+            raise ConfigurationError("pass http_client or transport, not both")
+        self._core = _core.ClientCore(
+            api_key=key,
+            base_url=url,
+            timeout=timeout,
+            deadline=deadline,
+            retry=retry or RetryPolicy(),
+            poll=poll or PollPolicy(),
+            max_download_bytes=max_download_bytes,
+            max_image_pixels=max_image_pixels,
+            clock=clock or time.monotonic,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": _core.USER_AGENT},
+        )
+        self._sleep = sleep or asyncio.sleep
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    def __repr__(self) -> str:
+        return f"AsyncZImageClient(base_url={self._core.base_url!r})"
+
+    # -- lifecycle --
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncZImageClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- driver --
+
+    async def _perform(self, action: _core.Action) -> _core.Outcome:
+        if isinstance(action, _core.Sleep):
+            if action.seconds > 0:
+                await self._sleep(action.seconds)
+            return None
+        try:
+            response = await self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=action.follow_redirects
+            )
+        except httpx.RequestError as exc:
+            return exc
+        try:
+            guard = action.guard
+            if guard is not None and response.is_success:
+                guard.check_headers(response.headers)
+                chunks = []
+                async for chunk in response.aiter_bytes():
+                    guard.feed(chunk)
+                    chunks.append(chunk)
+                content = b"".join(chunks)
+            elif guard is not None:
+                content = b""
+            else:
+                content = await response.aread()
+        except httpx.RequestError as exc:
+            return exc
+        finally:
+            await response.aclose()
+        return _core.Received(response.status_code, response.headers, content, str(response.url))
+
+    async def _run(self, flow: _core.Flow[T]) -> T:
+        try:
+            action = next(flow)
+            while True:
+                action = flow.send(await self._perform(action))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            flow.close()
+
+    # -- API --
+
+    async def create_task(self, request: GenerationRequest) -> Task:
+        """See :meth:`ZImageClient.create_task`. ``task = await client.create_task(req)``."""
+        return await self._run(self._core.create_flow(request))
+
+    async def get_task(self, task_id: str) -> Task:
+        """See :meth:`ZImageClient.get_task`. ``task = await client.get_task(task_id)``."""
+        return await self._run(self._core.get_task_flow(task_id))
+
+    async def wait(
+        self,
+        task_or_id: Task | str,
+        *,
+        deadline: float | None = None,
+        on_poll: Callable[[Task], Any] | None = None,
+    ) -> WaitOutcome:
+        """See :meth:`ZImageClient.wait` (``on_poll`` is a plain, non-async callable).
+        ``outcome = await client.wait(task)``."""
+        return await self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
+
+    async def download(self, url: str, *, task_id: str | None = None) -> DownloadedImage:
+        """See :meth:`ZImageClient.download`. ``image = await client.download(url)``."""
+        return await self._run(self._core.download_flow(url, task_id=task_id))
+
+    async def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        max_task_attempts: int | None = None,
+        on_task_created: Callable[[Task], Any] | None = None,
+        on_poll: Callable[[Task], Any] | None = None,
+    ) -> GenerationResult:
+        """See :meth:`ZImageClient.generate`. ``result = await client.generate(req)``."""
+        return await self._run(
+            self._core.generate_flow(
+                request,
+                max_task_attempts=max_task_attempts,
+                on_task_created=on_task_created,
+                on_poll=on_poll,
+            )
+        )
+
+    async def get_credits(self) -> Credits:
+        """See :meth:`ZImageClient.get_credits`. ``credits = await client.get_credits()``."""
+        return await self._run(self._core.credits_flow())
+
+    async def _generate_one(
+        self,
+        request: GenerationRequest,
+        max_task_attempts: int | None,
+        on_task_created: Callable[[GenerationRequest, Task], Any] | None,
+    ) -> GenerationResult | GenerationFailure:
+        tracker = _core.GenerationTracker()
+
+        def created(task: Task) -> None:
+            if on_task_created is not None:
+                on_task_created(request, task)
+
+        try:
+            return await self._run(
+                self._core.generate_flow(
+                    request,
+                    tracker=tracker,
+                    max_task_attempts=max_task_attempts,
+                    on_task_created=created,
+                )
+            )
+        except ZImageError as exc:
+            error = exc
+        except Exception as exc:  # one bad request never sinks the batch
+            error = ZImageError(self._core.scrub(f"unexpected {_core.describe_exception(exc)}"))
+            error.__cause__ = exc
+        task_id = tracker.task_ids[-1] if tracker.task_ids else None
+        return GenerationFailure(request=request, error=error, task_id=task_id)
+
+    async def generate_many(
+        self,
+        requests: Iterable[GenerationRequest],
+        *,
+        concurrency: int = 8,
+        max_task_attempts: int | None = None,
+        on_task_created: Callable[[GenerationRequest, Task], Any] | None = None,
+    ) -> AsyncIterator[GenerationResult | GenerationFailure]:
+        """Generate many images, at most ``concurrency`` at a time; yield each as it finishes.
+
+        Every request yields exactly one item: a :class:`GenerationResult`, or a
+        :class:`GenerationFailure` carrying the error (a bad prompt never sinks the batch).
+        Order is completion order (match items by ``item.request``). ``on_task_created(request,
+        task)`` runs right after each create. Leaving the loop early cancels the work in flight.
+
+        >>> async for item in client.generate_many(reqs, concurrency=4):  # doctest: +SKIP
+        ...     print(item.ok, item.request.prompt)
+        """
+        if concurrency < 1:
+            raise ConfigurationError("concurrency must be >= 1")
+        source = iter(requests)
+        queue: asyncio.Queue[GenerationResult | GenerationFailure | _Done] = asyncio.Queue()
+
+        async def worker() -> None:
+            try:
+                for request in source:  # shared iterator: each worker takes the next request
+                    await queue.put(
+                        await self._generate_one(request, max_task_attempts, on_task_created)
+                    )
+            finally:
+                queue.put_nowait(_Done())
+
+        workers = [asyncio.create_task(worker()) for _ in range(concurrency)]
+        finished = 0
+        try:
+            while finished < len(workers):
+                item = await queue.get()
+                if isinstance(item, _Done):
+                    finished += 1
+                    continue
+                yield item
+            for task in workers:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)

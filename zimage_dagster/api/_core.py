@@ -1,0 +1,867 @@
+"""The logic both clients share, written without I/O.
+
+Every operation (a retried HTTP call, a wait, a download, a whole generation) is a generator
+("flow") that *yields* what it needs done, :class:`Send` (an HTTP request) or :class:`Sleep`,
+and is *sent* the outcome (a :class:`Received` or the ``httpx`` exception). The sync client drives
+a flow with blocking calls, the async one with ``await``: the decisions (building requests,
+retries, backoff, ``Retry-After``, mapping responses to errors, the polling schedule) live here
+once. Flows compose with ``yield from``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import math
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from zimage_dagster._version import __version__
+from zimage_dagster.api import validation as v
+from zimage_dagster.api.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    APITimeoutError,
+    ConfigurationError,
+    CreateOutcomeUnknownError,
+    DownloadError,
+    ImageTooLargeError,
+    RequestValidationError,
+    ResultExpiredError,
+    TaskFailedError,
+    UnknownTaskStatusError,
+    WaitTimeoutError,
+    ZImageError,
+    is_retryable_task_error_code,
+    status_error_class,
+)
+from zimage_dagster.api.images import DownloadedImage, decode_image
+from zimage_dagster.api.models import Credits, GenerationRequest, Task, TaskStatus
+from zimage_dagster.api.policies import PollPolicy, RetryPolicy
+from zimage_dagster.api.results import GenerationResult, Timings, WaitOutcome
+
+logger = logging.getLogger("zimage_dagster.api")
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_BASE_URL = "https://api.evolink.ai"
+ENV_API_KEY = "ZIMAGE_API_KEY"
+ENV_BASE_URL = "ZIMAGE_BASE_URL"
+CREATE_PATH = "/v1/images/generations"
+TASK_PATH = "/v1/tasks/{task_id}"
+CREDITS_PATH = "/v1/credits"
+USER_AGENT = f"zimage-dagster/{__version__}"
+REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-evo-request-id", "x-trace-id")
+EXPIRED_STATUSES = frozenset({403, 404, 410})
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+# --- actions exchanged between a flow and its driver ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``request``. ``stream``: a download, read under ``guard``'s byte cap."""
+
+    request: httpx.Request
+    stream: bool = False
+    follow_redirects: bool = False
+    guard: StreamGuard | None = None
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Received:
+    """An HTTP answer with its body read (a download's body is read under its byte cap)."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+    url: str
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+Action = Send | Sleep
+Outcome = Received | Exception | None
+Flow = Generator[Action, Outcome, T]
+
+
+@dataclass
+class StreamGuard:
+    """Byte cap for a streamed download: the declared length first, then every chunk counted."""
+
+    max_bytes: int
+    url: str
+    task_id: str | None = None
+    seen: int = 0
+
+    def check_headers(self, headers: httpx.Headers) -> None:
+        declared = headers.get("content-length")
+        if declared is not None and declared.strip().isdigit() and int(declared) > self.max_bytes:
+            raise ImageTooLargeError(
+                f"Content-Length {int(declared)} exceeds the {self.max_bytes}-byte download limit",
+                url=self.url,
+                task_id=self.task_id,
+            )
+
+    def feed(self, chunk: bytes) -> None:
+        self.seen += len(chunk)
+        if self.seen > self.max_bytes:
+            raise ImageTooLargeError(
+                f"download exceeded the {self.max_bytes}-byte limit while streaming",
+                url=self.url,
+                task_id=self.task_id,
+            )
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+class Secret:
+    """Holds the API key; its ``str`` and ``repr`` never show it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("the API key is not picklable")
+
+
+def redact_headers(headers: Mapping[str, str] | httpx.Headers) -> dict[str, str]:
+    """Headers as a dict for logging, with credentials replaced by ``[REDACTED]``."""
+    sensitive = {"authorization", "proxy-authorization", "cookie", "set-cookie", "x-api-key"}
+    return {k: ("[REDACTED]" if k.lower() in sensitive else val) for k, val in headers.items()}
+
+
+def strip_query(url: str | httpx.URL) -> str:
+    """The URL without query string, fragment or userinfo (for messages and logs)."""
+    parts = urlsplit(str(url))
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+# --- retry arithmetic ----------------------------------------------------------------------
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | httpx.Headers, now: float | None = None
+) -> float | None:
+    """Seconds the server asks us to wait: ``retry-after-ms``, else ``Retry-After`` (seconds or an
+    HTTP date). ``None`` when absent, unparseable or negative.
+
+    >>> parse_retry_after({"retry-after": "2"}), parse_retry_after({"retry-after-ms": "1500"})
+    (2.0, 1.5)
+    """
+    lower = {k.lower(): val for k, val in headers.items()}
+    raw_ms = lower.get("retry-after-ms")
+    if raw_ms is not None:
+        try:
+            ms = float(raw_ms)
+        except ValueError:
+            ms = math.nan
+        if math.isfinite(ms) and ms >= 0:
+            return ms / 1000.0
+    raw = lower.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        seconds = float(raw)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, seconds)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def backoff_delay(policy: RetryPolicy, retry_index: int, rng: random.Random | None = None) -> float:
+    """Capped exponential backoff before retry number ``retry_index + 1``, with full jitter.
+
+    >>> [backoff_delay(RetryPolicy(jitter=False), i) for i in range(6)]
+    [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
+    """
+    cap = min(policy.max_backoff, policy.initial_backoff * (2.0 ** min(retry_index, 60)))
+    if not policy.jitter:
+        return cap
+    return (rng or random).uniform(0.0, cap)
+
+
+def retry_delay(
+    policy: RetryPolicy,
+    retry_index: int,
+    retry_after: float | None,
+    rng: random.Random | None = None,
+) -> float:
+    """The server's hint when it is within ``policy.max_retry_after``, else the backoff.
+
+    >>> retry_delay(RetryPolicy(jitter=False), 0, 2.0), retry_delay(RetryPolicy(jitter=False), 0, 3600.0)
+    (2.0, 0.5)
+    """
+    if retry_after is not None and 0 <= retry_after <= policy.max_retry_after:
+        return retry_after
+    return backoff_delay(policy, retry_index, rng)
+
+
+def status_is_retryable(policy: RetryPolicy, status_code: int, *, is_create: bool) -> bool:
+    """Whether an HTTP error status is worth another attempt (see :class:`RetryPolicy`)."""
+    if is_create:
+        return status_code in policy.create_retry_statuses
+    if status_code in policy.retry_statuses:
+        return True
+    return policy.retry_server_errors and status_code >= 500
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def exception_is_retryable(exc: BaseException) -> bool:
+    """For a GET: timeouts, network errors and the server hanging up are retried; a malformed URL,
+    a local protocol error or too many redirects are not."""
+    return isinstance(exc, (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError))
+
+
+def create_never_reached_server(policy: RetryPolicy, exc: BaseException) -> bool:
+    """For a create: only failures where no connection was made (the server saw nothing)."""
+    return bool(_names(exc) & policy.create_retry_exceptions)
+
+
+def describe_exception(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# --- polling -------------------------------------------------------------------------------
+
+
+class PollSchedule:
+    """Decides how long ``wait`` sleeps before the next status request (see :class:`PollPolicy`).
+
+    Feed it every sighting of the task with :meth:`observe` (the created task included, at the
+    time it was received), and ask :meth:`next_delay`.
+    """
+
+    def __init__(
+        self, policy: PollPolicy, estimated_time: float | None, origin: float | None
+    ) -> None:
+        self.policy = policy
+        self.estimated_time = (
+            estimated_time
+            if estimated_time and estimated_time > 0
+            else policy.default_estimated_time
+        )
+        self.origin = origin
+        self.observations: list[tuple[float, TaskStatus | str, int]] = []
+        self.last_pending_at: float | None = None
+        self.first_processing_at: float | None = None
+        self.progress_points: list[tuple[float, int]] = []
+        self._blind_polls = 0
+        self._first_done = False
+
+    def observe(self, at: float, task: Task) -> None:
+        status = task.known_status
+        self.observations.append((at, task.status, task.progress))
+        if status is TaskStatus.PENDING and self.first_processing_at is None:
+            self.last_pending_at = at
+        elif status is TaskStatus.PROCESSING:
+            if self.first_processing_at is None:
+                self.first_processing_at = at
+            if task.progress > 0 and (
+                not self.progress_points or task.progress >= self.progress_points[-1][1]
+            ):
+                self.progress_points.append((at, task.progress))
+
+    def eta(self) -> float | None:
+        """Estimated finish time (on the client clock), from progress readings; ``None`` if unknown."""
+        pts = self.progress_points
+        if not pts:
+            return None
+        t_last, p_last = pts[-1]
+        if p_last >= 100:
+            return t_last
+        t0, p0 = pts[0]
+        if len(pts) >= 2 and p_last > p0 and t_last > t0:
+            rate = (p_last - p0) / (t_last - t0)
+            return t_last + (100 - p_last) / rate
+        start = self.last_pending_at
+        if start is None or t_last <= start:
+            return None
+        return start + (t_last - start) * 100.0 / p_last
+
+    def next_delay(self, now: float) -> float:
+        p = self.policy
+        if not self._first_done:
+            self._first_done = True
+            if self.origin is not None:
+                return max(0.0, self.origin + p.first_wait_fraction * self.estimated_time - now)
+            return 0.0  # we do not know when the task was made: look now
+        if p.use_progress_eta:
+            eta = self.eta()
+            if eta is not None and eta + p.eta_margin > now:
+                return min(p.max_interval, max(p.min_interval, eta + p.eta_margin - now))
+        interval = p.initial_interval * (p.growth**self._blind_polls)
+        self._blind_polls += 1
+        return min(p.max_interval, max(p.min_interval, interval))
+
+    def phases(self, end: float) -> tuple[float, float]:
+        """``(queued_s, generating_s)``: pending time and processing time up to ``end``."""
+        if not self.observations:
+            return 0.0, 0.0
+        begin = self.origin if self.origin is not None else self.observations[0][0]
+        switch: float | None = None
+        last_pending: float | None = None
+        for at, status, _ in self.observations:
+            if status == TaskStatus.PENDING:
+                last_pending = at
+            else:
+                switch = at if last_pending is None else (last_pending + at) / 2.0
+                break
+        if switch is None:
+            switch = end
+        switch = min(max(switch, begin), end)
+        return switch - begin, end - switch
+
+
+# --- the core ------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationTracker:
+    """What a ``generate`` flow has done so far (read by ``generate_many`` on failure)."""
+
+    task_ids: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+def draw_seed() -> int:
+    """A random seed in 1..2147483647 (``secrets.randbelow``)."""
+    return secrets.randbelow(v.MAX_SEED) + v.MIN_SEED
+
+
+def validate_task_id(task_id: object) -> str:
+    if not isinstance(task_id, str) or not task_id.strip():
+        raise RequestValidationError("task_id", task_id, "must be a non-empty string")
+    if len(task_id) > 256 or any(c.isspace() or ord(c) < 0x20 for c in task_id):
+        raise RequestValidationError("task_id", task_id, "is not a plausible task id")
+    return task_id
+
+
+def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[Secret, str]:
+    """API key and base URL from the arguments, else ``ZIMAGE_API_KEY`` / ``ZIMAGE_BASE_URL``."""
+    key = api_key if api_key is not None else os.environ.get(ENV_API_KEY)
+    if key is None or not key.strip():
+        raise ConfigurationError(
+            f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable"
+        )
+    key = key.strip()
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in key) or not key.isascii():
+        raise ConfigurationError("the API key contains whitespace, control or non-ASCII characters")
+    url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(f"base_url must be an http(s) URL, got {strip_query(url)!r}")
+    if "@" in parts.netloc:
+        raise ConfigurationError("base_url must not contain credentials")
+    return Secret(key), url.rstrip("/")
+
+
+class ClientCore:
+    """Settings plus the flows. One per client; holds no connection."""
+
+    def __init__(
+        self,
+        *,
+        api_key: Secret,
+        base_url: str,
+        timeout: float,
+        deadline: float,
+        retry: RetryPolicy,
+        poll: PollPolicy,
+        max_download_bytes: int,
+        max_image_pixels: int,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        if timeout <= 0 or deadline <= 0:
+            raise ConfigurationError("timeout and deadline must be > 0 seconds")
+        if max_download_bytes <= 0 or max_image_pixels <= 0:
+            raise ConfigurationError("max_download_bytes and max_image_pixels must be > 0")
+        self._key = api_key
+        self.base_url = base_url
+        self.timeout = timeout
+        self.deadline = deadline
+        self.retry = retry
+        self.poll = poll
+        self.max_download_bytes = max_download_bytes
+        self.max_image_pixels = max_image_pixels
+        self.clock = clock
+        self.rng = rng
+
+    # -- helpers --
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the API key (should a server echo it) replaced by ``[REDACTED]``."""
+        key = self._key.get()
+        return text.replace(key, "[REDACTED]") if key and key in text else text
+
+    def build_api_request(
+        self, method: str, path: str, json_body: Mapping[str, Any] | None, timeout: float
+    ) -> httpx.Request:
+        headers = {
+            "Authorization": f"Bearer {self._key.get()}",
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+        }
+        content: bytes | None = None
+        if json_body is not None:
+            content = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        return httpx.Request(
+            method,
+            self.base_url + path,
+            headers=headers,
+            content=content,
+            extensions={"timeout": httpx.Timeout(timeout).as_dict()},
+        )
+
+    def error_from_response(self, received: Received, method: str, path: str) -> APIStatusError:
+        """Map an HTTP error answer to the :class:`APIStatusError` subclass for its status."""
+        code: str | int | None = None
+        message = ""
+        err_type = param = suggestion = None
+        body: object = None
+        try:
+            body = json.loads(received.content) if received.content else None
+        except ValueError:
+            body = None
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            raw_code = err.get("code")
+            code = (
+                raw_code
+                if isinstance(raw_code, (str, int)) and not isinstance(raw_code, bool)
+                else None
+            )
+            message = str(err.get("message") or "")
+            err_type = _opt_str(err.get("type"))
+            param = _opt_str(err.get("param"))
+            suggestion = _opt_str(err.get("fallback_suggestion"))
+        elif isinstance(body, dict) and isinstance(body.get("message"), str):
+            message = body["message"]
+        elif received.content:
+            message = received.content[:200].decode("utf-8", "replace").strip()
+        if not message:
+            message = httpx.codes.get_reason_phrase(received.status_code) or "HTTP error"
+        request_id = next(
+            (received.headers[h] for h in REQUEST_ID_HEADERS if h in received.headers), None
+        )
+        cls = status_error_class(received.status_code)
+        return cls(
+            received.status_code,
+            self.scrub(code) if isinstance(code, str) else code,
+            self.scrub(message[:1000]),
+            type=self.scrub(err_type) if err_type else None,
+            param=self.scrub(param) if param else None,
+            fallback_suggestion=self.scrub(suggestion) if suggestion else None,
+            method=method,
+            path=path,
+            request_id=self.scrub(request_id[:200]) if request_id else None,
+            retry_after=parse_retry_after(received.headers),
+        )
+
+    def parse(self, received: Received, model: type[M], method: str, path: str) -> M:
+        """Parse a 2xx body into ``model``, or raise :class:`APIResponseValidationError`."""
+        try:
+            return model.model_validate_json(received.content)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise APIResponseValidationError(
+                self.scrub(problems), status_code=received.status_code, method=method, path=path
+            ) from None
+
+    # -- one HTTP call, retried --
+
+    def request_flow(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Mapping[str, Any] | None = None,
+        deadline: float | None = None,
+    ) -> Flow[Received]:
+        """Send one API call with retries, backoff and an overall deadline.
+
+        A POST (create) is retried only when the server cannot have made a task; when the request
+        may have reached the server and no answer came, :class:`CreateOutcomeUnknownError`.
+        """
+        is_create = method == "POST"
+        budget = self.deadline if deadline is None else deadline
+        policy = self.retry
+        start = self.clock()
+        attempts = policy.max_retries + 1
+        attempt = 0
+        while True:
+            remaining = budget - (self.clock() - start)
+            if remaining <= 0:
+                raise APITimeoutError(
+                    f"deadline of {budget:.1f} s exhausted after {attempt} attempt(s)",
+                    method=method,
+                    path=path,
+                    deadline_exceeded=True,
+                )
+            per_attempt = min(self.timeout, remaining)
+            request = self.build_api_request(method, path, json_body, per_attempt)
+            logger.debug(
+                "%s %s attempt %d/%d (timeout %.1f s, %.1f s of deadline left) headers=%s",
+                method,
+                path,
+                attempt + 1,
+                attempts,
+                per_attempt,
+                remaining,
+                redact_headers(request.headers),
+            )
+            outcome = yield Send(request)
+            cause: BaseException | None = None
+            if isinstance(outcome, Received):
+                if outcome.is_success:
+                    logger.debug("%s %s -> HTTP %d", method, path, outcome.status_code)
+                    return outcome
+                error: ZImageError = self.error_from_response(outcome, method, path)
+                hint = parse_retry_after(outcome.headers)
+                retryable = status_is_retryable(policy, outcome.status_code, is_create=is_create)
+                logger.debug(
+                    "%s %s -> HTTP %d (%s)%s",
+                    method,
+                    path,
+                    outcome.status_code,
+                    "retryable" if retryable else "final",
+                    f", server asks to retry after {hint:.2f} s" if hint is not None else "",
+                )
+            elif isinstance(outcome, Exception):
+                cause = outcome
+                hint = None
+                what = self.scrub(describe_exception(outcome))
+                if is_create and not create_never_reached_server(policy, outcome):
+                    logger.debug(
+                        "%s %s failed after sending: %s; outcome unknown", method, path, what
+                    )
+                    raise CreateOutcomeUnknownError(what, method=method, path=path) from outcome
+                if isinstance(outcome, httpx.TimeoutException):
+                    error = APITimeoutError(what, method=method, path=path)
+                else:
+                    error = APIConnectionError(what, method=method, path=path)
+                retryable = is_create or exception_is_retryable(outcome)
+                logger.debug(
+                    "%s %s failed: %s (%s)",
+                    method,
+                    path,
+                    what,
+                    "retryable" if retryable else "final",
+                )
+            else:  # pragma: no cover - a driver bug
+                raise TypeError(f"unexpected outcome {outcome!r}")
+            if not retryable or attempt >= policy.max_retries:
+                if retryable:
+                    logger.debug("%s %s: giving up after %d attempt(s)", method, path, attempt + 1)
+                raise error from cause
+            delay = retry_delay(policy, attempt, hint, self.rng)
+            remaining = budget - (self.clock() - start)
+            if delay >= remaining:
+                raise APITimeoutError(
+                    f"deadline of {budget:.1f} s would pass during the {delay:.2f} s wait before "
+                    f"retrying; last error: {error}",
+                    method=method,
+                    path=path,
+                    deadline_exceeded=True,
+                ) from error
+            logger.debug(
+                "%s %s: backing off %.2f s before attempt %d", method, path, delay, attempt + 2
+            )
+            yield Sleep(delay)
+            attempt += 1
+
+    # -- API operations --
+
+    def create_flow(
+        self, request: GenerationRequest, *, deadline: float | None = None
+    ) -> Flow[Task]:
+        body = _checked_body(request)
+        received = yield from self.request_flow(
+            "POST", CREATE_PATH, json_body=body, deadline=deadline
+        )
+        task = self.parse(received, Task, "POST", CREATE_PATH)
+        task._received_at = self.clock()
+        logger.debug("created task %s (status %s)", task.id, task.status)
+        return task
+
+    def get_task_flow(self, task_id: str, *, deadline: float | None = None) -> Flow[Task]:
+        path = TASK_PATH.format(task_id=quote(validate_task_id(task_id), safe=""))
+        received = yield from self.request_flow("GET", path, deadline=deadline)
+        task = self.parse(received, Task, "GET", path)
+        task._received_at = self.clock()
+        return task
+
+    def credits_flow(self) -> Flow[Credits]:
+        received = yield from self.request_flow("GET", CREDITS_PATH)
+        return self.parse(received, Credits, "GET", CREDITS_PATH)
+
+    def wait_flow(
+        self,
+        task_or_id: Task | str,
+        *,
+        deadline: float | None = None,
+        on_poll: Callable[[Task], object] | None = None,
+    ) -> Flow[WaitOutcome]:
+        """Poll until the task is terminal; see :class:`PollPolicy` for the schedule."""
+        budget = self.poll.deadline if deadline is None else deadline
+        start = self.clock()
+        task: Task | None
+        if isinstance(task_or_id, Task):
+            task, task_id = task_or_id, task_or_id.id
+            origin = task._received_at
+        else:
+            task, task_id, origin = None, validate_task_id(task_or_id), None
+        schedule = PollSchedule(self.poll, task.estimated_time if task else None, origin)
+        if task is not None and origin is not None:
+            schedule.observe(origin, task)
+        polls = 0
+        while True:
+            now = self.clock()
+            if task is not None:
+                status = task.known_status
+                if status is TaskStatus.COMPLETED:
+                    queued, generating = schedule.phases(
+                        now if polls == 0 else schedule.observations[-1][0]
+                    )
+                    logger.debug("task %s completed after %d poll(s)", task_id, polls)
+                    return WaitOutcome(
+                        task=task, polls=polls, queued_s=queued, generating_s=generating
+                    )
+                if status is TaskStatus.FAILED:
+                    code = task.error.code if task.error else None
+                    message = (task.error.message if task.error else None) or "no error message"
+                    raise TaskFailedError(
+                        task_id,
+                        code,
+                        self.scrub(message),
+                        is_retryable_task_error_code(code, 1),
+                        task=task,
+                    )
+                if status is None:
+                    raise UnknownTaskStatusError(task_id, str(task.status))
+            elapsed = now - start
+            remaining = budget - elapsed
+            if remaining <= 0:
+                raise WaitTimeoutError(task_id, str(task.status) if task else None, elapsed)
+            delay = min(schedule.next_delay(now), remaining)
+            if delay > 0:
+                logger.debug("task %s: next poll in %.2f s", task_id, delay)
+                yield Sleep(delay)
+            left = budget - (self.clock() - start)
+            task = yield from self.get_task_flow(
+                task_id, deadline=min(self.deadline, max(left, 1.0))
+            )
+            polls += 1
+            schedule.observe(
+                task._received_at if task._received_at is not None else self.clock(), task
+            )
+            logger.debug(
+                "task %s poll %d: status %s, progress %d",
+                task_id,
+                polls,
+                task.status,
+                task.progress,
+            )
+            if on_poll is not None:
+                on_poll(task)
+
+    def download_flow(self, url: str, *, task_id: str | None = None) -> Flow[DownloadedImage]:
+        """Fetch a result image: no API key, capped size, decoded safely. Returns ``DownloadedImage``."""
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise DownloadError(f"not an http(s) URL: {strip_query(str(url))!r}", task_id=task_id)
+        clean = strip_query(url)
+        policy = self.retry
+        start = self.clock()
+        attempt = 0
+        while True:
+            remaining = self.deadline - (self.clock() - start)
+            if remaining <= 0:
+                raise APITimeoutError(
+                    f"deadline of {self.deadline:.1f} s exhausted downloading {clean}",
+                    method="GET",
+                    path=clean,
+                    deadline_exceeded=True,
+                )
+            request = httpx.Request(
+                "GET",
+                url,
+                headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+                extensions={"timeout": httpx.Timeout(min(self.timeout, remaining)).as_dict()},
+            )
+            logger.debug("download %s attempt %d", clean, attempt + 1)
+            guard = StreamGuard(self.max_download_bytes, clean, task_id)
+            outcome = yield Send(request, stream=True, follow_redirects=True, guard=guard)
+            cause: BaseException | None = None
+            hint: float | None = None
+            if isinstance(outcome, Received):
+                if outcome.is_success:
+                    image = decode_image(
+                        outcome.content,
+                        max_pixels=self.max_image_pixels,
+                        content_type=outcome.headers.get("content-type"),
+                        url=clean,
+                        task_id=task_id,
+                    )
+                    logger.debug(
+                        "downloaded %s: %s %dx%d, %d bytes",
+                        clean,
+                        image.format,
+                        image.width,
+                        image.height,
+                        image.bytes,
+                    )
+                    return image
+                if outcome.status_code in EXPIRED_STATUSES:
+                    raise ResultExpiredError(clean, task_id, status_code=outcome.status_code)
+                error: ZImageError = DownloadError(
+                    f"file host answered HTTP {outcome.status_code}", url=clean, task_id=task_id
+                )
+                hint = parse_retry_after(outcome.headers)
+                retryable = status_is_retryable(policy, outcome.status_code, is_create=False)
+            elif isinstance(outcome, Exception):
+                cause = outcome
+                error = DownloadError(describe_exception(outcome), url=clean, task_id=task_id)
+                retryable = exception_is_retryable(outcome)
+            else:  # pragma: no cover
+                raise TypeError(f"unexpected outcome {outcome!r}")
+            if not retryable or attempt >= policy.max_retries:
+                raise error from cause
+            delay = retry_delay(policy, attempt, hint, self.rng)
+            if delay >= self.deadline - (self.clock() - start):
+                raise error from cause
+            logger.debug("download %s failed (%s); retrying in %.2f s", clean, error, delay)
+            yield Sleep(delay)
+            attempt += 1
+
+    def generate_flow(
+        self,
+        request: GenerationRequest,
+        *,
+        tracker: GenerationTracker | None = None,
+        max_task_attempts: int | None = None,
+        on_task_created: Callable[[Task], object] | None = None,
+        on_poll: Callable[[Task], object] | None = None,
+    ) -> Flow[GenerationResult]:
+        """Create (with a seed, always), wait, download; resubmit retryable task failures."""
+        tracker = tracker if tracker is not None else GenerationTracker()
+        seed = request.seed if request.seed is not None else draw_seed()
+        tracker.seed = seed
+        sent = request if request.seed == seed else request.model_copy(update={"seed": seed})
+        limit = max_task_attempts if max_task_attempts is not None else self.retry.max_task_attempts
+        begin = self.clock()
+        attempt = 0
+        while True:
+            attempt += 1
+            task = yield from self.create_flow(sent)
+            tracker.task_ids.append(task.id)
+            if on_task_created is not None:
+                on_task_created(task)
+            try:
+                outcome = yield from self.wait_flow(task, on_poll=on_poll)
+            except TaskFailedError as exc:
+                exc.retryable = is_retryable_task_error_code(exc.code, attempt)
+                if exc.retryable and attempt < limit:
+                    logger.debug(
+                        "task %s failed with %s; resubmitting (attempt %d)",
+                        task.id,
+                        exc.code,
+                        attempt + 1,
+                    )
+                    continue
+                raise
+            url = outcome.task.result_url
+            if not url:
+                raise TaskFailedError(
+                    task.id,
+                    "missing_results",
+                    "the task completed but returned no result link",
+                    is_retryable_task_error_code("missing_results", attempt),
+                    task=outcome.task,
+                )
+            dl_start = self.clock()
+            image = yield from self.download_flow(url, task_id=task.id)
+            end = self.clock()
+            timings = Timings(
+                queued_s=outcome.queued_s,
+                generating_s=outcome.generating_s,
+                downloading_s=end - dl_start,
+                total_s=end - begin,
+            )
+            return GenerationResult(
+                request=sent,
+                task=outcome.task,
+                image=image,
+                seed=seed,
+                timings=timings,
+                polls=outcome.polls,
+                attempts=attempt,
+                task_ids=tuple(tracker.task_ids),
+            )
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else (str(value) if value is not None else None)
+
+
+def _checked_body(request: GenerationRequest) -> dict[str, Any]:
+    """Re-check a request (it may have been built with ``model_construct``) and serialise it."""
+    if not isinstance(request, GenerationRequest):
+        raise RequestValidationError("request", request, "must be a GenerationRequest")
+    v.validate_prompt(request.prompt)
+    v.validate_size(request.size)
+    v.validate_seed(request.seed)
+    v.validate_callback_url(request.callback_url)
+    if request.model != v.MODEL:
+        raise RequestValidationError("model", request.model, f"must be {v.MODEL!r}")
+    return request.to_wire()

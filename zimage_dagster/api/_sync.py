@@ -1,0 +1,241 @@
+"""``ZImageClient``: the blocking client. A thin driver of the flows in ``_core``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from zimage_dagster.api import _core
+from zimage_dagster.api.errors import ConfigurationError
+from zimage_dagster.api.images import (
+    DEFAULT_MAX_DOWNLOAD_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DownloadedImage,
+)
+from zimage_dagster.api.models import Credits, GenerationRequest, Task
+from zimage_dagster.api.policies import PollPolicy, RetryPolicy
+from zimage_dagster.api.results import GenerationResult, WaitOutcome
+
+__all__ = ["ZImageClient"]
+
+T = TypeVar("T")
+
+
+class ZImageClient:
+    """Blocking client for the Z-Image-Turbo API.
+
+    Args:
+        api_key: the ``sk-evo-...`` key; default: env ``ZIMAGE_API_KEY`` (missing -> ``ConfigurationError``).
+        base_url: default: env ``ZIMAGE_BASE_URL``, else ``https://api.evolink.ai``.
+        timeout: seconds per attempt (connect, read, write, pool).
+        deadline: seconds for one call across all its attempts and backoff sleeps.
+        retry: :class:`RetryPolicy`; poll: :class:`PollPolicy` (``wait``'s schedule and deadline).
+        max_download_bytes: download cap (default 50 MB); max_image_pixels: decode cap.
+        http_client: an ``httpx.Client`` to use (not closed by this client); or
+        transport: an ``httpx`` transport for a client this object creates and owns.
+        sleep, clock: injectable ``time.sleep`` / ``time.monotonic`` (tests).
+
+    The key is sent per API request (``Authorization: Bearer ...``), never set as a default
+    header, and never sent to the file host that serves the images.
+
+    Example::
+
+        with ZImageClient() as client:                      # key from ZIMAGE_API_KEY
+            result = client.generate(GenerationRequest(prompt="a red fox in snow", size="16:9"))
+            open("fox" + result.image.extension, "wb").write(result.image.data)
+            print(result.seed, result.task.id, result.timings.total_s)
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: float = 30.0,
+        deadline: float = 300.0,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_download_bytes: int = DEFAULT_MAX_DOWNLOAD_BYTES,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
+        http_client: httpx.Client | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        key, url = _core.resolve_settings(api_key, base_url)
+        if http_client is not None and transport is not None:
+            raise ConfigurationError("pass http_client or transport, not both")
+        self._core = _core.ClientCore(
+            api_key=key,
+            base_url=url,
+            timeout=timeout,
+            deadline=deadline,
+            retry=retry or RetryPolicy(),
+            poll=poll or PollPolicy(),
+            max_download_bytes=max_download_bytes,
+            max_image_pixels=max_image_pixels,
+            clock=clock or time.monotonic,
+        )
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(
+            transport=transport,
+            timeout=timeout,
+            follow_redirects=False,
+            headers={"User-Agent": _core.USER_AGENT},
+        )
+        self._sleep = sleep or time.sleep
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    def __repr__(self) -> str:
+        return f"ZImageClient(base_url={self._core.base_url!r})"
+
+    # -- lifecycle --
+
+    def close(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> ZImageClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- driver --
+
+    def _perform(self, action: _core.Action) -> _core.Outcome:
+        if isinstance(action, _core.Sleep):
+            if action.seconds > 0:
+                self._sleep(action.seconds)
+            return None
+        try:
+            response = self._http.send(
+                action.request, stream=True, auth=None, follow_redirects=action.follow_redirects
+            )
+        except httpx.RequestError as exc:
+            return exc
+        try:
+            guard = action.guard
+            if guard is not None and response.is_success:
+                guard.check_headers(response.headers)
+                chunks = []
+                for chunk in response.iter_bytes():
+                    guard.feed(chunk)
+                    chunks.append(chunk)
+                content = b"".join(chunks)
+            elif guard is not None:
+                content = b""  # the file host's error page is of no use
+            else:
+                content = response.read()
+        except httpx.RequestError as exc:
+            return exc
+        finally:
+            response.close()
+        return _core.Received(response.status_code, response.headers, content, str(response.url))
+
+    def _run(self, flow: _core.Flow[T]) -> T:
+        try:
+            action = next(flow)
+            while True:
+                action = flow.send(self._perform(action))
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+        finally:
+            flow.close()
+
+    # -- API --
+
+    def create_task(self, request: GenerationRequest) -> Task:
+        """``POST /v1/images/generations``: start a task (one image). Returns it, status ``pending``.
+
+        Sends ``request`` as it is (a request without seed gets a random seed from the server,
+        which nobody can know: prefer :meth:`generate`, or set a seed). Retried only where no task
+        can have been made; otherwise ``CreateOutcomeUnknownError``.
+
+        >>> task = client.create_task(GenerationRequest(prompt="a cute cat", seed=7))  # doctest: +SKIP
+        """
+        return self._run(self._core.create_flow(request))
+
+    def get_task(self, task_id: str) -> Task:
+        """``GET /v1/tasks/{task_id}``: the task's status, progress, results or error.
+
+        >>> client.get_task("task-unified-1757165031-uyujaw3d").status  # doctest: +SKIP
+        <TaskStatus.COMPLETED: 'completed'>
+        """
+        return self._run(self._core.get_task_flow(task_id))
+
+    def wait(
+        self,
+        task_or_id: Task | str,
+        *,
+        deadline: float | None = None,
+        on_poll: Callable[[Task], Any] | None = None,
+    ) -> WaitOutcome:
+        """Poll until the task completes (adaptive schedule, see :class:`PollPolicy`).
+
+        Raises ``TaskFailedError`` (status failed), ``UnknownTaskStatusError``, or
+        ``WaitTimeoutError`` after ``deadline`` seconds (default ``PollPolicy.deadline``).
+        ``on_poll(task)`` is called after every status request.
+
+        >>> outcome = client.wait(client.create_task(req), on_poll=print)  # doctest: +SKIP
+        >>> outcome.task.result_url, outcome.polls  # doctest: +SKIP
+        """
+        return self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
+
+    def download(self, url: str, *, task_id: str | None = None) -> DownloadedImage:
+        """Fetch a result image: streamed, size-capped, checked to decode; no API key is sent.
+
+        Raises ``ResultExpiredError`` (403/404/410), ``ImageTooLargeError``, ``NotAnImageError``,
+        ``DownloadError``.
+
+        >>> image = client.download(outcome.task.result_url, task_id=outcome.task.id)  # doctest: +SKIP
+        >>> image.format, image.width, image.sha256[:8]  # doctest: +SKIP
+        """
+        return self._run(self._core.download_flow(url, task_id=task_id))
+
+    def generate(
+        self,
+        request: GenerationRequest,
+        *,
+        max_task_attempts: int | None = None,
+        on_task_created: Callable[[Task], Any] | None = None,
+        on_poll: Callable[[Task], Any] | None = None,
+    ) -> GenerationResult:
+        """Create, wait and download: one image. The seed is always known (drawn if absent).
+
+        A failed task with a retryable error code is resubmitted with the same seed, up to
+        ``max_task_attempts`` tasks (default ``RetryPolicy.max_task_attempts``).
+        ``on_task_created(task)`` runs right after each create (record the id before waiting).
+
+        >>> result = client.generate(GenerationRequest(prompt="a lighthouse at dusk"))  # doctest: +SKIP
+        >>> result.seed, result.image.format, result.polls  # doctest: +SKIP
+        """
+        return self._run(
+            self._core.generate_flow(
+                request,
+                max_task_attempts=max_task_attempts,
+                on_task_created=on_task_created,
+                on_poll=on_poll,
+            )
+        )
+
+    def get_credits(self) -> Credits:
+        """``GET /v1/credits``: remaining and used credits.
+
+        >>> client.get_credits().remaining  # doctest: +SKIP
+        """
+        return self._run(self._core.credits_flow())

@@ -1,0 +1,132 @@
+"""Safe decoding of downloaded images, and :class:`DownloadedImage`.
+
+>>> import io
+>>> from PIL import Image
+>>> buf = io.BytesIO(); Image.new("RGB", (8, 4)).save(buf, "PNG")
+>>> img = decode_image(buf.getvalue())
+>>> img.format, img.width, img.height, img.bytes
+('PNG', 8, 4, ...)
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from zimage_dagster.api.errors import ImageTooLargeError, NotAnImageError
+
+__all__ = [
+    "ALLOWED_FORMATS",
+    "DEFAULT_MAX_DOWNLOAD_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "DownloadedImage",
+    "decode_image",
+]
+
+#: Formats accepted from the file host. Restricting Pillow to these also keeps exotic decoders
+#: (EPS through Ghostscript, ...) away from bytes we did not make.
+ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
+DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
+#: Far above the largest image the API makes (1536 x 1536), far below a decompression bomb.
+DEFAULT_MAX_PIXELS = 4 * 1536 * 1536
+
+
+@dataclass(frozen=True)
+class DownloadedImage:
+    """A downloaded result image, checked to decode.
+
+    Attributes: ``data`` (the bytes as served), ``format`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``),
+    ``width``, ``height``, ``sha256`` (hex of ``data``), ``content_type`` (as served, may be
+    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string).
+    """
+
+    data: builtins.bytes = field(repr=False)
+    format: str
+    width: int
+    height: int
+    sha256: str
+    content_type: str | None = None
+    url: str | None = None
+
+    @property
+    def bytes(self) -> int:
+        """Size of ``data`` in bytes."""
+        return len(self.data)
+
+    @property
+    def extension(self) -> str:
+        """A file extension for the format: ``.png``, ``.jpg`` or ``.webp``."""
+        return {"JPEG": ".jpg"}.get(self.format, "." + self.format.lower())
+
+    def to_pil(self) -> Image.Image:
+        """Open the bytes with Pillow (fully loaded)."""
+        img = Image.open(io.BytesIO(self.data), formats=list(ALLOWED_FORMATS))
+        img.load()
+        return img
+
+
+def decode_image(
+    data: builtins.bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    content_type: str | None = None,
+    url: str | None = None,
+    task_id: str | None = None,
+) -> DownloadedImage:
+    """Check that ``data`` is an intact PNG, JPEG or WebP no larger than ``max_pixels``, and describe it.
+
+    The declared size is checked before any pixel is decoded; Pillow's
+    ``DecompressionBombWarning`` is an error here; the image is then fully loaded so a truncated
+    file fails now, not later. Raises :class:`NotAnImageError` or :class:`ImageTooLargeError`.
+    """
+    if not data:
+        raise NotAnImageError("empty body: no image bytes", url=url, task_id=task_id)
+    if ImageFile.LOAD_TRUNCATED_IMAGES:  # a global someone else may have set; we never want it
+        raise NotAnImageError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set; refusing to check images with it",
+            url=url,
+            task_id=task_id,
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(ALLOWED_FORMATS)) as img:
+                width, height = img.size
+                fmt = img.format or "?"
+                if width * height > max_pixels:
+                    raise ImageTooLargeError(
+                        f"image declares {width}x{height} = {width * height} pixels, more than the "
+                        f"limit of {max_pixels}; refusing to decode it (possible decompression bomb)",
+                        url=url,
+                        task_id=task_id,
+                    )
+                img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(
+            f"decompression bomb refused: {exc}", url=url, task_id=task_id
+        ) from None
+    except UnidentifiedImageError:
+        head = data[:16]
+        raise NotAnImageError(
+            f"not a {'/'.join(ALLOWED_FORMATS)} image (first bytes {head!r})",
+            url=url,
+            task_id=task_id,
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise NotAnImageError(
+            f"truncated or corrupt image: {exc}", url=url, task_id=task_id
+        ) from None
+    return DownloadedImage(
+        data=bytes(data),
+        format=fmt,
+        width=width,
+        height=height,
+        sha256=hashlib.sha256(data).hexdigest(),
+        content_type=content_type,
+        url=url,
+    )
