@@ -164,7 +164,7 @@ def test_parquet_without_prompt_column(tmp_path: Path) -> None:
 
 
 def test_python_list_and_strings() -> None:
-    ds = load_prompts([{"prompt": "a fox", "key": "fox"}, "a plain string prompt", 42])
+    ds = load_prompts([{"prompt": "a fox", "key": "fox"}, "a plain string prompt", 42])  # type: ignore[list-item]
     assert ds.keys[0] == "fox"
     assert ds.rows[1].prompt == "a plain string prompt"
     assert len(ds.problems) == 1
