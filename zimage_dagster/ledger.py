@@ -271,8 +271,7 @@ class TaskLedger:
         Unreadable files are logged and skipped. Order: by path.
         """
         wanted = None if statuses is None else {LedgerStatus(s) for s in statuses}
-        paths = self.store.list_files(self.folder(asset), ".json")
-        for key, raw in sorted(self.store.read_many(paths).items()):
+        for key, raw in sorted(self.store.read_all(self.folder(asset), ".json").items()):
             try:
                 entry = LedgerEntry.from_json(json.loads(raw))
             except (ValueError, KeyError, TypeError) as exc:
