@@ -1,0 +1,71 @@
+"""The emulator package: vendored spec, no forbidden imports, runnable docstrings."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import json
+import os
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import zimage_dagster.emulator as emulator_pkg
+from zimage_dagster.emulator.spec import DOCUMENTS, load_document
+
+PACKAGE_DIR = Path(emulator_pkg.__file__).parent
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spec_dir() -> Path:
+    return Path(os.environ.get("ZIMAGE_SPEC_DIR") or REPO.parent / "shared" / "spec")
+
+
+def test_vendored_documents_equal_the_shared_spec() -> None:
+    spec_dir = _spec_dir()
+    if not spec_dir.is_dir():
+        pytest.fail(
+            f"cannot compare the vendored OpenAPI documents: no spec folder at {spec_dir} "
+            "(set ZIMAGE_SPEC_DIR to the provider's spec folder)"
+        )
+    shared = sorted(p.name for p in spec_dir.glob("*.json"))
+    assert shared == sorted(DOCUMENTS)
+    for name in DOCUMENTS:
+        assert (PACKAGE_DIR / "openapi" / name).read_bytes() == (spec_dir / name).read_bytes(), name
+        assert load_document(name) == json.loads((spec_dir / name).read_text())
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_dagster_and_no_client_import(path: Path) -> None:
+    for module in _imports(path):
+        root = module.split(".")[0]
+        assert root not in ("dagster", "dagster_shared"), f"{path.name} imports {module}"
+        assert not module.startswith("zimage_dagster.api"), f"{path.name} imports {module}"
+        if module.startswith("zimage_dagster"):
+            assert module.startswith("zimage_dagster.emulator"), f"{path.name} imports {module}"
+
+
+MODULES = [
+    name
+    for _, name, _ in pkgutil.iter_modules(emulator_pkg.__path__, "zimage_dagster.emulator.")
+    if not name.endswith("__main__")
+]
+
+
+@pytest.mark.parametrize("name", ["zimage_dagster.emulator", *MODULES])
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} doctest failure(s) in {name}"
