@@ -57,10 +57,10 @@ from typing import Any, Literal
 
 from upath import UPath
 
-from zimage_dagster.api.errors import RequestValidationError
-from zimage_dagster.api.validation import (
+from zimage_dagster.api import (
     MAX_SEED,
     MIN_SEED,
+    RequestValidationError,
     validate_prompt,
     validate_seed,
     validate_size,
