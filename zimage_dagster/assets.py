@@ -1,0 +1,481 @@
+"""The asset factory: a prompt dataset in, a partitioned image asset out.
+
+:func:`build_image_assets` returns ``dagster.Definitions`` holding one partitioned image asset
+(static partitions from the dataset, dynamic partitions, or daily x prompt), its asset checks, a job
+over it and, for the daily variant, a schedule. One run may cover many partitions (a single-run
+backfill): they are submitted concurrently through the async client and each partition is
+materialized (an ``AssetMaterialization`` with its seed, task ID, thumbnail...) the moment its
+image is stored. Partitions that fail are listed in a ``dagster.Failure`` at the end; the stored
+ones stay materialized, and a re-run of the failed ones does only those.
+
+Why no output: Dagster's IO managers cannot write one output per partition of a range, so the
+asset writes through :class:`~zimage_dagster.storage.ImageStore` itself and yields no ``Output``
+(one materialization per partition, with its own metadata). Dagster skips downstream steps *in the
+same run* of an asset that yields no output, so downstream assets (a contact sheet...) run in
+their own runs: an automation condition, a sensor, or a second job. They load images with
+:class:`~zimage_dagster.storage.ImageStoreIOManager`.
+"""
+
+
+import asyncio
+import hashlib
+import io
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+import dagster as dg
+from dagster import AssetExecutionContext
+from PIL import Image
+
+from zimage_dagster.api import parse_size
+from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, storage_key
+from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.metadata import image_metadata
+from zimage_dagster.prompts import (
+    PromptDataset,
+    PromptRow,
+    derive_seed,
+    load_prompts,
+    random_seed,
+)
+from zimage_dagster.resource import ZImageResource
+from zimage_dagster.storage import ImageStore
+
+__all__ = [
+    "CHECK_NAMES",
+    "DEFAULT_RETRY_POLICY",
+    "ImageAssetSpec",
+    "build_image_assets",
+]
+
+Partitioning = Literal["static", "dynamic", "daily"]
+SeedStrategy = Literal["derived", "random"]
+PromptSource = str | os.PathLike[str] | PromptDataset | Sequence[Mapping[str, Any]]
+
+#: Whole-step retries: exponential backoff from 10 s with +/- jitter. Task-level failures are
+#: resubmitted inside the step first; fixable ones raise ``Failure(allow_retries=False)``.
+DEFAULT_RETRY_POLICY = dg.RetryPolicy(
+    max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
+)
+
+#: The checks evaluated for the partitions a run stored.
+CHECK_NAMES = ("image_decodes", "dimensions_match_request", "sha256_matches")
+
+_PROMPT_DIMENSION = "prompt"
+_DATE_DIMENSION = "date"
+
+
+@dataclass(frozen=True)
+class ImageAssetSpec:
+    """Everything :func:`build_image_assets` was given, resolved (also used by the component)."""
+
+    name: str
+    prompts: PromptSource
+    storage: str
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    partitioning: Partitioning = "static"
+    key_prefix: tuple[str, ...] = ()
+    group_name: str | None = None
+    description: str | None = None
+    seed_strategy: SeedStrategy = "derived"
+    default_size: str | None = None
+    daily_start_date: str = "2026-01-01"
+    dynamic_partitions_name: str | None = None
+    pool: str | None = "zimage"
+    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY
+    max_partitions_per_run: int | None = None
+    reuse_stored: bool = True
+    retry_rejected: bool = False
+    resource_key: str = "zimage"
+    schedule_cron: str | None = None
+    schedule_timezone: str = "UTC"
+
+    @property
+    def asset_key(self) -> dg.AssetKey:
+        return dg.AssetKey([*self.key_prefix, self.name])
+
+
+def build_image_assets(
+    name: str,
+    prompts: PromptSource,
+    *,
+    storage: str | os.PathLike[str] = "zimage_output",
+    storage_options: Mapping[str, Any] | None = None,
+    partitioning: Partitioning = "static",
+    key_prefix: Sequence[str] = (),
+    group_name: str | None = None,
+    description: str | None = None,
+    seed_strategy: SeedStrategy = "derived",
+    default_size: str | None = None,
+    daily_start_date: str = "2026-01-01",
+    dynamic_partitions_name: str | None = None,
+    pool: str | None = "zimage",
+    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
+    max_partitions_per_run: int | None = None,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+    resource_key: str = "zimage",
+    schedule_cron: str | None = None,
+    schedule_timezone: str = "UTC",
+) -> dg.Definitions:
+    """Definitions for a partitioned image asset generated from a prompt dataset.
+
+    Args:
+        name: the asset's name (also its folder under ``storage``).
+        prompts: a CSV / JSON Lines / JSON / Parquet path or URL, a loaded ``PromptDataset``, or a
+            list of dicts with ``prompt`` and optionally ``key``, ``size``, ``seed``, ``nsfw_check``.
+        storage: root folder or fsspec URL (``s3://bucket/prefix``) for images, provenance
+            records and the task ledger.
+        partitioning: ``"static"`` (one partition per dataset row), ``"dynamic"`` (keys added
+            at run time, e.g. by the prompt-dataset sensor; the dataset is re-read each run) or
+            ``"daily"`` (date x prompt, for recurring generation; seeds differ per day).
+        seed_strategy: ``"derived"`` (from asset, partition key and prompt: the same partition
+            gives the same request) or ``"random"``; a row's own ``seed`` always wins.
+        default_size: size for rows that have none (else the API's default, ``1:1``).
+        pool: Dagster concurrency pool of the step (limit it in the instance settings).
+        retry_policy: whole-step retries (default exponential backoff with jitter).
+        max_partitions_per_run: ``None`` lets one run cover any number of partitions.
+        reuse_stored: reuse an image already stored for the identical request.
+        retry_rejected: submit again a request the provider rejected with a fixable error.
+        resource_key: the key of the :class:`~zimage_dagster.ZImageResource`.
+        schedule_cron: with ``partitioning="daily"``, add a schedule (e.g. ``"0 6 * * *"``).
+
+    Example:
+        >>> import dagster as dg
+        >>> from zimage_dagster import ZImageResource, build_image_assets
+        >>> images = build_image_assets(
+        ...     "catalogue_images",
+        ...     [{"key": "fox", "prompt": "a red fox in the snow", "size": "16:9"}],
+        ...     storage="/tmp/zimage-doctest",
+        ... )
+        >>> defs = dg.Definitions.merge(
+        ...     images, dg.Definitions(resources={"zimage": ZImageResource()})
+        ... )
+        >>> images.resolve_asset_graph().get_partitions_def(dg.AssetKey("catalogue_images")).get_partition_keys()
+        ['fox']
+    """
+    spec = ImageAssetSpec(
+        name=name,
+        prompts=prompts,
+        storage=os.fspath(storage),
+        storage_options=dict(storage_options or {}),
+        partitioning=partitioning,
+        key_prefix=tuple(key_prefix),
+        group_name=group_name,
+        description=description,
+        seed_strategy=seed_strategy,
+        default_size=default_size,
+        daily_start_date=daily_start_date,
+        dynamic_partitions_name=dynamic_partitions_name,
+        pool=pool,
+        retry_policy=retry_policy,
+        max_partitions_per_run=max_partitions_per_run,
+        reuse_stored=reuse_stored,
+        retry_rejected=retry_rejected,
+        resource_key=resource_key,
+        schedule_cron=schedule_cron,
+        schedule_timezone=schedule_timezone,
+    )
+    return build_image_definitions(spec)
+
+
+def build_image_definitions(spec: ImageAssetSpec) -> dg.Definitions:
+    """:func:`build_image_assets` for an already resolved :class:`ImageAssetSpec`."""
+    dataset = _load(spec.prompts)
+    partitions_def = _partitions_def(spec, dataset)
+    asset_def = _image_asset(spec, dataset, partitions_def)
+    job = dg.define_asset_job(
+        f"{spec.name}_job", selection=dg.AssetSelection.assets(asset_def), partitions_def=None
+    )
+    schedules: list[dg.ScheduleDefinition] = []
+    if spec.schedule_cron is not None:
+        if spec.partitioning != "daily":
+            raise dg.DagsterInvalidDefinitionError(
+                f"{spec.name}: schedule_cron needs partitioning='daily' (got {spec.partitioning!r})"
+            )
+        schedules.append(_daily_schedule(spec, job))
+    return dg.Definitions(assets=[asset_def], jobs=[job], schedules=schedules)
+
+
+# -- partitions ---------------------------------------------------------------------------------
+
+
+def _load(source: PromptSource) -> PromptDataset:
+    if isinstance(source, PromptDataset):
+        return source
+    return load_prompts(source)
+
+
+def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.PartitionsDefinition:
+    if spec.partitioning == "static":
+        return dg.StaticPartitionsDefinition(dataset.keys)
+    if spec.partitioning == "dynamic":
+        return dg.DynamicPartitionsDefinition(
+            name=spec.dynamic_partitions_name or f"{spec.name}_prompts"
+        )
+    if spec.partitioning == "daily":
+        return dg.MultiPartitionsDefinition(
+            {
+                _DATE_DIMENSION: dg.DailyPartitionsDefinition(
+                    start_date=spec.daily_start_date, timezone=spec.schedule_timezone
+                ),
+                _PROMPT_DIMENSION: dg.StaticPartitionsDefinition(dataset.keys),
+            }
+        )
+    raise dg.DagsterInvalidDefinitionError(f"unknown partitioning {spec.partitioning!r}")
+
+
+def _prompt_key(partition_key: str) -> str:
+    if isinstance(partition_key, dg.MultiPartitionKey):
+        return partition_key.keys_by_dimension[_PROMPT_DIMENSION]
+    return str(partition_key)
+
+
+def _daily_schedule(spec: ImageAssetSpec, job: Any) -> dg.ScheduleDefinition:
+    @dg.schedule(
+        name=f"{spec.name}_schedule",
+        cron_schedule=spec.schedule_cron or "0 6 * * *",
+        job=job,
+        execution_timezone=spec.schedule_timezone,
+        default_status=dg.DefaultScheduleStatus.STOPPED,
+        description="Generates today's image for every prompt, one run per prompt.",
+    )
+    def _schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
+        tick = context.scheduled_execution_time
+        date = tick.strftime("%Y-%m-%d")
+        for key in _load(spec.prompts).keys:
+            partition = dg.MultiPartitionKey({_DATE_DIMENSION: date, _PROMPT_DIMENSION: key})
+            yield dg.RunRequest(run_key=f"{date}|{key}", partition_key=partition)
+
+    return _schedule
+
+
+# -- the asset ----------------------------------------------------------------------------------
+
+
+def _image_asset(
+    spec: ImageAssetSpec, dataset: PromptDataset, partitions_def: dg.PartitionsDefinition
+) -> dg.AssetsDefinition:
+    backfill_policy = (
+        dg.BackfillPolicy.single_run()
+        if spec.max_partitions_per_run is None
+        else dg.BackfillPolicy.multi_run(spec.max_partitions_per_run)
+    )
+    definition_metadata: dict[str, Any] = {
+        "dataset": dg.MetadataValue.text(_describe_source(spec.prompts, dataset)),
+        "dataset_rows": dg.MetadataValue.int(len(dataset)),
+        "dataset_problems": dg.MetadataValue.int(len(dataset.problems)),
+        "storage": dg.MetadataValue.text(spec.storage),
+        "seed_strategy": dg.MetadataValue.text(spec.seed_strategy),
+    }
+    if dataset.problems:
+        definition_metadata["dataset_problem_report"] = dg.MetadataValue.md(
+            "\n".join(f"- {p}" for p in dataset.problems[:50])
+        )
+    check_specs = [
+        dg.AssetCheckSpec(
+            name=check_name, asset=spec.asset_key, description=_CHECK_DOCS[check_name]
+        )
+        for check_name in CHECK_NAMES
+    ]
+
+    @dg.asset(
+        name=spec.name,
+        key_prefix=list(spec.key_prefix) or None,
+        group_name=spec.group_name,
+        description=spec.description
+        or f"Z-Image-Turbo images, one per partition, from {_describe_source(spec.prompts, dataset)}.",
+        partitions_def=partitions_def,
+        backfill_policy=backfill_policy,
+        retry_policy=spec.retry_policy,
+        pool=spec.pool,
+        kinds={"zimage", "image"},
+        metadata=definition_metadata,
+        output_required=False,
+        check_specs=check_specs,
+        required_resource_keys={spec.resource_key},
+    )
+    def _asset(context: AssetExecutionContext) -> Iterator[Any]:
+        resource: ZImageResource = getattr(context.resources, spec.resource_key)
+        rows = _load(spec.prompts) if spec.partitioning == "dynamic" else dataset
+        for problem in rows.problems:
+            context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
+        report, missing = _generate(context, spec, resource, rows)
+        yield from _check_results(spec, context, report)
+        if report.failures or missing:
+            lines = [*(f"- {m}" for m in missing), report.failure_report()]
+            raise dg.Failure(
+                description=(
+                    f"{len(report.failures) + len(missing)} of {len(context.partition_keys)} "
+                    f"partitions failed ({len(report.successes)} stored and materialized):\n"
+                    + "\n".join(line for line in lines if line)
+                ),
+                metadata={
+                    "failed_partitions": dg.MetadataValue.json(
+                        {f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures}
+                    ),
+                    "stored": len(report.successes),
+                    "failed": len(report.failures) + len(missing),
+                },
+                allow_retries=report.all_retryable and not missing,
+            )
+
+    return _asset
+
+
+_CHECK_DOCS = {
+    "image_decodes": "Every image stored by the run decodes fully.",
+    "dimensions_match_request": "Each image has the requested WxH, or the requested aspect ratio.",
+    "sha256_matches": "The stored file's sha256 matches the one recorded at download.",
+}
+
+
+def _describe_source(source: PromptSource, dataset: PromptDataset) -> str:
+    if isinstance(source, str | os.PathLike):
+        return os.fspath(source)
+    return dataset.source
+
+
+def _generate(
+    context: dg.AssetExecutionContext,
+    spec: ImageAssetSpec,
+    resource: ZImageResource,
+    dataset: PromptDataset,
+) -> tuple[BatchReport, list[str]]:
+    store = ImageStore(spec.storage, spec.storage_options)
+    ledger = TaskLedger(store)
+    jobs: list[ImageJob] = []
+    missing: list[str] = []
+    for partition_key in context.partition_keys:
+        row = dataset.get(_prompt_key(partition_key))
+        if row is None:
+            missing.append(
+                f"{partition_key}: no row with key {_prompt_key(partition_key)!r} in {dataset.source}"
+            )
+            continue
+        if spec.default_size and not row.size:
+            row = _with_size(row, spec.default_size)
+        seed = _seed_for(spec, ledger, row, str(partition_key))
+        jobs.append(ImageJob(partition_key=str(partition_key), row=row, seed=seed))
+    if context.retry_number > 0:
+        jobs = [job for job in jobs if not _collected_in_run(ledger, spec, job, context.run_id)]
+
+    def on_success(success: Any) -> None:
+        context.log_event(
+            dg.AssetMaterialization(
+                asset_key=context.asset_key,
+                partition=success.job.partition_key,
+                metadata=image_metadata(success.record, success.thumbnail),
+            )
+        )
+
+    async def run() -> BatchReport:
+        async with resource.async_client() as client:
+            engine = BatchGenerator(
+                client,
+                store,
+                ledger,
+                spec.asset_key.path,
+                concurrency=resource.concurrency,
+                max_resubmits=resource.max_resubmits,
+                reuse_stored=spec.reuse_stored,
+                retry_rejected=spec.retry_rejected,
+                wait_deadline=resource.wait_deadline,
+                on_success=on_success,
+                run_id=context.run_id,
+                logger=context.log,
+            )
+            return await engine.run(jobs)
+
+    context.log.info(
+        f"generating {len(jobs)} image(s) with up to {resource.concurrency} task(s) in flight"
+    )
+    return asyncio.run(run()), missing
+
+
+def _with_size(row: PromptRow, size: str) -> PromptRow:
+    return replace(row, size=size)
+
+
+def _seed_for(spec: ImageAssetSpec, ledger: TaskLedger, row: PromptRow, partition_key: str) -> int:
+    """The row's seed; else derived from asset, partition key and prompt; else random (reusing
+    the seed of the partition's live task, so a resumed run re-attaches instead of paying again)."""
+    if row.seed is not None and spec.partitioning != "daily":
+        return row.seed
+    if row.seed is not None:
+        return derive_seed(str(row.seed), partition_key)
+    if spec.seed_strategy == "random":
+        entry = ledger.get(spec.asset_key.path, storage_key(partition_key))
+        if entry is not None and entry.is_open and entry.request.get("prompt") == row.prompt:
+            return entry.seed
+        return random_seed()
+    return derive_seed(spec.asset_key.to_user_string(), partition_key, row.prompt)
+
+
+def _collected_in_run(ledger: TaskLedger, spec: ImageAssetSpec, job: ImageJob, run_id: str) -> bool:
+    entry = ledger.get(spec.asset_key.path, job.storage_key)
+    return (
+        entry is not None
+        and entry.run_id == run_id
+        and entry.status == "collected"
+        and entry.fingerprint == job.fingerprint
+    )
+
+
+# -- checks -------------------------------------------------------------------------------------
+
+
+def _check_results(
+    spec: ImageAssetSpec, context: dg.AssetExecutionContext, report: BatchReport
+) -> Iterator[dg.AssetCheckResult]:
+    store = ImageStore(spec.storage, spec.storage_options)
+    problems: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
+    for success in report.successes:
+        record = success.record
+        key = success.job.partition_key
+        try:
+            data = store.read_bytes(spec.asset_key.path, success.job.storage_key)
+        except FileNotFoundError:
+            for name in CHECK_NAMES:
+                problems[name].append(f"{key}: image file missing")
+            continue
+        if hashlib.sha256(data).hexdigest() != record.sha256:
+            problems["sha256_matches"].append(f"{key}: stored file differs from the download")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                width, height = image.size
+        except Exception as exc:
+            problems["image_decodes"].append(f"{key}: {exc}")
+            continue
+        mismatch = _dimension_mismatch(record.size_requested, width, height)
+        if mismatch:
+            problems["dimensions_match_request"].append(f"{key}: {mismatch}")
+    checked = len(report.successes)
+    for name in CHECK_NAMES:
+        failures = problems[name]
+        yield dg.AssetCheckResult(
+            check_name=name,
+            asset_key=spec.asset_key,
+            passed=not failures,
+            description=_CHECK_DOCS[name],
+            metadata={
+                "partitions_checked": checked,
+                "partitions_failed": len(failures),
+                "failures": dg.MetadataValue.json(failures[:100]),
+            },
+        )
+
+
+def _dimension_mismatch(size: str, width: int, height: int) -> str | None:
+    exact = parse_size(size)
+    if exact is not None:
+        if (width, height) != exact:
+            return f"got {width}x{height}, requested {size}"
+        return None
+    ratio_w, ratio_h = (int(part) for part in size.split(":"))
+    if abs(width / height - ratio_w / ratio_h) > 0.02 * (ratio_w / ratio_h):
+        return f"got {width}x{height} ({width / height:.3f}), requested ratio {size}"
+    return None

@@ -1,0 +1,129 @@
+"""`ZImageResource`: Dagster's face of the Z-Image-Turbo client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import dagster as dg
+from pydantic import Field, PrivateAttr
+
+from zimage_dagster.api import AsyncZImageClient, PollPolicy, RetryPolicy, ZImageClient
+
+__all__ = ["ZImageResource"]
+
+
+class ZImageResource(dg.ConfigurableResource):
+    """Gives assets and ops a configured Z-Image-Turbo client, sync or async.
+
+    The sync client is opened in ``setup_for_execution`` and closed in
+    ``teardown_after_execution``; async clients are made per event loop with
+    :meth:`async_client`, because an ``httpx.AsyncClient`` belongs to the loop that uses it.
+    The API key never appears in a log line, an error message, metadata or ``repr``.
+
+    Example:
+        >>> import dagster as dg
+        >>> from zimage_dagster import ZImageResource
+        >>> resource = ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"))
+        >>> defs = dg.Definitions(resources={"zimage": resource})
+
+        In an asset::
+
+            @dg.asset
+            def hero(zimage: ZImageResource) -> None:
+                result = zimage.get_client().generate(GenerationRequest(prompt="a lighthouse"))
+    """
+
+    api_key: str | None = Field(
+        default=None,
+        repr=False,
+        description=(
+            "EvoLink API key (`sk-...`). Pass `dagster.EnvVar('ZIMAGE_API_KEY')` so the key stays "
+            "out of run config; when unset, the ZIMAGE_API_KEY environment variable is read."
+        ),
+    )
+    base_url: str | None = Field(
+        default=None,
+        description=(
+            "API base URL. Unset: ZIMAGE_BASE_URL, then https://api.evolink.ai. Point it at the "
+            "local emulator (`zimage-emulator`) to run without an account."
+        ),
+    )
+    request_timeout: float = Field(
+        default=30.0, gt=0, description="Seconds one HTTP attempt may take (connect, send, read)."
+    )
+    call_deadline: float = Field(
+        default=120.0,
+        gt=0,
+        description="Seconds one API call may take in all, across its retries and backoff sleeps.",
+    )
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "HTTP retries per call for transient failures (connection errors, timeouts, 408, 409, "
+            "429, 5xx). A create is retried only where no task can have been made."
+        ),
+    )
+    wait_deadline: float = Field(
+        default=600.0, gt=0, description="Seconds to wait for one task to finish before giving up."
+    )
+    max_poll_interval: float = Field(
+        default=5.0, gt=0, description="Longest pause between two status requests for a task."
+    )
+    concurrency: int = Field(
+        default=8,
+        ge=1,
+        description="Tasks in flight at once in a run that covers many partitions.",
+    )
+    max_resubmits: int = Field(
+        default=2,
+        ge=0,
+        description=(
+            "Times a task that failed with a retryable provider error (service_error, "
+            "generation_timeout...) is submitted again with the same seed."
+        ),
+    )
+    max_download_bytes: int = Field(
+        default=50 * 1024 * 1024, gt=0, description="Largest image file accepted, in bytes."
+    )
+
+    _client: ZImageClient | None = PrivateAttr(default=None)
+
+    def _client_options(self) -> dict[str, object]:
+        return {
+            "api_key": self.api_key,
+            "base_url": self.base_url,
+            "timeout": self.request_timeout,
+            "deadline": self.call_deadline,
+            "retry": RetryPolicy(max_retries=self.max_retries),
+            "poll": PollPolicy(max_interval=self.max_poll_interval),
+            "max_download_bytes": self.max_download_bytes,
+        }
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._client = ZImageClient(**self._client_options())  # type: ignore[arg-type]
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def get_client(self) -> ZImageClient:
+        """The sync client opened for this run (made on first use outside a run)."""
+        if self._client is None:
+            self._client = ZImageClient(**self._client_options())  # type: ignore[arg-type]
+        return self._client
+
+    @asynccontextmanager
+    async def async_client(self) -> AsyncIterator[AsyncZImageClient]:
+        """An async client bound to the running event loop, closed on exit.
+
+        Example::
+
+            async with zimage.async_client() as client:
+                async for outcome in client.generate_many(requests, concurrency=8):
+                    ...
+        """
+        async with AsyncZImageClient(**self._client_options()) as client:  # type: ignore[arg-type]
+            yield client
