@@ -66,6 +66,10 @@ class FakeTask:
     failure: tuple[str, str] | None = None
     status_override: str | None = None
 
+    @property
+    def finishes_at(self) -> float:
+        return self.created_at + self.pending_s + self.processing_s
+
     def state(self, now: float) -> tuple[str, int]:
         if self.status_override is not None:
             return self.status_override, 50
@@ -95,6 +99,7 @@ class FakeAPI:
     # Optional per-request hook: return a Response to short-circuit, or raise an httpx error.
     hook: Callable[[httpx.Request], httpx.Response | None] | None = None
     echo_key_in_errors: bool = False
+    report_progress: bool = True
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -175,6 +180,8 @@ class FakeAPI:
 
     def task_json(self, task: FakeTask) -> dict[str, Any]:
         status, progress = task.state(self.clock())
+        if not self.report_progress:
+            progress = 0
         out: dict[str, Any] = {
             "created": int(task.created_at),
             "id": task.id,

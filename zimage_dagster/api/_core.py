@@ -291,6 +291,7 @@ class PollSchedule:
         self.last_pending_at: float | None = None
         self.first_processing_at: float | None = None
         self.progress_points: list[tuple[float, int]] = []
+        self.stalled = False
         self._blind_polls = 0
         self._first_done = False
 
@@ -302,9 +303,10 @@ class PollSchedule:
         elif status is TaskStatus.PROCESSING:
             if self.first_processing_at is None:
                 self.first_processing_at = at
-            if task.progress > 0 and (
-                not self.progress_points or task.progress >= self.progress_points[-1][1]
-            ):
+            last = self.progress_points[-1][1] if self.progress_points else None
+            # Progress that did not move since the last reading makes any ETA a guess.
+            self.stalled = last is not None and task.progress <= last
+            if task.progress > 0 and (last is None or task.progress > last):
                 self.progress_points.append((at, task.progress))
 
     def eta(self) -> float | None:
@@ -319,8 +321,12 @@ class PollSchedule:
         if len(pts) >= 2 and p_last > p0 and t_last > t0:
             rate = (p_last - p0) / (t_last - t0)
             return t_last + (100 - p_last) / rate
-        start = self.last_pending_at
-        if start is None or t_last <= start:
+        # One reading: processing began between the last "pending" sighting and the first
+        # "processing" one; take the middle, then p% after t s of processing -> done at t * 100 / p.
+        if self.last_pending_at is None or self.first_processing_at is None:
+            return None
+        start = (self.last_pending_at + self.first_processing_at) / 2.0
+        if t_last <= start:
             return None
         return start + (t_last - start) * 100.0 / p_last
 
@@ -331,7 +337,7 @@ class PollSchedule:
             if self.origin is not None:
                 return max(0.0, self.origin + p.first_wait_fraction * self.estimated_time - now)
             return 0.0  # we do not know when the task was made: look now
-        if p.use_progress_eta:
+        if p.use_progress_eta and not self.stalled:
             eta = self.eta()
             if eta is not None and eta + p.eta_margin > now:
                 return min(p.max_interval, max(p.min_interval, eta + p.eta_margin - now))
@@ -354,6 +360,12 @@ class PollSchedule:
                 break
         if switch is None:
             switch = end
+        # With two progress readings, back the start of processing out of the rate.
+        pts = self.progress_points
+        if len(pts) >= 2 and pts[-1][1] > pts[0][1] and pts[-1][0] > pts[0][0]:
+            rate = (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
+            lo = last_pending if last_pending is not None else begin
+            switch = min(max(pts[0][0] - pts[0][1] / rate, lo), self.first_processing_at or end)
         switch = min(max(switch, begin), end)
         return switch - begin, end - switch
 

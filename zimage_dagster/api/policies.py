@@ -77,9 +77,12 @@ class PollPolicy:
     1. First poll at ``first_wait_fraction`` x the task's ``task_info.estimated_time`` (or
        ``default_estimated_time`` if the server gave none), counted from when the task was created.
     2. Then, if the task is processing and reports progress (and ``use_progress_eta``): estimate
-       its finish from the progress (two progress readings give a rate; a single reading p% after
-       t s since the task was last seen pending gives ``t * 100 / p``), and poll ``eta_margin``
-       seconds after it, the interval clamped to ``[min_interval, max_interval]``.
+       its finish from the progress, and poll ``eta_margin`` seconds after it, the interval
+       clamped to ``[min_interval, max_interval]``. Two readings give a rate; a single reading
+       of p% after t s of processing gives a finish at about ``t * 100 / p`` (processing is taken
+       to have begun halfway between the last "pending" and the first "processing" sighting).
+       An estimate that has passed without the task finishing, or progress that did not move
+       since the last reading, sends the schedule to step 3.
     3. Otherwise a growing interval: ``initial_interval``, then x ``growth`` each poll, at most
        ``max_interval``.
     4. ``deadline`` (seconds, overall) -> ``WaitTimeoutError``; one last poll is made at the deadline.
