@@ -221,6 +221,8 @@ def test_unknown_routes_and_methods_answer_in_the_envelope(api: SpecClient) -> N
     r = api.get("/v1/nothing")
     assert r.status_code == 404
     assert r.json()["error"]["code"] == "not_found"
+    r = api.get("/v1/tasks")  # no redirect to /v1/tasks/
+    assert r.status_code == 404
     r = api.get("/v1/images/generations")
     assert r.status_code == 405
     assert r.json()["error"]["code"] == "method_not_allowed"

@@ -199,5 +199,7 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
             Exception: _server_error,
         },
     )
+    # The provider's routes answer in JSON, never with a redirect.
+    app.router.redirect_slashes = False
     app.state.emulator = state
     return app

@@ -186,5 +186,5 @@ class RenderCache:
     def close(self) -> None:
         self._entries.clear()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)  # no thread outlives the server
             self._executor = None
