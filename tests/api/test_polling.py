@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -97,7 +98,7 @@ def test_without_progress_the_interval_grows_by_half_under_the_cap() -> None:
         task = client.create_task(REQ)
         start = api.clock.now
         client.wait(task, on_poll=lambda t: times.append(api.clock.now - start))
-    gaps = [round(b - a, 3) for a, b in zip(times, times[1:])]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
     assert times[0] == pytest.approx(6.0)
     assert gaps[:5] == [1.0, 1.5, 2.25, 3.375, 5.0]
     assert set(gaps[5:]) == {5.0}

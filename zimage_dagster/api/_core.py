@@ -452,6 +452,11 @@ class ClientCore:
         key = self._key.get()
         return text.replace(key, "[REDACTED]") if key and key in text else text
 
+    def safe_cause(self, exc: BaseException) -> BaseException | None:
+        """``exc`` to chain as ``__cause__``, unless its text holds the API key (then nothing)."""
+        key = self._key.get()
+        return None if key and key in f"{exc}{exc!r}" else exc
+
     def build_api_request(
         self, method: str, path: str, json_body: Mapping[str, Any] | None, timeout: float
     ) -> httpx.Request:
@@ -519,8 +524,12 @@ class ClientCore:
 
     def parse(self, received: Received, model: type[M], method: str, path: str) -> M:
         """Parse a 2xx body into ``model``, or raise :class:`APIResponseValidationError`."""
+        content = received.content
+        key = self._key.get().encode()
+        if key and key in content:  # a server echoing our key must not plant it in our objects
+            content = content.replace(key, b"[REDACTED]")
         try:
-            return model.model_validate_json(received.content)
+            return model.model_validate_json(content)
         except ValidationError as exc:
             problems = "; ".join(
                 f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
@@ -590,14 +599,16 @@ class ClientCore:
                     f", server asks to retry after {hint:.2f} s" if hint is not None else "",
                 )
             elif isinstance(outcome, Exception):
-                cause = outcome
+                cause = self.safe_cause(outcome)
                 hint = None
                 what = self.scrub(describe_exception(outcome))
                 if is_create and not create_never_reached_server(policy, outcome):
                     logger.debug(
                         "%s %s failed after sending: %s; outcome unknown", method, path, what
                     )
-                    raise CreateOutcomeUnknownError(what, method=method, path=path) from outcome
+                    raise CreateOutcomeUnknownError(
+                        what, method=method, path=path
+                    ) from self.safe_cause(outcome)
                 if isinstance(outcome, httpx.TimeoutException):
                     error = APITimeoutError(what, method=method, path=path)
                 else:
@@ -782,7 +793,7 @@ class ClientCore:
                 hint = parse_retry_after(outcome.headers)
                 retryable = status_is_retryable(policy, outcome.status_code, is_create=False)
             elif isinstance(outcome, Exception):
-                cause = outcome
+                cause = self.safe_cause(outcome)
                 error = DownloadError(describe_exception(outcome), url=clean, task_id=task_id)
                 retryable = exception_is_retryable(outcome)
             else:  # pragma: no cover
