@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.emulator._support import SpecClient, check_conforms
+from tests.emulator._support import ROUTES, SpecClient, check_conforms
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.emulator.spec import CREATE_DOC, CREDITS_DOC, TASK_DOC, load_document
 
@@ -66,19 +66,10 @@ def test_documented_success_examples_validate_against_their_own_schemas() -> Non
 def test_every_documented_error_status_is_producible(
     api: SpecClient, emulator: EmulatorServer
 ) -> None:
-    # 400, 401, 402, 404, 429 come from real rules (see the other tests); faults give the rest
-    for route, path, method in (
-        ("create", "/v1/images/generations", "POST"),
-        ("task", "/v1/tasks/x", "GET"),
-        ("credits", "/v1/credits", "GET"),
-    ):
-        doc = {"create": CREATE_DOC, "task": TASK_DOC, "credits": CREDITS_DOC}[route]
-        spec_path = {
-            "create": "/v1/images/generations",
-            "task": "/v1/tasks/{task_id}",
-            "credits": "/v1/credits",
-        }[route]
-        for status in load_document(doc)["paths"][spec_path][method.lower()]["responses"]:
+    # 400, 401, 402, 404, 429 come from real rules (see the other tests); faults give any of them
+    for route, (doc, spec_path, method) in ROUTES.items():
+        path = spec_path.replace("{task_id}", "x")
+        for status in load_document(doc)["paths"][spec_path][method]["responses"]:
             if status == "200":
                 continue
             emulator.configure(http_faults=[{"route": route, "status": int(status), "count": 1}])
