@@ -100,6 +100,7 @@ class FakeAPI:
     hook: Callable[[httpx.Request], httpx.Response | None] | None = None
     echo_key_in_errors: bool = False
     report_progress: bool = True
+    estimated_time: float = 10
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -168,7 +169,7 @@ class FakeAPI:
                 "object": "image.generation.task",
                 "progress": 0,
                 "status": "pending",
-                "task_info": {"can_cancel": True, "estimated_time": 10},
+                "task_info": {"can_cancel": True, "estimated_time": self.estimated_time},
                 "type": "image",
                 "usage": {
                     "billing_rule": "per_call",

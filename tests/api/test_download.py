@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import struct
 import zlib
 from collections.abc import Iterator
@@ -115,9 +116,7 @@ def test_generate_never_sends_the_key_to_the_file_host_and_records_everything() 
         assert "authorization" not in request.headers
     for request in api.requests:
         assert request.headers["authorization"] == f"Bearer {CANARY_KEY}"
-    sent = [r for r in api.requests if r.method == "POST"][0]
-    import json
-
+    sent = next(r for r in api.requests if r.method == "POST")
     body = json.loads(sent.content)
     assert body["seed"] == result.seed
     assert 1 <= result.seed <= 2147483647

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import traceback
@@ -37,10 +38,8 @@ def assert_clean(text: str) -> None:
 
 def every_view(err: BaseException) -> str:
     views = [str(err), repr(err), "".join(traceback.format_exception(err)), repr(err.__dict__)]
-    try:
+    with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
         views.append(repr(pickle.loads(pickle.dumps(err)).__dict__))
-    except (pickle.PicklingError, TypeError, AttributeError):
-        pass
     return "\n".join(views)
 
 
