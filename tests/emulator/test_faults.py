@@ -151,13 +151,13 @@ def test_concurrency_cap_answers_429_with_retry_after(
 
 
 def test_rate_limit_answers_429_with_retry_after(api: SpecClient, emulator: EmulatorServer) -> None:
-    emulator.configure(rate_limit_per_s=2, rate_limit_burst=3)
+    emulator.configure(rate_limit_per_s=1, rate_limit_burst=3)
     statuses = [api.get("/v1/credits").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     limited = api.get("/v1/tasks/task-unified-1-abcdefgh")
     assert limited.status_code == 429
     assert limited.headers["retry-after"] == "1"
-    time.sleep(0.55)
+    time.sleep(1.05)
     assert api.get("/v1/credits").status_code == 200
 
 
