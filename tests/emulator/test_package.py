@@ -8,6 +8,8 @@ import importlib
 import json
 import os
 import pkgutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,16 @@ def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.failed == 0, f"{result.failed} doctest failure(s) in {name}"
+
+
+def test_importing_the_emulator_loads_neither_dagster_nor_the_client() -> None:
+    code = (
+        "import sys, zimage_dagster.emulator, zimage_dagster.emulator.cli\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_shared')"
+        " or m.startswith('zimage_dagster.api'))\n"
+        "print(bad)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
