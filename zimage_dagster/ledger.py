@@ -11,6 +11,15 @@ Layout: one small JSON file per partition, in the image store::
 
 Writes are atomic (temp file + ``os.replace`` locally, a single PUT on object stores).
 
+A small task-ID index sits beside the entries, so that a callback naming a task finds its entry in
+O(1) (:meth:`TaskLedger.find_task`)::
+
+    <root>/_ledger/_by_task/<task_id>.json      {"asset": [...], "partition_key": "..."}
+
+It is written right after the entry by :meth:`TaskLedger.record_submitted` (a crash in between
+only costs the O(1) lookup: the sensor still polls the task). ``_by_task`` and ``_state`` (small
+state files of the sensors) are reserved: no asset key may start with them, and scans skip them.
+
 Concurrency: two steps working on different partitions never touch the same file. Two writers
 on the *same* partition are not expected (Dagster runs one step per partition at a time); if it
 happens the last complete write wins, files are never torn, and the ``mark_*`` methods take the
@@ -64,8 +73,10 @@ from zimage_dagster.storage import (
 )
 
 __all__ = [
+    "INDEX_DIR",
     "OPEN_STATUSES",
     "REQUEST_FIELDS",
+    "STATE_DIR",
     "LedgerConflictError",
     "LedgerEntry",
     "LedgerStatus",
@@ -79,6 +90,11 @@ log = logging.getLogger(__name__)
 REQUEST_FIELDS: tuple[str, ...] = ("model", "prompt", "size", "seed", "nsfw_check")
 
 _MAX_MESSAGE_CHARS = 2000
+
+#: Reserved folders under ``<root>/_ledger`` (not assets): the task-ID index and sensor state.
+INDEX_DIR = "_by_task"
+STATE_DIR = "_state"
+_RESERVED = frozenset({INDEX_DIR, STATE_DIR})
 
 
 class LedgerStatus(str, Enum):
@@ -212,6 +228,13 @@ class LedgerEntry:
         )
 
 
+def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
+    parts = asset_parts(asset)
+    if parts[0] in _RESERVED:
+        raise ValueError(f"asset key {parts!r}: {parts[0]!r} is reserved in the ledger")
+    return parts
+
+
 def _clip(message: str | None) -> str | None:
     if message is None:
         return None
@@ -244,12 +267,22 @@ class TaskLedger:
         """``<root>/_ledger`` or ``<root>/_ledger/<asset path...>``."""
         if asset is None:
             return self.store.join(LEDGER_DIR)
-        return self.store.join(LEDGER_DIR, *asset_parts(asset))
+        return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset))
 
     def path(self, asset: AssetLike, partition_key: str) -> UPath:
         """``<root>/_ledger/<asset path...>/<partition_key>.json``."""
         check_path_component(partition_key)
-        return self.store.join(LEDGER_DIR, *asset_parts(asset), f"{partition_key}.json")
+        return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset), f"{partition_key}.json")
+
+    def index_path(self, task_id: str) -> UPath:
+        """``<root>/_ledger/_by_task/<task_id>.json`` (raises ``UnsafePathError`` for a bad ID)."""
+        check_path_component(task_id, "task ID")
+        return self.store.join(LEDGER_DIR, INDEX_DIR, f"{task_id}.json")
+
+    def state_path(self, asset: AssetLike, name: str) -> UPath:
+        """``<root>/_ledger/_state/<asset path...>/<name>.json``: small state of a sensor."""
+        check_path_component(name, "state name")
+        return self.store.join(LEDGER_DIR, STATE_DIR, *asset_parts(asset), f"{name}.json")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -271,7 +304,10 @@ class TaskLedger:
         Unreadable files are logged and skipped. Order: by path.
         """
         wanted = None if statuses is None else {LedgerStatus(s) for s in statuses}
+        reserved = tuple(f"{self.folder()}/{name}/".replace("\\", "/") for name in _RESERVED)
         for key, raw in sorted(self.store.read_all(self.folder(asset), ".json").items()):
+            if asset is None and key.replace("\\", "/").startswith(reserved):
+                continue
             try:
                 entry = LedgerEntry.from_json(json.loads(raw))
             except (ValueError, KeyError, TypeError) as exc:
@@ -280,7 +316,39 @@ class TaskLedger:
             if wanted is None or entry.status in wanted:
                 yield entry
 
+    def find_task(self, task_id: str) -> LedgerEntry | None:
+        """The entry whose *current* task is ``task_id``, through the index: O(1) reads.
+
+        ``None`` when the task is unknown, its ID is not a safe file name, or the partition has
+        since moved on to another task.
+        """
+        try:
+            path = self.index_path(task_id)
+        except ValueError:
+            return None
+        raw = self.store.read_bytes_or_none(path)
+        if raw is None:
+            return None
+        try:
+            ref = json.loads(raw)
+            entry = self.get(tuple(ref["asset"]), str(ref["partition_key"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("unreadable ledger index file %s: %s", path, exc)
+            return None
+        if entry is None or entry.task_id != task_id:
+            return None
+        return entry
+
     # -- writing -------------------------------------------------------------------------------
+
+    def _write_index(self, entry: LedgerEntry) -> None:
+        try:
+            path = self.index_path(entry.task_id)
+        except ValueError:
+            log.warning("task ID %r is not a safe file name: not indexed", entry.task_id)
+            return
+        ref = {"asset": list(entry.asset), "partition_key": entry.partition_key}
+        self.store.write_atomic(path, json.dumps(ref, separators=(",", ":")).encode(), fsync=False)
 
     def _write(self, entry: LedgerEntry) -> LedgerEntry:
         data = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -306,7 +374,7 @@ class TaskLedger:
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
         grows by one. Recording the same task ID again is a no-op returning the entry.
         """
-        parts = asset_parts(asset)
+        parts = _ledger_asset_parts(asset)
         kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
         seed = kept.get("seed")
         if not isinstance(seed, int) or isinstance(seed, bool):
@@ -351,7 +419,9 @@ class TaskLedger:
             run_id=run_id,
             extra=dict(extra or {}),
         )
-        return self._write(entry)
+        self._write(entry)
+        self._write_index(entry)
+        return entry
 
     def update(
         self,
