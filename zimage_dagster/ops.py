@@ -1,0 +1,327 @@
+"""Op building blocks: generate images for prompt rows inside an op-based job.
+
+For pipelines written with ops rather than assets. The ops reuse the batch engine
+(:class:`~zimage_dagster.batch.BatchGenerator`), the image store, the task ledger and the per-image
+metadata of the asset factory, so an image made by an op is stored, traced and shown exactly like
+one made by :func:`~zimage_dagster.build_image_assets`:
+
+* :data:`load_prompts_op` reads a prompt dataset (CSV, JSON Lines, JSON, Parquet; a path or an
+  fsspec URL) and returns its valid rows as plain dicts; bad rows are logged with their row number.
+* :func:`build_generate_images_op` makes an op that takes those rows, submits them concurrently
+  through :meth:`ZImageResource.async_client() <zimage_dagster.ZImageResource.async_client>`,
+  logs an ``AssetMaterialization(asset_key, partition=row key, metadata=...)`` for each stored
+  image the moment it is stored, and returns the records (plain dicts, the provenance layout of
+  :func:`~zimage_dagster.metadata.to_provenance`). Rows that produced no image are listed in a
+  ``dagster.Failure`` at the end (``allow_retries`` only when every failure is retryable): the
+  stored images stay materialized, and a re-run reuses them at no cost.
+
+Example (runnable; ``base_url`` must point at an API, e.g. the local emulator)::
+
+    import dagster as dg
+    from zimage_dagster import ZImageResource
+    from zimage_dagster.ops import build_generate_images_op, load_prompts_op
+
+    generate_images = build_generate_images_op(
+        "generate_images", asset_key="ops_images", storage="zimage_output"
+    )
+
+    @dg.job(resource_defs={"zimage": ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"))})
+    def images_job():
+        generate_images(load_prompts_op())
+
+    images_job.execute_in_process(
+        run_config={"ops": {"load_prompts": {"config": {"path": "examples/prompts.csv"}}}}
+    )
+
+>>> op_def = build_generate_images_op("generate_images", asset_key="ops_images", storage="/tmp/x")
+>>> op_def.name, sorted(op_def.required_resource_keys)
+('generate_images', ['zimage'])
+"""
+
+import asyncio
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any, Literal
+
+import dagster as dg
+from pydantic import Field
+
+from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, ImageSuccess, storage_key
+from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.metadata import image_metadata, to_provenance
+from zimage_dagster.prompts import (
+    PromptDataset,
+    PromptRow,
+    derive_seed,
+    load_prompts,
+    random_seed,
+)
+from zimage_dagster.resource import ZImageResource
+from zimage_dagster.storage import ImageStore
+
+__all__ = [
+    "LoadPromptsConfig",
+    "build_generate_images_op",
+    "load_prompts_op",
+    "row_to_dict",
+    "rows_from_dicts",
+]
+
+SeedStrategy = Literal["derived", "random"]
+RowsLike = PromptDataset | Sequence[PromptRow] | Sequence[Mapping[str, Any]]
+
+
+# -- rows as plain data -------------------------------------------------------------------------
+
+
+def row_to_dict(row: PromptRow) -> dict[str, Any]:
+    """A row as a flat, JSON-ready dict that :func:`~zimage_dagster.load_prompts` reads back.
+
+    Absent fields are left out; the dataset's extra columns are kept at the top level.
+
+    >>> row_to_dict(PromptRow("fox", "a red fox", "16:9", None, None, {"category": "animals"}))
+    {'category': 'animals', 'key': 'fox', 'prompt': 'a red fox', 'size': '16:9'}
+    """
+    out: dict[str, Any] = {name: value for name, value in row.extra.items() if value is not None}
+    out["key"] = row.key
+    out["prompt"] = row.prompt
+    for name in ("size", "seed", "nsfw_check"):
+        value = getattr(row, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def rows_from_dicts(rows: RowsLike) -> PromptDataset:
+    """Rows as a validated dataset (dicts are checked again: an op input may come from anywhere).
+
+    >>> ds = rows_from_dicts([{"key": "fox", "prompt": "a red fox"}, {"prompt": ""}])
+    >>> ds.keys, len(ds.problems)
+    (['fox'], 1)
+    """
+    if isinstance(rows, PromptDataset):
+        return rows
+    items: list[object] = list(rows)
+    records: list[dict[str, Any]] = []
+    for item in items:
+        if isinstance(item, PromptRow):
+            records.append(row_to_dict(item))
+        elif isinstance(item, Mapping):
+            records.append(dict(item))
+        else:
+            raise TypeError(
+                f"a prompt row must be a dict or a PromptRow, not {type(item).__name__}"
+            )
+    return load_prompts(records)
+
+
+# -- load ---------------------------------------------------------------------------------------
+
+
+class LoadPromptsConfig(dg.Config):
+    """Which prompt dataset to load, and optionally which of its rows."""
+
+    path: str = Field(
+        description="Prompt dataset: a .csv/.tsv/.jsonl/.json/.parquet path or fsspec URL."
+    )
+    keys: list[str] | None = Field(
+        default=None, description="Only these row keys (in this order); unset: every valid row."
+    )
+    limit: int | None = Field(default=None, ge=1, description="At most this many rows.")
+
+
+@dg.op(
+    name="load_prompts",
+    out=dg.Out(list, description="The valid rows, as dicts (key, prompt, size, seed, ...)."),
+    tags={"kind": "zimage"},
+)
+def load_prompts_op(context: dg.OpExecutionContext, config: LoadPromptsConfig) -> list[Any]:
+    """Load and validate a prompt dataset; bad rows are logged (row number, reason) and left out.
+
+    Fails only when the dataset as a whole is unusable, or when a requested key is missing.
+    """
+    dataset = load_prompts(config.path)
+    for problem in dataset.problems:
+        context.log.warning(f"dataset {dataset.source}: {problem} (row left out)")
+    rows = list(dataset.rows)
+    if config.keys is not None:
+        missing = [key for key in config.keys if key not in dataset]
+        if missing:
+            raise dg.Failure(
+                description=f"{dataset.source} has no valid row with key(s) {', '.join(missing)}",
+                allow_retries=False,
+            )
+        rows = [row for key in config.keys if (row := dataset.get(key)) is not None]
+    if config.limit is not None:
+        rows = rows[: config.limit]
+    context.add_output_metadata(
+        {
+            "dataset": dg.MetadataValue.text(dataset.source),
+            "rows": dg.MetadataValue.int(len(rows)),
+            "problems": dg.MetadataValue.int(len(dataset.problems)),
+        }
+    )
+    context.log.info(f"{len(rows)} prompt row(s) from {dataset.source}")
+    return [row_to_dict(row) for row in rows]
+
+
+# -- generate -----------------------------------------------------------------------------------
+
+
+def build_generate_images_op(
+    name: str = "generate_images",
+    *,
+    asset_key: str | Sequence[str] | dg.AssetKey,
+    storage: str | os.PathLike[str] = "zimage_output",
+    storage_options: Mapping[str, Any] | None = None,
+    resource_key: str = "zimage",
+    seed_strategy: SeedStrategy = "derived",
+    default_size: str | None = None,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+    retry_policy: dg.RetryPolicy | None = None,
+    pool: str | None = "zimage",
+    description: str | None = None,
+) -> dg.OpDefinition:
+    """An op that generates one image per input row and records it as an asset partition.
+
+    The op takes ``rows`` (dicts as returned by :data:`load_prompts_op`, ``PromptRow`` objects or
+    a ``PromptDataset``) and returns a list of records (dicts: seed, task_id, path, sha256,
+    width, height, reused... as in the provenance file stored beside each image). Per stored image
+    it logs ``AssetMaterialization(asset_key, partition=<row key>, metadata=image_metadata(...))``,
+    the same metadata the image assets record (seed, task ID, timings, thumbnail...).
+
+    Args:
+        name: the op's name.
+        asset_key: the asset the images belong to (also their folder under ``storage``). Declare
+            it in your ``Definitions`` (e.g. ``dg.AssetSpec(asset_key, partitions_def=...)``) to
+            see it in the asset catalogue.
+        storage: root folder or fsspec URL of the image store (images, provenance, ledger).
+        resource_key: the key of the :class:`~zimage_dagster.ZImageResource`.
+        seed_strategy: ``"derived"`` (from asset key, row key and prompt, as the assets do: the
+            same row gives the same request) or ``"random"``; a row's own ``seed`` always wins.
+        default_size: size for rows without one (else the API default, ``1:1``).
+        reuse_stored: reuse an image already stored for the identical request (no new task).
+        retry_rejected: submit again a request the provider rejected with a fixable error.
+        retry_policy: whole-step retries (a ``Failure`` with ``allow_retries=False`` is not
+            retried: fixable errors such as a content-policy rejection).
+        pool: Dagster concurrency pool of the op.
+
+    >>> op_def = build_generate_images_op(asset_key=["catalog", "hero"], storage="/tmp/x")
+    >>> op_def.name
+    'generate_images'
+    """
+    key = asset_key if isinstance(asset_key, dg.AssetKey) else dg.AssetKey.from_coercible(asset_key)
+    root = os.fspath(storage)
+    options = dict(storage_options or {})
+
+    @dg.op(
+        name=name,
+        description=description
+        or f"Generates a Z-Image-Turbo image per row and materializes {key.to_user_string()}.",
+        ins={"rows": dg.In(list, description="Prompt rows (dicts with key, prompt, ...).")},
+        out=dg.Out(list, description="One record per stored image (seed, task_id, path...)."),
+        required_resource_keys={resource_key},
+        retry_policy=retry_policy,
+        pool=pool,
+        tags={"kind": "zimage"},
+    )
+    def _generate_images(context: dg.OpExecutionContext, rows: list[Any]) -> list[Any]:
+        resource: ZImageResource = getattr(context.resources, resource_key)
+        dataset = rows_from_dicts(rows)
+        for problem in dataset.problems:
+            context.log.warning(f"input row left out: {problem}")
+        store = ImageStore(root, options)
+        ledger = TaskLedger(store)
+        jobs = [
+            ImageJob(
+                partition_key=row.key,
+                row=row,
+                seed=_seed_for(key, ledger, row, seed_strategy),
+            )
+            for row in (_with_size(r, default_size) for r in dataset)
+        ]
+
+        def on_success(success: ImageSuccess) -> None:
+            context.log_event(
+                dg.AssetMaterialization(
+                    asset_key=key,
+                    partition=success.job.partition_key,
+                    metadata=image_metadata(success.record, success.thumbnail),
+                )
+            )
+
+        async def run() -> BatchReport:
+            async with resource.async_client() as client:
+                engine = BatchGenerator(
+                    client,
+                    store,
+                    ledger,
+                    key.path,
+                    concurrency=resource.concurrency,
+                    max_resubmits=resource.max_resubmits,
+                    reuse_stored=reuse_stored,
+                    retry_rejected=retry_rejected,
+                    wait_deadline=resource.wait_deadline,
+                    on_success=on_success,
+                    run_id=context.run_id,
+                    logger=context.log,
+                )
+                return await engine.run(jobs)
+
+        context.log.info(
+            f"generating {len(jobs)} image(s) for {key.to_user_string()} with up to "
+            f"{resource.concurrency} task(s) in flight"
+        )
+        report = asyncio.run(run())
+        order = {job.partition_key: i for i, job in enumerate(jobs)}
+        successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])
+        records = [to_provenance(s.record) for s in successes]
+        reused = sum(1 for s in successes if s.record.reused)
+        context.log.info(f"{report.summary()} ({reused} reused)")
+        if report.failures:
+            raise dg.Failure(
+                description=(
+                    f"{len(report.failures)} of {len(jobs)} image(s) failed "
+                    f"({len(successes)} stored and materialized):\n{report.failure_report()}"
+                ),
+                metadata={
+                    "failed_rows": dg.MetadataValue.json(
+                        {f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures}
+                    ),
+                    "stored": dg.MetadataValue.int(len(successes)),
+                    "failed": dg.MetadataValue.int(len(report.failures)),
+                },
+                allow_retries=report.all_retryable,
+            )
+        context.add_output_metadata(
+            {
+                "asset": dg.MetadataValue.text(key.to_user_string()),
+                "stored": dg.MetadataValue.int(len(successes)),
+                "reused": dg.MetadataValue.int(reused),
+                "elapsed_s": dg.MetadataValue.float(round(report.elapsed_s, 3)),
+            }
+        )
+        return records
+
+    return _generate_images
+
+
+def _with_size(row: PromptRow, size: str | None) -> PromptRow:
+    return replace(row, size=size) if size and not row.size else row
+
+
+def _seed_for(
+    asset_key: dg.AssetKey, ledger: TaskLedger, row: PromptRow, strategy: SeedStrategy
+) -> int:
+    """The row's seed; else derived as the assets derive it; else random (reusing the seed of
+    the row's live task in the ledger, so a retried step re-attaches instead of paying again)."""
+    if row.seed is not None:
+        return row.seed
+    if strategy == "random":
+        entry = ledger.get(asset_key.path, storage_key(row.key))
+        if entry is not None and entry.is_open and entry.request.get("prompt") == row.prompt:
+            return entry.seed
+        return random_seed()
+    return derive_seed(asset_key.to_user_string(), row.key, row.prompt)
