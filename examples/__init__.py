@@ -1,0 +1,1 @@
+"""The example project that `make demo` and `make dev` run (see `definitions.py` at the root)."""

@@ -1,0 +1,139 @@
+"""The example project's definitions, built from the library's public pieces.
+
+* ``catalogue_images``: one static partition per row of ``examples/prompts.csv`` (a single-run
+  backfill submits them all concurrently); its job ``catalogue_images_job``.
+* ``contact_sheet``: every stored catalogue image on one PNG (its own run: ``contact_sheet_job``).
+* ``daily_hero``: date x prompt over ``examples/daily_prompts.csv``, with a schedule (stopped by
+  default) generating each day's images at 06:00 UTC.
+* ``zimage_ops_job``: the same thing with ops (load -> generate -> contact sheet), recording the
+  ``ops_images`` asset.
+
+Environment:
+
+* ``ZIMAGE_API_KEY``: the EvoLink API key (read at run time through ``dagster.EnvVar``).
+* ``ZIMAGE_BASE_URL``: the API base URL (default: the real API); ``make demo``/``make dev`` point it
+  at the local emulator when no key is set.
+* ``ZIMAGE_STORAGE_URL``: where images go (a folder or fsspec URL; default ``<repo>/zimage_output``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from examples.contact_sheet import build_contact_sheet_asset, build_contact_sheet_op
+from zimage_dagster import ImageStoreIOManager, ZImageResource, build_image_assets, load_prompts
+from zimage_dagster.ops import build_generate_images_op, load_prompts_op
+
+__all__ = [
+    "CATALOGUE",
+    "CATALOGUE_PROMPTS",
+    "DAILY_PROMPTS",
+    "DEFAULT_BASE_URL",
+    "REPO_ROOT",
+    "base_url",
+    "build_defs",
+    "storage_root",
+]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CATALOGUE_PROMPTS = REPO_ROOT / "examples" / "prompts.csv"
+DAILY_PROMPTS = REPO_ROOT / "examples" / "daily_prompts.csv"
+DEFAULT_BASE_URL = "https://api.evolink.ai"
+
+CATALOGUE = "catalogue_images"
+CONTACT_SHEET = "contact_sheet"
+DAILY = "daily_hero"
+OPS_IMAGES = "ops_images"
+
+
+def storage_root() -> str:
+    """``ZIMAGE_STORAGE_URL``, else ``<repo>/zimage_output``."""
+    return os.environ.get("ZIMAGE_STORAGE_URL") or str(REPO_ROOT / "zimage_output")
+
+
+def base_url() -> str:
+    """``ZIMAGE_BASE_URL``, else the real API."""
+    return os.environ.get("ZIMAGE_BASE_URL") or DEFAULT_BASE_URL
+
+
+def build_defs(storage: str | None = None) -> dg.Definitions:
+    """The whole example project (see the module docstring)."""
+    root = storage or storage_root()
+    catalogue = build_image_assets(
+        CATALOGUE,
+        CATALOGUE_PROMPTS,
+        storage=root,
+        group_name="catalogue",
+        description="Catalogue images, one partition per row of examples/prompts.csv.",
+    )
+    contact_sheet = build_contact_sheet_asset(
+        CONTACT_SHEET, images=CATALOGUE, storage=root, group_name="catalogue"
+    )
+    daily = build_image_assets(
+        DAILY,
+        DAILY_PROMPTS,
+        storage=root,
+        partitioning="daily",
+        daily_start_date="2026-11-01",
+        group_name="daily",
+        schedule_cron="0 6 * * *",
+        description="A fresh hero image per prompt of examples/daily_prompts.csv, every day.",
+    )
+    return dg.Definitions.merge(
+        catalogue,
+        daily,
+        dg.Definitions(
+            assets=[contact_sheet, _ops_images_spec()],
+            jobs=[
+                dg.define_asset_job(
+                    f"{CONTACT_SHEET}_job",
+                    selection=[CONTACT_SHEET],
+                    description="Redraws the contact sheet from the stored catalogue images.",
+                ),
+                build_ops_job(root),
+            ],
+            resources={
+                "zimage": ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"), base_url=base_url()),
+                "zimage_images": ImageStoreIOManager(root=root),
+            },
+        ),
+    )
+
+
+def _ops_images_spec() -> dg.AssetSpec:
+    keys = load_prompts(CATALOGUE_PROMPTS).keys
+    return dg.AssetSpec(
+        OPS_IMAGES,
+        group_name="ops",
+        kinds={"zimage", "image"},
+        partitions_def=dg.StaticPartitionsDefinition(keys),
+        description="Images recorded by zimage_ops_job (op-based pipeline; not materializable here).",
+    )
+
+
+def build_ops_job(storage: str) -> dg.JobDefinition:
+    """``zimage_ops_job``: load prompts -> generate images -> contact sheet, with ops."""
+    generate_images = build_generate_images_op(
+        "generate_images", asset_key=OPS_IMAGES, storage=storage
+    )
+    contact_sheet = build_contact_sheet_op(
+        "ops_contact_sheet", storage=storage, sheet_name="ops_contact_sheet"
+    )
+
+    @dg.job(
+        name="zimage_ops_job",
+        description="Op-based pipeline: the first 4 catalogue prompts (change `limit`/`keys`).",
+        config={
+            "ops": {
+                "load_prompts": {"config": {"path": str(CATALOGUE_PROMPTS), "limit": 4}},
+            }
+        },
+        tags={"zimage/example": "ops"},
+    )
+    def zimage_ops_job() -> None:
+        contact_sheet(generate_images(load_prompts_op()))
+
+    return zimage_ops_job
