@@ -35,7 +35,9 @@ class ZImageClient:
         deadline: seconds for one call across all its attempts and backoff sleeps.
         retry: :class:`RetryPolicy`; poll: :class:`PollPolicy` (``wait``'s schedule and deadline).
         max_download_bytes: download cap (default 50 MB); max_image_pixels: decode cap.
-        http_client: an ``httpx.Client`` to use (not closed by this client); or
+        http_client: an ``httpx.Client`` to use (not closed by this client; its transport, proxies,
+            limits and TLS settings are used, but not its default headers, cookies or auth: every
+            request is built here, so nothing of the injected client can leak to the file host); or
         transport: an ``httpx`` transport for a client this object creates and owns.
         sleep, clock: injectable ``time.sleep`` / ``time.monotonic`` (tests).
 
