@@ -146,8 +146,15 @@ class EmulatorConfig:
 
     @classmethod
     def for_tests(cls, **overrides: Any) -> EmulatorConfig:
-        """Short latency and callback retries, for test suites (documented rules otherwise)."""
-        base = cls(latency_s=0.2, callback_retry_delays_s=[0.05, 0.1, 0.2], callback_timeout_s=2.0)
+        """Short latency, estimate and callback retries, for test suites (documented rules
+        otherwise). The estimate keeps the provider's proportion (about 10 s announced for
+        6-10 s tasks), so a client's first poll comes after ~0.6 s instead of ~6 s."""
+        base = cls(
+            latency_s=0.2,
+            estimated_time=1,
+            callback_retry_delays_s=[0.05, 0.1, 0.2],
+            callback_timeout_s=2.0,
+        )
         return base.updated(overrides)
 
     @classmethod
