@@ -1,0 +1,91 @@
+"""`make dev`: the Dagster UI on http://127.0.0.1:3000 over the example project.
+
+With no ``ZIMAGE_API_KEY`` the local emulator runs in this process for as long as the UI does,
+and ``ZIMAGE_API_KEY`` / ``ZIMAGE_BASE_URL`` are exported to ``dagster dev`` (and so to its code
+server and runs); with the key set, the real API is used. ``DAGSTER_HOME`` defaults to
+``<repo>/.dagster_home``, the instance ``make demo`` records its runs in. Ctrl-C stops the UI,
+then the emulator.
+
+Options: ``--port`` (default 3000, or ``DAGSTER_PORT``); the UI only listens on 127.0.0.1.
+"""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from examples.demo import DEFAULT_LATENCY_S, emulator_config
+from examples.project import REPO_ROOT
+from zimage_dagster.emulator import EmulatorServer
+
+
+def dagster_command() -> list[str]:
+    """The ``dagster`` CLI of this interpreter's environment."""
+    beside = Path(sys.executable).parent / "dagster"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("dagster")
+    if found:
+        return [found]
+    return [sys.executable, "-m", "dagster"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m examples.dev", description=__doc__)
+    parser.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_PORT", "3000")))
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    home = Path(env.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    env["DAGSTER_HOME"] = str(home)
+    env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
+    command = [
+        *dagster_command(),
+        "dev",
+        "-w",
+        str(REPO_ROOT / "workspace.yaml"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+    ]
+    with ExitStack() as stack:
+        if not env.get("ZIMAGE_API_KEY"):
+            latency = float(env.get("ZIMAGE_DEMO_LATENCY") or DEFAULT_LATENCY_S)
+            emulator = stack.enter_context(EmulatorServer(emulator_config(latency)))
+            env["ZIMAGE_API_KEY"] = emulator.api_key
+            env["ZIMAGE_BASE_URL"] = emulator.url
+            print(
+                f"No ZIMAGE_API_KEY set: the local emulator answers at {emulator.url}", flush=True
+            )
+        else:
+            print("ZIMAGE_API_KEY set: runs use the real API (new images cost credits)", flush=True)
+        print(f"Dagster instance: {home}", flush=True)
+        print(f"Dagster UI: http://127.0.0.1:{args.port}  (Ctrl-C to stop)", flush=True)
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env)
+        try:
+            return process.wait()
+        except KeyboardInterrupt:
+            # The terminal sent SIGINT to dagster dev as well; give it time to shut down cleanly.
+            try:
+                return process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    return process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    return process.wait()
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
