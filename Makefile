@@ -55,7 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 soak: $(STAMP)
-	$(BIN)/pytest -m slow --run-soak $(PYTEST_ARGS)
+	$(BIN)/pytest -m soak $(PYTEST_ARGS)
 
 lock: $(BIN)/python
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^zimage-dagster' > $(CONSTRAINTS)
