@@ -16,7 +16,6 @@ their own runs: an automation condition, a sensor, or a second job. They load im
 :class:`~zimage_dagster.storage.ImageStoreIOManager`.
 """
 
-
 import asyncio
 import hashlib
 import io
@@ -218,8 +217,12 @@ def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Partitio
     if spec.partitioning == "daily":
         return dg.MultiPartitionsDefinition(
             {
+                # end_offset=1: today's partition exists from midnight, so the morning
+                # schedule can ask for today's image (without it the newest is yesterday's).
                 _DATE_DIMENSION: dg.DailyPartitionsDefinition(
-                    start_date=spec.daily_start_date, timezone=spec.schedule_timezone
+                    start_date=spec.daily_start_date,
+                    timezone=spec.schedule_timezone,
+                    end_offset=1,
                 ),
                 _PROMPT_DIMENSION: dg.StaticPartitionsDefinition(dataset.keys),
             }
@@ -227,9 +230,13 @@ def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Partitio
     raise dg.DagsterInvalidDefinitionError(f"unknown partitioning {spec.partitioning!r}")
 
 
-def _prompt_key(partition_key: str) -> str:
+def _prompt_key(partition_key: str, partitions_def: dg.PartitionsDefinition) -> str:
+    """The dataset key of a partition (the ``prompt`` dimension of a date x prompt key)."""
     if isinstance(partition_key, dg.MultiPartitionKey):
         return partition_key.keys_by_dimension[_PROMPT_DIMENSION]
+    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        multi = partitions_def.get_partition_key_from_str(str(partition_key))
+        return multi.keys_by_dimension[_PROMPT_DIMENSION]
     return str(partition_key)
 
 
@@ -348,19 +355,28 @@ def _generate(
     ledger = TaskLedger(store)
     jobs: list[ImageJob] = []
     missing: list[str] = []
+    partitions_def = context.assets_def.partitions_def
+    assert partitions_def is not None
     for partition_key in context.partition_keys:
-        row = dataset.get(_prompt_key(partition_key))
+        prompt_key = _prompt_key(partition_key, partitions_def)
+        row = dataset.get(prompt_key)
         if row is None:
-            missing.append(
-                f"{partition_key}: no row with key {_prompt_key(partition_key)!r} in {dataset.source}"
-            )
+            missing.append(f"{partition_key}: no row with key {prompt_key!r} in {dataset.source}")
             continue
         if spec.default_size and not row.size:
             row = _with_size(row, spec.default_size)
         seed = _seed_for(spec, ledger, row, str(partition_key))
         jobs.append(ImageJob(partition_key=str(partition_key), row=row, seed=seed))
     if context.retry_number > 0:
-        jobs = [job for job in jobs if not _collected_in_run(ledger, spec, job, context.run_id)]
+        # A retried step: partitions an earlier attempt of this run materialized are done
+        # (whether generated, re-attached or reused); do only the rest.
+        done = _materialized_in_run(context)
+        if done:
+            context.log.info(
+                f"step retry {context.retry_number}: {len(done)} partition(s) already "
+                "materialized by an earlier attempt of this run are skipped"
+            )
+        jobs = [job for job in jobs if job.partition_key not in done]
 
     def on_success(success: Any) -> None:
         context.log_event(
@@ -384,7 +400,7 @@ def _generate(
                 retry_rejected=spec.retry_rejected,
                 wait_deadline=resource.wait_deadline,
                 on_success=on_success,
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 logger=context.log,
             )
             return await engine.run(jobs)
@@ -414,14 +430,21 @@ def _seed_for(spec: ImageAssetSpec, ledger: TaskLedger, row: PromptRow, partitio
     return derive_seed(spec.asset_key.to_user_string(), partition_key, row.prompt)
 
 
-def _collected_in_run(ledger: TaskLedger, spec: ImageAssetSpec, job: ImageJob, run_id: str) -> bool:
-    entry = ledger.get(spec.asset_key.path, job.storage_key)
-    return (
-        entry is not None
-        and entry.run_id == run_id
-        and entry.status == "collected"
-        and entry.fingerprint == job.fingerprint
+def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
+    """Partition keys of this asset materialized so far in this run (by earlier step attempts)."""
+    entries = context.instance.all_logs(
+        context.run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
     )
+    done: set[str] = set()
+    for entry in entries:
+        materialization = entry.asset_materialization
+        if (
+            materialization is not None
+            and materialization.asset_key == context.asset_key
+            and materialization.partition is not None
+        ):
+            done.add(str(materialization.partition))
+    return done
 
 
 # -- checks -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -238,17 +239,27 @@ class BatchGenerator:
     # -- the batch -----------------------------------------------------------------------------
 
     async def run(self, jobs: Sequence[ImageJob]) -> BatchReport:
-        """Generate every job; returns when all have succeeded or failed."""
+        """Generate every job; returns when all have succeeded or failed.
+
+        A progress line (done, failed, remaining, ETA) is logged every ``progress_interval``
+        seconds while work is in flight, whether or not a partition finished meanwhile, and once
+        at the end.
+        """
         report = BatchReport()
         started = time.monotonic()
-        last_progress = started
         limit = asyncio.Semaphore(self.concurrency)
 
         async def one(job: ImageJob) -> ImageSuccess | ImageFailure:
             async with limit:
                 return await self._generate(job)
 
+        async def ticker() -> None:
+            while True:
+                await asyncio.sleep(self.progress_interval)
+                self.log.info(_progress_line(report, len(jobs), time.monotonic() - started))
+
         pending = [asyncio.ensure_future(one(job)) for job in jobs]
+        progress = asyncio.ensure_future(ticker()) if jobs and self.progress_interval > 0 else None
         try:
             for next_done in asyncio.as_completed(pending):
                 outcome = await next_done
@@ -261,15 +272,13 @@ class BatchGenerator:
                     self.log.warning(f"partition {outcome.describe()}")
                     if self.on_failure is not None:
                         self.on_failure(outcome)
-                now = time.monotonic()
-                finished = len(report.successes) + len(report.failures)
-                if now - last_progress >= self.progress_interval or finished == len(jobs):
-                    last_progress = now
-                    self.log.info(_progress_line(report, len(jobs), now - started))
         finally:
-            for task in pending:
+            leftovers = [*pending, *([progress] if progress is not None else [])]
+            for task in leftovers:
                 task.cancel()
+            await asyncio.gather(*leftovers, return_exceptions=True)
         report.elapsed_s = time.monotonic() - started
+        self.log.info(_progress_line(report, len(jobs), report.elapsed_s))
         return report
 
     # -- one partition -------------------------------------------------------------------------
@@ -286,8 +295,21 @@ class BatchGenerator:
             return await self._run_to_image(job, state)
         except ZImageError as exc:
             return self._failure_from_error(job, exc)
+        except Exception as exc:  # one broken partition (disk full, a bug...) never sinks the batch
+            self.log.warning(
+                f"partition {job.partition_key}: unexpected {type(exc).__name__}: {exc}",
+                exc_info=True,
+            )
+            return ImageFailure(
+                job, "internal_error", f"{type(exc).__name__}: {exc}", retryable=True
+            )
 
     def _reuse_stored(self, job: ImageJob) -> ImageSuccess | None:
+        """The stored image, if it was made from the identical request and is intact.
+
+        A stored file whose sha256 differs from its provenance record (damaged, replaced by
+        hand) is not reused: the partition is generated again (same seed, so the same image).
+        """
         if not self.reuse_stored:
             return None
         found = self.store.find(self.asset, job.storage_key)
@@ -296,12 +318,30 @@ class BatchGenerator:
         entry = self.ledger.get(self.asset, job.storage_key)
         if entry is not None and entry.is_open and entry.fingerprint != job.fingerprint:
             return None
+        data = self.store.read_bytes_or_none(found.path)
+        if data is None:
+            return None
+        if hashlib.sha256(data).hexdigest() != found.sha256:
+            self.log.warning(
+                f"partition {job.partition_key}: the stored file {found.path} differs from its "
+                "provenance record (sha256); generating it again"
+            )
+            return None
         record = replace(from_provenance(found.provenance), reused=True, regenerated=False)
-        data = found.path.read_bytes()
+        if entry is not None and entry.is_open and entry.task_id == record.task_id:
+            # Stored, but the run stopped before the ledger said so.
+            self.ledger.mark_collected(self.asset, job.storage_key, entry.task_id)
         return ImageSuccess(job, record, make_thumbnail(data))
 
     async def _reattach(self, job: ImageJob, state: _Attempt) -> ImageFailure | None:
-        """Pick up the partition's task from the ledger, if it is still the same request."""
+        """Pick up the partition's task from the ledger, if it is still the same request.
+
+        ``submitted`` / ``completed``: the live task is fetched and waited on (a completed one
+        is just downloaded). ``failed`` with a fixable code: the partition fails at once (unless
+        ``retry_rejected``). ``expired``: a new task is made and flagged ``regenerated``.
+        ``failed`` (retryable) / ``abandoned``: a new task is made. Either way the attempt count
+        and the earlier task IDs carry on from the ledger.
+        """
         entry = await asyncio.to_thread(self.ledger.get, self.asset, job.storage_key)
         if entry is None or entry.fingerprint != job.fingerprint:
             return None
@@ -309,7 +349,7 @@ class BatchGenerator:
         state.previous = [p.task_id for p in entry.previous]
         if entry.status == LedgerStatus.FAILED and not self.retry_rejected:
             code = entry.error_code or "unknown_error"
-            if not is_retryable_task_error_code(code, attempt=1):
+            if not is_retryable_task_error_code(code, attempt=entry.attempt):
                 return ImageFailure(
                     job,
                     code,
@@ -319,6 +359,8 @@ class BatchGenerator:
                     task_id=entry.task_id,
                 )
         if not entry.is_open:
+            state.previous.append(entry.task_id)
+            state.regenerated = entry.status == LedgerStatus.EXPIRED
             return None
         try:
             state.task = await self.client.get_task(entry.task_id)
@@ -329,6 +371,7 @@ class BatchGenerator:
             )
         except NotFoundError:
             await self._ledger_update(job, entry.task_id, LedgerStatus.ABANDONED, "not found")
+            state.previous.append(entry.task_id)
         return None
 
     async def _create(self, job: ImageJob, state: _Attempt) -> Task:
@@ -336,6 +379,7 @@ class BatchGenerator:
             state.previous.append(state.task.id)
         task = await self.client.create_task(job.request)
         state.attempts += 1
+        state.reattached = False
         await asyncio.to_thread(
             self.ledger.record_submitted,
             self.asset,

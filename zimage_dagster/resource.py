@@ -13,6 +13,18 @@ from zimage_dagster.api import AsyncZImageClient, PollPolicy, RetryPolicy, ZImag
 __all__ = ["ZImageResource"]
 
 
+def _poll_policy(max_interval: float, deadline: float) -> PollPolicy:
+    """The default schedule under a ``max_interval`` cap (short caps pull the floor down too:
+    ``PollPolicy`` needs ``min_interval <= max_interval``)."""
+    defaults = PollPolicy()
+    return PollPolicy(
+        max_interval=max_interval,
+        min_interval=min(defaults.min_interval, max_interval),
+        initial_interval=min(defaults.initial_interval, max_interval),
+        deadline=deadline,
+    )
+
+
 class ZImageResource(dg.ConfigurableResource):
     """Gives assets and ops a configured Z-Image-Turbo client, sync or async.
 
@@ -97,7 +109,7 @@ class ZImageResource(dg.ConfigurableResource):
             "timeout": self.request_timeout,
             "deadline": self.call_deadline,
             "retry": RetryPolicy(max_retries=self.max_retries),
-            "poll": PollPolicy(max_interval=self.max_poll_interval),
+            "poll": _poll_policy(self.max_poll_interval, self.wait_deadline),
             "max_download_bytes": self.max_download_bytes,
         }
 

@@ -1,0 +1,613 @@
+"""The image asset factory in real runs: emulator over HTTP, a real Dagster instance, real files.
+
+Each test proves one behaviour of issue 4 (see DESIGN.md section 4) and could fail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.dagster._support import (
+    SMALL,
+    check_evaluations,
+    failure_message,
+    image_asset,
+    log_messages,
+    make_fast,
+    materializations,
+    resource_for,
+    rows,
+    run_one,
+    run_range,
+    seed_failing_then_passing,
+    step_failure,
+    values,
+)
+from zimage_dagster.api import ZImageClient
+from zimage_dagster.assets import CHECK_NAMES, build_image_assets
+from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.prompts import derive_seed, request_fingerprint
+from zimage_dagster.resource import ZImageResource
+from zimage_dagster.storage import ImageStore
+
+METADATA_FIELDS = (
+    "seed",
+    "task_id",
+    "model",
+    "size_requested",
+    "width",
+    "height",
+    "prompt",
+    "path",
+    "sha256",
+    "bytes",
+    "format",
+    "credits_reserved",
+    "queued_s",
+    "generating_s",
+    "downloading_s",
+    "polls",
+    "attempts",
+    "reused",
+    "regenerated",
+    "thumbnail",
+)
+INT_FIELDS = ("seed", "width", "height", "bytes", "polls", "attempts")
+FLOAT_FIELDS = ("credits_reserved", "queued_s", "generating_s", "downloading_s")
+
+
+def _sha(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _request_of(task: dict[str, object]) -> tuple[object, ...]:
+    request = task["request"]
+    assert isinstance(request, dict)
+    return (request["prompt"], request["size"], request["seed_sent"], request["nsfw_check"])
+
+
+# -- 1. one partition ----------------------------------------------------------------------------
+
+
+def test_one_partition_records_everything_and_the_seed_sent(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    dataset = rows(2)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_one(asset, instance, resource_for(emulator), "p0")
+        assert result.success
+
+        mats = materializations(instance, "imgs")
+        assert list(mats) == ["p0"]
+        assert len(mats["p0"]) == 1
+        md = mats["p0"][0]
+        assert set(METADATA_FIELDS) <= set(md), set(METADATA_FIELDS) - set(md)
+        for name in INT_FIELDS:
+            assert isinstance(md[name], dg.IntMetadataValue), name
+        for name in FLOAT_FIELDS:
+            assert isinstance(md[name], dg.FloatMetadataValue), name
+        assert isinstance(md["path"], dg.PathMetadataValue)
+        assert isinstance(md["thumbnail"], dg.MarkdownMetadataValue)
+        v = values(md)
+        assert (v["width"], v["height"], v["size_requested"]) == (376, 376, SMALL)
+        assert v["prompt"] == dataset[0]["prompt"]
+        assert v["model"] == "z-image-turbo"
+        assert v["format"] == "PNG"
+        assert v["attempts"] == 1
+        assert v["polls"] >= 1
+        assert v["reused"] is False
+        assert v["regenerated"] is False
+        assert v["credits_reserved"] > 0
+        thumb = v["thumbnail"]
+        assert thumb.startswith("![")
+        assert "](data:image/jpeg;base64," in thumb
+        assert 300 < len(thumb) < 8_000  # a few KB
+
+        path = Path(v["path"])
+        assert path.is_file()
+        assert path.parent == tmp_path / "imgs"
+        assert _sha(path) == v["sha256"]
+        assert path.stat().st_size == v["bytes"]
+
+        (task,) = emulator.tasks()
+        assert task["id"] == v["task_id"]
+        assert task["request"]["seed_sent"] == v["seed"]
+        assert v["seed"] == derive_seed("imgs", "p0", dataset[0]["prompt"])
+
+        # The same partition again (storage reuse off so a task is made): the same request.
+        again = image_asset(
+            build_image_assets(
+                "imgs", dataset, storage=tmp_path, retry_policy=None, reuse_stored=False
+            )
+        )
+        assert run_one(again, instance, resource_for(emulator), "p0").success
+        first, second = emulator.tasks()
+        assert _request_of(first) == _request_of(second)
+        latest = values(materializations(instance, "imgs")["p0"][-1])
+        assert latest["task_id"] == second["id"]
+        assert latest["seed"] == v["seed"]
+        assert latest["sha256"] == v["sha256"]  # same request, same picture
+
+
+def test_rerun_of_a_stored_partition_reuses_it_without_a_task(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    asset = image_asset(build_image_assets("imgs", rows(1), storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_one(asset, instance, resource_for(emulator), "p0").success
+        path = tmp_path / "imgs" / "p0.png"
+        mtime = path.stat().st_mtime_ns
+        result = run_one(asset, instance, resource_for(emulator), "p0")
+        assert result.success
+        assert emulator.stats()["tasks_created"] == 1
+        first, second = (values(m) for m in materializations(instance, "imgs")["p0"])
+        assert second["reused"] is True
+        assert second["task_id"] == first["task_id"]
+        assert second["sha256"] == first["sha256"]
+        assert path.stat().st_mtime_ns == mtime
+        assert all(all(p) for p in check_evaluations(result).values())
+
+
+# -- 2. many partitions in one run ---------------------------------------------------------------
+
+
+def test_one_run_submits_many_partitions_concurrently_under_the_limit(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator, latency_s=0.4)
+    asset = image_asset(build_image_assets("imgs", rows(8), storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator, concurrency=3), "p0", "p7")
+        assert result.success
+        stats = emulator.stats()
+        assert stats["tasks_created"] == 8
+        assert 1 < stats["peak_concurrent_tasks"] <= 3
+        mats = materializations(instance, "imgs", result.run_id)
+        assert sorted(mats) == [f"p{i}" for i in range(8)]
+        assert all(len(m) == 1 for m in mats.values())
+        # One step, one run: every partition's materialization came from the same run.
+        assert len(instance.get_runs()) == 1
+        seeds = {values(m[0])["seed"] for m in mats.values()}
+        assert len(seeds) == 8
+
+
+# -- 3. partial failure --------------------------------------------------------------------------
+
+
+def test_a_rejected_prompt_fails_its_partition_alone_and_is_remembered(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    dataset = [*rows(4), {"key": "p4", "prompt": "a forbidden fox", "size": SMALL}]
+    # A retry policy is set: a fixable failure must not be retried (allow_retries=False).
+    policy = dg.RetryPolicy(max_retries=2)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=policy))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p4")
+        assert not result.success
+        assert sorted(materializations(instance, "imgs")) == ["p0", "p1", "p2", "p3"]
+
+        rejected = next(t for t in emulator.tasks() if "forbidden" in t["request"]["prompt"])
+        provider_message = rejected["failure"]["message"]
+        failure = step_failure(result)
+        error = failure.step_failure_data.error
+        assert error is not None
+        assert error.cls_name == "Failure"
+        text = error.message
+        assert "p4" in text
+        assert "content_policy_violation" in text
+        assert provider_message in text
+        assert "1 of 5 partitions failed (4 stored and materialized)" in text
+        user_data = failure.step_failure_data.user_failure_data
+        assert user_data is not None
+        failed = user_data.metadata["failed_partitions"].value
+        assert isinstance(failed, dict)
+        assert list(failed) == ["p4"]
+        # Not retried: no step retry, one task for the rejected prompt.
+        kinds = [e.event_type for e in result.all_events]
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+        assert emulator.stats()["tasks_created"] == 5
+        # Checks ran for the four stored partitions.
+        assert check_evaluations(result) == {name: [True] for name in CHECK_NAMES}
+
+        # The failed partition alone, again: the ledger remembers the rejection, no new task.
+        again = run_one(asset, instance, resource_for(emulator), "p4")
+        assert not again.success
+        assert emulator.stats()["tasks_created"] == 5
+        again_text = failure_message(again)
+        assert "rejected before" in again_text
+        assert "content_policy_violation" in again_text
+
+        # ... unless asked to submit rejected prompts again.
+        retrying = image_asset(
+            build_image_assets(
+                "imgs", dataset, storage=tmp_path, retry_policy=None, retry_rejected=True
+            )
+        )
+        assert not run_one(retrying, instance, resource_for(emulator), "p4").success
+        assert emulator.stats()["tasks_created"] == 6
+
+
+# -- 4. transient failures -----------------------------------------------------------------------
+
+
+def test_a_retryable_task_error_is_resubmitted_with_the_same_seed(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    seed = seed_failing_then_passing(0.5, [True, False])
+    make_fast(emulator, failure_rates={"service_error": 0.5}, random_seed=seed)
+    asset = image_asset(build_image_assets("imgs", rows(1), storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_one(asset, instance, resource_for(emulator), "p0")
+        assert result.success
+        failed, ok = emulator.tasks()
+        assert failed["failure"]["code"] == "service_error"
+        assert ok["failure"] is None
+        assert _request_of(failed) == _request_of(ok)  # same seed, same everything
+        v = values(materializations(instance, "imgs")["p0"][0])
+        assert v["attempts"] == 2
+        assert v["task_id"] == ok["id"]
+        assert v["previous_task_ids"] == [failed["id"]]
+        assert v["seed"] == ok["request"]["seed_sent"]
+        entry = TaskLedger(ImageStore(tmp_path)).get("imgs", "p0")
+        assert entry is not None
+        assert entry.status == LedgerStatus.COLLECTED
+        assert entry.attempt == 2
+        assert [p.task_id for p in entry.previous] == [failed["id"]]
+
+
+def test_a_step_retry_redoes_only_the_partitions_not_yet_materialized(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """p0, p1 stored earlier (reused now), p2 fails once with a retryable error and no resubmit
+    budget: the step fails, Dagster retries it, and the retry materializes p2 alone."""
+    make_fast(emulator)
+    dataset = rows(3)
+    policy = dg.RetryPolicy(max_retries=1)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=policy))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_range(asset, instance, resource_for(emulator), "p0", "p1").success
+        emulator.configure(
+            failure_rates={"service_error": 0.5},
+            random_seed=seed_failing_then_passing(0.5, [True, False]),
+        )
+        result = run_range(asset, instance, resource_for(emulator, max_resubmits=0), "p0", "p2")
+        assert result.success
+        kinds = [e.event_type for e in result.all_events]
+        assert kinds.count(dg.DagsterEventType.STEP_UP_FOR_RETRY) == 1
+        mats = materializations(instance, "imgs", result.run_id)
+        assert {k: len(v) for k, v in mats.items()} == {"p0": 1, "p1": 1, "p2": 1}
+        assert values(mats["p0"][0])["reused"] is True
+        p2 = values(mats["p2"][0])
+        assert p2["attempts"] == 2
+        assert len(p2["previous_task_ids"]) == 1
+        assert emulator.stats()["tasks_created"] == 4
+
+
+def test_http_faults_on_create_and_poll_are_absorbed_by_the_client(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(
+        emulator,
+        http_faults=[
+            {"route": "create", "action": "status", "status": 429, "retry_after": 0.2, "count": 2},
+            {"route": "task", "action": "status", "status": 503, "count": 2},
+        ],
+    )
+    asset = image_asset(build_image_assets("imgs", rows(3), storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p2")
+        assert result.success
+        stats = emulator.stats()
+        assert stats["faults_fired"] == 4
+        assert stats["requests"]["create"]["429"] == 2
+        assert stats["requests"]["task"]["503"] == 2
+        assert stats["tasks_created"] == 3  # a refused create made no task; none was made twice
+        mats = materializations(instance, "imgs")
+        assert sorted(mats) == ["p0", "p1", "p2"]
+        assert all(values(m[0])["attempts"] == 1 for m in mats.values())
+
+
+# -- 5. crash and resume -------------------------------------------------------------------------
+
+_CRASH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import dagster as dg
+    from zimage_dagster.assets import build_image_assets
+    from zimage_dagster.resource import ZImageResource
+
+    spec = json.loads(sys.argv[1])
+    defs = build_image_assets("imgs", spec["rows"], storage=spec["storage"], retry_policy=None)
+    (asset,) = defs.assets
+    dg.materialize(
+        [asset],
+        instance=dg.DagsterInstance.get(),
+        resources={"zimage": ZImageResource(api_key=spec["key"], base_url=spec["url"])},
+        tags={
+            "dagster/asset_partition_range_start": spec["start"],
+            "dagster/asset_partition_range_end": spec["end"],
+        },
+    )
+    """
+)
+
+
+def _wait_for(condition: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_run_resumes_from_the_ledger_without_new_tasks(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # Tasks take 2 s: the killed process is still waiting on them when it dies.
+    make_fast(emulator, latency_s=2.0)
+    dataset = rows(4)
+    storage, home = tmp_path / "images", tmp_path / "dagster_home"
+    home.mkdir()
+    spec = {
+        "rows": dataset,
+        "storage": str(storage),
+        "key": emulator.api_key,
+        "url": emulator.url,
+        "start": "p0",
+        "end": "p3",
+    }
+    env = {**os.environ, "DAGSTER_HOME": str(home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CRASH_SCRIPT, json.dumps(spec)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ledger = TaskLedger(ImageStore(storage))
+    try:
+        _wait_for(
+            lambda: (
+                emulator.stats()["tasks_created"] == 4
+                and len(list(ledger.iter_entries("imgs"))) == 4
+            ),
+            timeout=30,
+            what="the subprocess to create its tasks and write the ledger",
+        )
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    assert proc.returncode == -signal.SIGKILL
+    entries = {e.partition_key: e for e in ledger.iter_entries("imgs")}
+    assert {e.status for e in entries.values()} == {LedgerStatus.SUBMITTED}
+    assert not list((storage / "imgs").glob("*.png"))  # nothing was collected before the kill
+
+    asset = image_asset(build_image_assets("imgs", dataset, storage=storage, retry_policy=None))
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p3")
+        assert result.success
+        assert emulator.stats()["tasks_created"] == 4  # re-attached, paid nothing twice
+        mats = materializations(instance, "imgs", result.run_id)
+        assert sorted(mats) == ["p0", "p1", "p2", "p3"]
+        for key, (md,) in mats.items():
+            v = values(md)
+            assert v["task_id"] == entries[key].task_id
+            assert v["reused"] is True
+            assert v["attempts"] == 1
+            assert Path(v["path"]).is_file()
+            assert _sha(v["path"]) == v["sha256"]
+        assert all(e.status == LedgerStatus.COLLECTED for e in ledger.iter_entries("imgs"))
+        assert any("re-attached to task" in m for m in log_messages(instance, result.run_id))
+
+
+# -- 6. expired result links ---------------------------------------------------------------------
+
+
+def test_an_expired_uncollected_result_is_regenerated_and_stored_images_are_untouched(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    dataset = rows(2)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_one(asset, instance, resource_for(emulator), "p0").success
+        stored = tmp_path / "imgs" / "p0.png"
+        before = (stored.read_bytes(), stored.stat().st_mtime_ns)
+
+        # p1: a task created and recorded in the ledger (as the asset does before waiting),
+        # then never collected: the run that made it died.
+        prompt = dataset[1]["prompt"]
+        seed = derive_seed("imgs", "p1", prompt)
+        request = {"prompt": prompt, "size": SMALL, "seed": seed, "nsfw_check": False}
+        with ZImageClient(api_key=emulator.api_key, base_url=emulator.url) as client:
+            from zimage_dagster.api import GenerationRequest
+
+            task = client.create_task(GenerationRequest(**request))
+            client.wait(task)
+        ledger = TaskLedger(ImageStore(tmp_path))
+        ledger.record_submitted(
+            "imgs",
+            "p1",
+            task_id=task.id,
+            request=request,
+            fingerprint=request_fingerprint(prompt, SMALL, seed, False),
+        )
+        emulator.advance_clock(25 * 3600)  # its result link is dead now
+
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p1")
+        assert result.success
+        mats = materializations(instance, "imgs", result.run_id)
+        p1 = values(mats["p1"][0])
+        assert p1["regenerated"] is True
+        assert p1["reused"] is False
+        assert p1["seed"] == seed
+        assert p1["task_id"] != task.id
+        assert p1["previous_task_ids"] == [task.id]
+        assert p1["attempts"] == 2
+        tasks = emulator.tasks()
+        assert len(tasks) == 3
+        assert tasks[-1]["request"]["seed_sent"] == seed  # same seed
+        assert _request_of(tasks[-1]) == _request_of(tasks[1])
+        entry = ledger.get("imgs", "p1")
+        assert entry is not None
+        assert entry.status == LedgerStatus.COLLECTED
+        assert entry.previous[-1].status == LedgerStatus.EXPIRED
+        # p0 was reused as stored: same bytes, not rewritten.
+        assert values(mats["p0"][0])["reused"] is True
+        assert (stored.read_bytes(), stored.stat().st_mtime_ns) == before
+
+
+# -- 7. checks ----------------------------------------------------------------------------------
+
+
+def test_a_damaged_stored_file_is_not_reused_but_generated_again(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    asset = image_asset(build_image_assets("imgs", rows(1), storage=tmp_path, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_one(asset, instance, resource_for(emulator), "p0").success
+        path = tmp_path / "imgs" / "p0.png"
+        original = _sha(path)
+        path.write_bytes(path.read_bytes()[:200])  # truncated on disk
+        result = run_one(asset, instance, resource_for(emulator), "p0")
+        assert result.success
+        assert emulator.stats()["tasks_created"] == 2
+        latest = values(materializations(instance, "imgs")["p0"][-1])
+        assert latest["reused"] is False
+        assert latest["sha256"] == original == _sha(path)
+        assert check_evaluations(result) == {name: [True] for name in CHECK_NAMES}
+        assert any(
+            "differs from its provenance" in m for m in log_messages(instance, result.run_id)
+        )
+
+
+# -- 8. bad dataset rows -------------------------------------------------------------------------
+
+
+def test_bad_dataset_rows_are_reported_and_the_good_ones_run(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    csv = tmp_path / "prompts.csv"
+    csv.write_text(
+        "key,prompt,size,seed\n"
+        f"fox,a red fox,{SMALL},\n"
+        "wide,a wide fox,9999x1,\n"
+        f"owl,an owl,{SMALL},not-a-number\n"
+        f"cat,a cat,{SMALL},7\n"
+    )
+    defs = build_image_assets("imgs", csv, storage=tmp_path / "out", retry_policy=None)
+    asset = image_asset(defs)
+    report = asset.specs_by_key[dg.AssetKey("imgs")].metadata["dataset_problem_report"].value
+    assert "row 3, field 'size'" in report
+    assert "row 4, field 'seed'" in report
+    assert asset.partitions_def is not None
+    assert asset.partitions_def.get_partition_keys() == ["fox", "cat"]
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator), "fox", "cat")
+        assert result.success
+        assert sorted(materializations(instance, "imgs")) == ["cat", "fox"]
+        assert values(materializations(instance, "imgs")["cat"][0])["seed"] == 7
+        warnings = [m for m in log_messages(instance, result.run_id) if "row left out" in m]
+        assert any("row 3, field 'size'" in m and "9999" in m for m in warnings)
+        assert any("row 4, field 'seed'" in m for m in warnings)
+
+
+# -- 9. dynamic and daily partitions -------------------------------------------------------------
+
+
+def test_dynamic_partitions_added_on_the_instance_run_as_one_range(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    defs = build_image_assets(
+        "imgs", rows(4), storage=tmp_path, partitioning="dynamic", retry_policy=None
+    )
+    asset = image_asset(defs)
+    assert isinstance(asset.partitions_def, dg.DynamicPartitionsDefinition)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("imgs_prompts", ["p0", "p1", "p2"])
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p2")
+        assert result.success
+        assert sorted(materializations(instance, "imgs")) == ["p0", "p1", "p2"]
+        assert emulator.stats()["tasks_created"] == 3
+
+
+def test_daily_by_prompt_partitions_store_per_day_with_per_day_seeds(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    dataset = rows(2)
+    asset = image_asset(
+        build_image_assets(
+            "daily",
+            dataset,
+            storage=tmp_path,
+            partitioning="daily",
+            daily_start_date="2026-01-01",
+            retry_policy=None,
+        )
+    )
+    resource = resource_for(emulator)
+    keys = [
+        dg.MultiPartitionKey({"date": day, "prompt": "p1"}) for day in ("2026-03-01", "2026-03-02")
+    ]
+    with dg.DagsterInstance.ephemeral() as instance:
+        for key in keys:
+            result = dg.materialize(
+                [asset], instance=instance, resources={"zimage": resource}, partition_key=key
+            )
+            assert result.success
+        mats = materializations(instance, "daily")
+        assert sorted(mats) == ["2026-03-01|p1", "2026-03-02|p1"]
+        first, second = (values(mats[str(k)][0]) for k in keys)
+        assert first["seed"] != second["seed"]
+        assert first["seed"] == derive_seed("daily", "2026-03-01|p1", dataset[1]["prompt"])
+        assert first["prompt"] == second["prompt"] == dataset[1]["prompt"]
+        assert Path(first["path"]) == tmp_path / "daily" / "2026-03-01__p1.png"
+        assert Path(second["path"]).is_file()
+        assert [t["request"]["seed_sent"] for t in emulator.tasks()] == [
+            first["seed"],
+            second["seed"],
+        ]
+
+
+def test_daily_schedule_requests_one_run_per_prompt_for_the_ticks_date(tmp_path: Path) -> None:
+    images = build_image_assets(
+        "daily", rows(3), storage=tmp_path, partitioning="daily", schedule_cron="0 6 * * *"
+    )
+    defs = dg.Definitions.merge(images, dg.Definitions(resources={"zimage": ZImageResource()}))
+    schedule = defs.get_schedule_def("daily_schedule")
+    tick = dt.datetime(2026, 3, 4, 6, 0, tzinfo=dt.timezone.utc)
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=tick,
+            repository_def=defs.get_repository_def(),
+        )
+        requests = list(schedule.evaluate_tick(context).run_requests or [])
+    assert [str(r.partition_key) for r in requests] == [f"2026-03-04|p{i}" for i in range(3)]
+    assert len({r.run_key for r in requests}) == 3
+
+
+def test_schedule_needs_daily_partitions(tmp_path: Path) -> None:
+    with pytest.raises(dg.DagsterInvalidDefinitionError, match="partitioning='daily'"):
+        build_image_assets("imgs", rows(1), storage=tmp_path, schedule_cron="0 6 * * *")
