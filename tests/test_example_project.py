@@ -63,9 +63,9 @@ def test_definitions_load_with_every_part(project_env: Path) -> None:
     for job in ("catalogue_images_job", "contact_sheet_job", "daily_hero_job", "zimage_ops_job"):
         assert defs.resolve_job_def(job).name == job
     assert defs.resolve_schedule_def("daily_hero_schedule").cron_schedule == "0 6 * * *"
-    resource = defs.resources["zimage"]
-    assert resource.base_url == "http://127.0.0.1:9"  # type: ignore[attr-defined]
-    assert defs.resources["zimage_images"].root == str(project_env)  # type: ignore[attr-defined]
+    resources = defs.resources or {}
+    assert resources["zimage"].base_url == "http://127.0.0.1:9"
+    assert resources["zimage_images"].root == str(project_env)
 
 
 def test_base_url_defaults_to_the_real_api(
@@ -75,7 +75,8 @@ def test_base_url_defaults_to_the_real_api(
     from examples.project import DEFAULT_BASE_URL, build_defs
 
     assert DEFAULT_BASE_URL == "https://api.evolink.ai"
-    assert build_defs().resources["zimage"].base_url == DEFAULT_BASE_URL  # type: ignore[attr-defined]
+    resources = build_defs().resources or {}
+    assert resources["zimage"].base_url == DEFAULT_BASE_URL
 
 
 @pytest.mark.parametrize(
