@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         ImageJob,
         ImageSuccess,
     )
+    from zimage_dagster.component import ZImageComponent
     from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
     from zimage_dagster.metadata import ImageRecord, image_metadata, make_thumbnail
     from zimage_dagster.prompts import (
@@ -50,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "ImageFailure": "batch",
     "ImageJob": "batch",
     "ImageSuccess": "batch",
+    "ZImageComponent": "component",
     "LedgerEntry": "ledger",
     "LedgerStatus": "ledger",
     "TaskLedger": "ledger",
@@ -88,6 +90,7 @@ __all__ = [
     "RowProblem",
     "StoredImage",
     "TaskLedger",
+    "ZImageComponent",
     "ZImageResource",
     "__version__",
     "build_image_assets",
