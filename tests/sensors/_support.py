@@ -1,0 +1,98 @@
+"""Shared helpers of the deferred-mode tests: specs, resources, jobs and sensor ticks."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
+from zimage_dagster.batch import ImageJob
+from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.prompts import PromptRow
+from zimage_dagster.resource import ZImageResource
+from zimage_dagster.storage import ImageStore
+
+ROWS: list[dict[str, Any]] = [
+    {"key": "fox", "prompt": "a red fox in the snow", "size": "1:1", "seed": 11},
+    {"key": "owl", "prompt": "an owl on a branch at night", "size": "4:3", "seed": 22},
+    {"key": "elk", "prompt": "an elk by a frozen lake", "size": "3:4", "seed": 33},
+]
+
+
+def make_spec(
+    storage: Path | str, rows: Sequence[dict[str, Any]] | str = ROWS, **kw: Any
+) -> ImageAssetSpec:
+    return ImageAssetSpec(name=kw.pop("name", "cards"), prompts=rows, storage=str(storage), **kw)
+
+
+def make_resource(emulator: EmulatorServer, **kw: Any) -> ZImageResource:
+    return ZImageResource(
+        api_key=emulator.api_key, base_url=emulator.url, max_poll_interval=0.2, **kw
+    )
+
+
+def make_defs(
+    spec: ImageAssetSpec, resource: ZImageResource, *extra: dg.Definitions
+) -> dg.Definitions:
+    return dg.Definitions.merge(
+        build_image_definitions(spec), *extra, dg.Definitions(resources={"zimage": resource})
+    )
+
+
+def jobs_for(rows: Sequence[dict[str, Any]] = ROWS) -> list[ImageJob]:
+    return [
+        ImageJob(
+            partition_key=r["key"],
+            row=PromptRow(r["key"], r["prompt"], r.get("size"), r["seed"], None),
+            seed=r["seed"],
+        )
+        for r in rows
+    ]
+
+
+def ledger_of(spec: ImageAssetSpec) -> TaskLedger:
+    return TaskLedger(ImageStore(spec.storage))
+
+
+def tick(
+    sensor: dg.SensorDefinition,
+    instance: dg.DagsterInstance,
+    resource: ZImageResource | None = None,
+    cursor: str | None = None,
+) -> dg.SensorResult:
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"zimage": resource} if resource is not None else None,
+    ) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    return result
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def wait_terminal(emulator: EmulatorServer, count: int | None = None) -> list[dict[str, Any]]:
+    def done() -> list[dict[str, Any]] | None:
+        tasks = emulator.tasks()
+        if count is not None and len(tasks) < count:
+            return None
+        if all(t["status"] in ("completed", "failed") for t in tasks):
+            return tasks
+        return None
+
+    return wait_for(done, what="emulator tasks to end")

@@ -1,0 +1,717 @@
+"""Deferred mode: create the tasks and end the step; a sensor collects the images later.
+
+Waiting for the provider inside a running step holds a worker for the whole generation. In
+deferred mode the work is split in two, with the task ledger in between:
+
+1. **Submit** (:func:`submit_jobs`, or :func:`submit_deferred` from a step): create one task per
+   partition (bounded concurrency, async client), write each task ID to the ledger with
+   ``extra["deferred"] = True``, and return without waiting. Partitions that already have an
+   open task for the identical request, or a stored image of it, are skipped.
+2. **Watch** (:class:`TaskWatcher`, driven by the task-status sensor in
+   :mod:`zimage_dagster.sensors`): each tick reads the asset's ledger in bulk, polls the
+   deferred tasks it does not know the end of (concurrently, within a time budget, resuming from
+   a cursor), and decides: a completed task gets a short *collect run* (run key = task ID, tag
+   ``zimage/collect``) that runs the normal blocking engine, which re-attaches to the completed
+   task and stores it; a retryable failure is resubmitted with the same seed (bounded); a
+   permanent one is reported once; a completed task whose link has expired (24 h) is regenerated
+   with the same seed and flagged.
+
+Nothing here imports Dagster: the watcher returns plain decisions (:class:`TickReport`) that
+:mod:`zimage_dagster.sensors` turns into ``RunRequest`` and ``AssetObservation`` objects.
+
+Ledger conventions (``LedgerEntry.extra``) of deferred entries:
+
+- ``deferred``: True (only such entries are watched: a blocking run's own tasks are its business).
+- ``partition_key``: the Dagster partition key (the entry's key is the *storage* key, where
+  ``|`` of a multi-partition key became ``__``).
+- ``resubmits``: tasks created by the watcher after retryable failures or expiry.
+- ``regenerated``: the task replaces one whose result link expired.
+- ``collect_requested_at``: when a collect run was requested (it is asked for once; again only
+  after ``recollect_after_s``, with the same run key, which Dagster deduplicates).
+- ``handled_at``: a failure was resubmitted or reported (reported once).
+- ``via``: ``"callback"`` when the callback receiver recorded the result.
+
+Example::
+
+    report = submit_deferred(resource, TaskLedger(store), ("catalogue",), jobs)
+    print(report.summary())       # "120 submitted, 3 skipped (open task), 0 skipped (stored)..."
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zimage_dagster.api import (
+    AsyncZImageClient,
+    CreateOutcomeUnknownError,
+    GenerationRequest,
+    NotFoundError,
+    RateLimitError,
+    Task,
+    ZImageError,
+    is_retryable_task_error_code,
+)
+from zimage_dagster.batch import ImageJob, storage_key
+from zimage_dagster.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.storage import AssetLike, asset_parts
+
+if TYPE_CHECKING:
+    from zimage_dagster.resource import ZImageResource
+
+__all__ = [
+    "CALLBACK_URL_ENV",
+    "COLLECT_TAG",
+    "DEFAULT_RESULT_TTL_S",
+    "CollectRequest",
+    "PermanentFailure",
+    "SubmitReport",
+    "TaskWatcher",
+    "TickReport",
+    "dagster_partition_key",
+    "resolve_callback_url",
+    "submit_deferred",
+    "submit_jobs",
+]
+
+log = logging.getLogger(__name__)
+
+#: Tag of the collect runs launched by the task-status sensor (value: the task ID).
+COLLECT_TAG = "zimage/collect"
+#: The provider keeps result links for 24 h.
+DEFAULT_RESULT_TTL_S = 24 * 3600.0
+#: Environment variable holding the callback URL (it carries the receiver's secret token).
+CALLBACK_URL_ENV = "ZIMAGE_CALLBACK_URL"
+
+
+class _Log(Protocol):
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+def resolve_callback_url(callback_url: str | None) -> str | None:
+    """The given URL, else ``$ZIMAGE_CALLBACK_URL``, else ``None`` (no callbacks)."""
+    return callback_url or os.environ.get(CALLBACK_URL_ENV) or None
+
+
+def dagster_partition_key(entry: LedgerEntry) -> str:
+    """The Dagster partition key of a ledger entry (entries are filed under the storage key).
+
+    >>> from zimage_dagster.ledger import LedgerEntry, LedgerStatus
+    >>> e = LedgerEntry(("a",), "2026-01-02__fox", "t", 1, "f", {}, LedgerStatus.SUBMITTED, 0, 0)
+    >>> dagster_partition_key(e)
+    '2026-01-02|fox'
+    """
+    recorded = entry.extra.get("partition_key")
+    if isinstance(recorded, str) and storage_key(recorded) == entry.partition_key:
+        return recorded
+    key = entry.partition_key
+    # Only the daily x prompt variant has '|' keys: "<date>|<prompt key>", dates hold no "__".
+    head, sep, tail = key.partition("__")
+    if sep and len(head) == 10 and head[4] == "-" and head[7] == "-":
+        return f"{head}|{tail}"
+    return key
+
+
+# -- submit -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SubmittedTask:
+    job: ImageJob
+    task_id: str
+
+
+@dataclass(frozen=True)
+class SubmitFailure:
+    """A partition whose task could not be created (``retryable``: running again may work)."""
+
+    job: ImageJob
+    code: str
+    message: str
+    retryable: bool
+
+    def describe(self) -> str:
+        return f"{self.job.partition_key}: {self.code}: {self.message}"
+
+
+@dataclass
+class SubmitReport:
+    """What :func:`submit_jobs` did, per partition."""
+
+    submitted: list[SubmittedTask] = field(default_factory=list)
+    open_task: list[SubmittedTask] = field(default_factory=list)
+    stored: list[ImageJob] = field(default_factory=list)
+    failures: list[SubmitFailure] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.submitted)} submitted, {len(self.open_task)} skipped (open task), "
+            f"{len(self.stored)} skipped (stored), {len(self.failures)} failed "
+            f"in {self.elapsed_s:.1f} s"
+        )
+
+    def failure_report(self) -> str:
+        return "\n".join(f"- {f.describe()}" for f in self.failures)
+
+    @property
+    def all_retryable(self) -> bool:
+        return all(f.retryable for f in self.failures)
+
+
+async def submit_jobs(
+    client: AsyncZImageClient,
+    ledger: TaskLedger,
+    asset: AssetLike,
+    jobs: Sequence[ImageJob],
+    *,
+    concurrency: int = 8,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+    callback_url: str | None = None,
+    run_id: str | None = None,
+    logger: _Log | None = None,
+) -> SubmitReport:
+    """Create a task for each job that needs one, record it in the ledger, and return.
+
+    Skips a partition whose ledger entry is open (submitted/completed) for the same fingerprint
+    (an open entry of a blocking run is adopted: marked deferred so the sensor watches it), one
+    whose stored image has the same fingerprint (``reuse_stored``), and one the provider rejected
+    before with a fixable error for the same request (unless ``retry_rejected``; reported as a
+    failure). ``callback_url`` (default ``$ZIMAGE_CALLBACK_URL``) is sent with each task.
+    """
+    if concurrency < 1:
+        raise ValueError("concurrency must be >= 1")
+    parts = asset_parts(asset)
+    out = logger or log
+    callback = resolve_callback_url(callback_url)
+    report = SubmitReport()
+    started = time.monotonic()
+    limit = asyncio.Semaphore(concurrency)
+
+    async def one(job: ImageJob) -> None:
+        skip = await asyncio.to_thread(_skip_reason, ledger, parts, job, reuse_stored)
+        if isinstance(skip, LedgerEntry):
+            if skip.status == LedgerStatus.FAILED:
+                code = skip.error_code or "unknown_error"
+                if retry_rejected or is_retryable_task_error_code(code, attempt=1):
+                    skip = None
+                else:
+                    report.failures.append(
+                        SubmitFailure(
+                            job,
+                            code,
+                            f"{skip.error_message or 'rejected'} (rejected before; change the "
+                            "prompt, or pass retry_rejected=True to submit it again)",
+                            retryable=False,
+                        )
+                    )
+                    return
+            else:
+                report.open_task.append(SubmittedTask(job, skip.task_id))
+                return
+        elif skip == "stored":
+            report.stored.append(job)
+            return
+        async with limit:
+            request = job.request
+            if callback is not None:
+                request = request.model_copy(update={"callback_url": callback})
+            try:
+                task = await client.create_task(request)
+            except ZImageError as exc:
+                report.failures.append(_submit_failure(job, exc))
+                return
+            await asyncio.to_thread(
+                ledger.record_submitted,
+                parts,
+                job.storage_key,
+                task_id=task.id,
+                request=job.request.to_wire(),
+                fingerprint=job.fingerprint,
+                run_id=run_id,
+                extra={"deferred": True, "partition_key": job.partition_key, "resubmits": 0},
+            )
+            report.submitted.append(SubmittedTask(job, task.id))
+
+    await asyncio.gather(*(one(job) for job in jobs))
+    report.elapsed_s = time.monotonic() - started
+    out.info(f"deferred submit of {len(jobs)} partition(s): {report.summary()}")
+    return report
+
+
+def submit_deferred(
+    resource: ZImageResource,
+    ledger: TaskLedger,
+    asset: AssetLike,
+    jobs: Sequence[ImageJob],
+    *,
+    concurrency: int | None = None,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+    callback_url: str | None = None,
+    run_id: str | None = None,
+    logger: _Log | None = None,
+) -> SubmitReport:
+    """:func:`submit_jobs` from synchronous code (a step), with the resource's async client.
+
+    ``concurrency`` defaults to the resource's ``concurrency``.
+    """
+
+    async def run() -> SubmitReport:
+        async with resource.async_client() as client:
+            return await submit_jobs(
+                client,
+                ledger,
+                asset,
+                jobs,
+                concurrency=concurrency or resource.concurrency,
+                reuse_stored=reuse_stored,
+                retry_rejected=retry_rejected,
+                callback_url=callback_url,
+                run_id=run_id,
+                logger=logger,
+            )
+
+    return asyncio.run(run())
+
+
+def _skip_reason(
+    ledger: TaskLedger, asset: tuple[str, ...], job: ImageJob, reuse_stored: bool
+) -> LedgerEntry | str | None:
+    entry = ledger.get(asset, job.storage_key)
+    if entry is not None and entry.fingerprint == job.fingerprint:
+        if entry.is_open:
+            if not entry.extra.get("deferred"):
+                try:  # adopt a blocking run's live task, so the sensor watches it
+                    entry = ledger.update(
+                        asset,
+                        job.storage_key,
+                        entry.task_id,
+                        entry.status,
+                        extra={"deferred": True, "partition_key": job.partition_key},
+                    )
+                except (LedgerConflictError, KeyError):
+                    return None
+            return entry
+        if entry.status == LedgerStatus.FAILED:
+            return entry
+    if reuse_stored:
+        found = ledger.store.read_provenance(asset, job.storage_key)
+        if (
+            found is not None
+            and found.get("fingerprint") == job.fingerprint
+            and ledger.store.exists(asset, job.storage_key)
+        ):
+            return "stored"
+    return None
+
+
+def _submit_failure(job: ImageJob, exc: ZImageError) -> SubmitFailure:
+    if isinstance(exc, CreateOutcomeUnknownError):
+        # A task may exist that we do not know of: do not retry blindly (that may pay twice).
+        return SubmitFailure(job, "create_outcome_unknown", str(exc), retryable=False)
+    code = str(getattr(exc, "code", None) or type(exc).__name__)
+    retryable = not isinstance(exc, ValueError) and getattr(exc, "status_code", 500) >= 429
+    return SubmitFailure(job, code, str(exc), retryable)
+
+
+# -- watch --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectRequest:
+    """Launch a collect run for this partition's completed task (run key = ``task_id``)."""
+
+    partition_key: str
+    task_id: str
+
+
+@dataclass(frozen=True)
+class PermanentFailure:
+    """A partition whose task failed for good (a fixable error, or the resubmit budget spent)."""
+
+    partition_key: str
+    task_id: str
+    code: str
+    message: str
+    seed: int
+    prompt: str
+    attempts: int
+
+
+@dataclass
+class TickReport:
+    """What one watcher tick decided and how far it got."""
+
+    collect: list[CollectRequest] = field(default_factory=list)
+    failures: list[PermanentFailure] = field(default_factory=list)
+    resubmitted: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
+    regenerated: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
+    scanned: int = 0  # deferred entries read from the ledger
+    open_entries: int = 0  # of which still awaiting the provider (submitted)
+    polled: int = 0
+    poll_errors: int = 0
+    cursor: str | None = None  # next tick polls the entries after this storage key
+    complete: bool = True  # every submitted entry was polled this tick
+    elapsed_s: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.scanned} deferred ledger entries, {self.open_entries} awaiting the provider; "
+            f"polled {self.polled} ({self.poll_errors} errors); {len(self.collect)} to collect, "
+            f"{len(self.resubmitted)} resubmitted, {len(self.regenerated)} regenerated, "
+            f"{len(self.failures)} failed for good; "
+            f"{'all polled' if self.complete else f'resume after {self.cursor!r}'}; "
+            f"{self.elapsed_s:.2f} s"
+        )
+
+
+class TaskWatcher:
+    """One asset's deferred tasks: the decisions of a task-status sensor tick.
+
+    Args:
+        ledger: the asset's ledger.
+        asset: the asset key's parts.
+        tick_budget_s: a tick stops launching polls when this is spent (minus a reserve for the
+            ledger writes that follow), so it never overruns Dagster's sensor timeout (60 s
+            unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise).
+        concurrency: polls in flight at once.
+        max_resubmits: new tasks per partition after retryable failures (and expiries).
+        result_ttl_s: how long the provider keeps result links (24 h).
+        expiry_margin_s: regenerate rather than collect when a link is this close to expiring.
+        recollect_after_s: ask again for a collect run (same run key) after this long without
+            the entry being collected (covers a tick whose run requests were lost).
+        callback_url: sent with resubmitted tasks (default ``$ZIMAGE_CALLBACK_URL``).
+        clock: unix seconds (tests pass a shifted clock to simulate a day passing).
+    """
+
+    def __init__(
+        self,
+        ledger: TaskLedger,
+        asset: AssetLike,
+        *,
+        tick_budget_s: float = 30.0,
+        concurrency: int = 32,
+        max_resubmits: int = 2,
+        result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+        expiry_margin_s: float = 3600.0,
+        recollect_after_s: float = 600.0,
+        callback_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+        logger: _Log | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.ledger = ledger
+        self.asset = asset_parts(asset)
+        self.tick_budget_s = tick_budget_s
+        self.concurrency = concurrency
+        self.max_resubmits = max_resubmits
+        self.result_ttl_s = result_ttl_s
+        self.expiry_margin_s = expiry_margin_s
+        self.recollect_after_s = recollect_after_s
+        self.callback_url = resolve_callback_url(callback_url)
+        self.clock = clock
+        self.log: _Log = logger or log
+
+    async def tick(self, client: AsyncZImageClient, cursor: str | None = None) -> TickReport:
+        """Read the ledger, poll what needs polling (from ``cursor`` on), act; see the module doc."""
+        started = time.monotonic()
+        # No new work after 80 % of the budget; calls in flight end by 90 %; the rest is left
+        # for the ledger writes that follow them.
+        poll_deadline = started + self.tick_budget_s * 0.8
+        call_deadline = started + self.tick_budget_s * 0.9
+        report = TickReport()
+        entries = await asyncio.to_thread(self._read)
+        report.scanned = len(entries)
+        # Entries whose state is known (completed, failed, expired) need no poll: act on them
+        # first; then poll the submitted ones, from the cursor on.
+        known = [e for e in entries if e.status != LedgerStatus.SUBMITTED]
+        awaiting = _rotate((e for e in entries if e.status == LedgerStatus.SUBMITTED), cursor)
+        report.open_entries = len(awaiting)
+        queue = iter([*known, *awaiting])
+        taken: list[LedgerEntry] = []
+        stop = asyncio.Event()
+
+        async def worker() -> None:
+            for entry in queue:  # shared iterator: each worker takes the next entry
+                if stop.is_set() or time.monotonic() >= poll_deadline:
+                    stop.set()
+                    return
+                taken.append(entry)
+                try:
+                    if entry.status == LedgerStatus.SUBMITTED:
+                        await self._poll(client, entry, call_deadline, report, stop)
+                    else:
+                        await self._act_on_known(client, entry, report)
+                except Exception as exc:  # one bad entry never sinks the tick
+                    report.errors.append(f"{entry.partition_key}: {type(exc).__name__}: {exc}")
+
+        workers = min(self.concurrency, len(known) + len(awaiting))
+        await asyncio.gather(*(worker() for _ in range(workers)))
+        polled = [e for e in taken if e.status == LedgerStatus.SUBMITTED]
+        report.complete = len(polled) >= len(awaiting)
+        report.cursor = None if report.complete else polled[-1].partition_key if polled else cursor
+        report.elapsed_s = time.monotonic() - started
+        return report
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self) -> list[LedgerEntry]:
+        watched = []
+        for entry in self.ledger.iter_entries(self.asset):
+            if not entry.extra.get("deferred"):
+                continue
+            if entry.status == LedgerStatus.FAILED and entry.extra.get("handled_at"):
+                continue
+            if entry.status == LedgerStatus.EXPIRED and entry.extra.get("handled_at"):
+                continue
+            if entry.status in _WATCHED:
+                watched.append(entry)
+        return watched
+
+    # -- one entry -----------------------------------------------------------------------------
+
+    async def _poll(
+        self,
+        client: AsyncZImageClient,
+        entry: LedgerEntry,
+        deadline: float,
+        report: TickReport,
+        stop: asyncio.Event,
+    ) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        try:
+            task = await asyncio.wait_for(client.get_task(entry.task_id), timeout=remaining)
+        except NotFoundError:
+            report.polled += 1
+            await self._on_failed(
+                client, entry, "task_not_found", "the provider does not know this task", report
+            )
+            return
+        except RateLimitError as exc:
+            report.poll_errors += 1
+            report.errors.append(f"{entry.task_id}: {exc}")
+            stop.set()  # throttled: leave the rest to the next tick
+            return
+        except (ZImageError, asyncio.TimeoutError) as exc:
+            report.poll_errors += 1
+            report.errors.append(f"{entry.task_id}: {type(exc).__name__}: {exc}")
+            return
+        report.polled += 1
+        await self._act_on_task(client, entry, task, report)
+
+    async def _act_on_task(
+        self, client: AsyncZImageClient, entry: LedgerEntry, task: Task, report: TickReport
+    ) -> None:
+        if task.is_completed:
+            now = self.clock()
+            if now - entry.submitted_at > self.result_ttl_s - self.expiry_margin_s:
+                await self._regenerate(client, entry, report)
+                return
+            updated = await self._write(
+                self.ledger.update,
+                entry,
+                LedgerStatus.COMPLETED,
+                extra={"completed_at": now, "collect_requested_at": now},
+            )
+            if updated is not None:
+                report.collect.append(CollectRequest(dagster_partition_key(entry), entry.task_id))
+        elif task.is_failed:
+            code = str(task.error.code) if task.error and task.error.code else "unknown_error"
+            message = (task.error.message if task.error else None) or "failed"
+            await self._on_failed(client, entry, code, message, report)
+
+    async def _act_on_known(
+        self, client: AsyncZImageClient, entry: LedgerEntry, report: TickReport
+    ) -> None:
+        if entry.status == LedgerStatus.COMPLETED:
+            await self._on_completed(client, entry, self.clock(), report)
+        elif entry.status == LedgerStatus.FAILED:
+            await self._on_failed(
+                client, entry, entry.error_code, entry.error_message, report, write=False
+            )
+        elif entry.status == LedgerStatus.EXPIRED:
+            await self._regenerate(client, entry, report)
+
+    async def _on_completed(
+        self, client: AsyncZImageClient, entry: LedgerEntry, now: float, report: TickReport
+    ) -> None:
+        """A completed entry (known from an earlier tick or a callback)."""
+        completed_at = entry.extra.get("completed_at")
+        since = float(completed_at) if isinstance(completed_at, int | float) else entry.updated_at
+        if now - since > self.result_ttl_s - self.expiry_margin_s:
+            await self._regenerate(client, entry, report)
+            return
+        asked = entry.extra.get("collect_requested_at")
+        if isinstance(asked, int | float) and now - float(asked) < self.recollect_after_s:
+            return  # a collect run was requested already
+        updated = await self._write(
+            self.ledger.update,
+            entry,
+            LedgerStatus.COMPLETED,
+            extra={"collect_requested_at": now},
+        )
+        if updated is not None:
+            report.collect.append(CollectRequest(dagster_partition_key(entry), entry.task_id))
+
+    async def _on_failed(
+        self,
+        client: AsyncZImageClient,
+        entry: LedgerEntry,
+        code: str | None,
+        message: str | None,
+        report: TickReport,
+        *,
+        write: bool = True,
+    ) -> None:
+        """Resubmit a retryable failure within budget; else report it once."""
+        code = code or "unknown_error"
+        message = message or "failed"
+        if write:
+            entry = await self._write(self.ledger.mark_failed, entry, code, message) or entry
+        resubmits = int(entry.extra.get("resubmits") or 0)
+        attempt = resubmits + 1
+        if is_retryable_task_error_code(code, attempt=attempt) and resubmits < self.max_resubmits:
+            new = await self._create(client, entry, report, regenerated=False)
+            if new is not None:
+                report.resubmitted.append((entry.partition_key, entry.task_id, new))
+                self.log.info(
+                    f"partition {entry.partition_key}: task {entry.task_id} failed with {code}; "
+                    f"resubmitted with the same seed: task {new}"
+                )
+            return
+        if is_retryable_task_error_code(code, attempt=attempt):
+            message = f"{message} (gave up after {resubmits} resubmission(s))"
+        report.failures.append(self._failure(entry, code, message))
+        await self._mark_handled(entry, code, message)
+
+    def _failure(self, entry: LedgerEntry, code: str, message: str) -> PermanentFailure:
+        return PermanentFailure(
+            dagster_partition_key(entry),
+            entry.task_id,
+            code,
+            message,
+            entry.seed,
+            str(entry.request.get("prompt", "")),
+            entry.attempt,
+        )
+
+    async def _regenerate(
+        self, client: AsyncZImageClient, entry: LedgerEntry, report: TickReport
+    ) -> None:
+        if entry.status != LedgerStatus.EXPIRED:
+            entry = await self._write(self.ledger.mark_expired, entry) or entry
+        resubmits = int(entry.extra.get("resubmits") or 0)
+        if resubmits >= self.max_resubmits:
+            message = (
+                f"the result link expired before it was collected, {resubmits + 1} time(s); "
+                "gave up (is the collect job running?)"
+            )
+            report.failures.append(self._failure(entry, "result_expired", message))
+            await self._mark_handled(entry, "result_expired", message, status=LedgerStatus.EXPIRED)
+            return
+        new = await self._create(client, entry, report, regenerated=True)
+        if new is not None:
+            report.regenerated.append((entry.partition_key, entry.task_id, new))
+            self.log.info(
+                f"partition {entry.partition_key}: the result of task {entry.task_id} expired "
+                f"before it was collected; regenerated with the same seed: task {new}"
+            )
+
+    async def _create(
+        self,
+        client: AsyncZImageClient,
+        entry: LedgerEntry,
+        report: TickReport,
+        *,
+        regenerated: bool,
+    ) -> str | None:
+        request = GenerationRequest(**dict(entry.request))
+        if self.callback_url is not None:
+            request = request.model_copy(update={"callback_url": self.callback_url})
+        try:
+            task = await client.create_task(request)
+        except ZImageError as exc:
+            code = (
+                "create_outcome_unknown"
+                if isinstance(exc, CreateOutcomeUnknownError)
+                else str(getattr(exc, "code", None) or type(exc).__name__)
+            )
+            report.errors.append(f"{entry.task_id}: resubmission failed: {exc}")
+            if isinstance(exc, (CreateOutcomeUnknownError, ValueError)):
+                # Do not try again blindly: report it (a task may exist; or the request is bad).
+                report.failures.append(self._failure(entry, code, str(exc)))
+                await self._mark_handled(entry, code, str(exc), status=entry.status)
+            return None  # transient: the entry stays as it is, the next tick tries again
+        extra: dict[str, Any] = {
+            "deferred": True,
+            "partition_key": dagster_partition_key(entry),
+            "resubmits": int(entry.extra.get("resubmits") or 0) + 1,
+            "regenerated": regenerated or bool(entry.extra.get("regenerated")),
+        }
+        await asyncio.to_thread(
+            self.ledger.record_submitted,
+            entry.asset,
+            entry.partition_key,
+            task_id=task.id,
+            request=entry.request,
+            fingerprint=entry.fingerprint,
+            run_id=entry.run_id,
+            extra=extra,
+        )
+        return task.id
+
+    async def _mark_handled(
+        self,
+        entry: LedgerEntry,
+        code: str,
+        message: str,
+        *,
+        status: LedgerStatus = LedgerStatus.FAILED,
+    ) -> None:
+        if status not in (LedgerStatus.FAILED, LedgerStatus.EXPIRED):
+            status = LedgerStatus.FAILED
+        await self._write(
+            self.ledger.update,
+            entry,
+            status,
+            error_code=code,
+            error_message=message,
+            extra={"handled_at": self.clock()},
+        )
+
+    async def _write(self, method: Any, entry: LedgerEntry, *args: Any, **kwargs: Any) -> Any:
+        """A ledger update of ``entry``'s current task; ``None`` if the entry has moved on."""
+        try:
+            return await asyncio.to_thread(
+                method, entry.asset, entry.partition_key, entry.task_id, *args, **kwargs
+            )
+        except (LedgerConflictError, KeyError) as exc:
+            self.log.info(f"partition {entry.partition_key}: {exc}; leaving it")
+            return None
+
+
+_WATCHED = frozenset(
+    {LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED, LedgerStatus.FAILED, LedgerStatus.EXPIRED}
+)
+
+
+def _rotate(entries: Iterable[LedgerEntry], cursor: str | None) -> list[LedgerEntry]:
+    """Entries sorted by key, starting after ``cursor`` and wrapping around."""
+    ordered = sorted(entries, key=lambda e: e.partition_key)
+    if not cursor:
+        return ordered
+    after = [e for e in ordered if e.partition_key > cursor]
+    before = [e for e in ordered if e.partition_key <= cursor]
+    return after + before

@@ -1,0 +1,525 @@
+"""Sensors of deferred mode and of the dynamic-partitions variant.
+
+- :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.deferred.TaskWatcher`
+  reads the asset's deferred ledger entries in bulk, polls the open tasks concurrently within a
+  time budget (a cursor spreads a large backlog over ticks), and answers with a collect run per
+  completed task (``run_key`` = task ID, tag ``zimage/collect``), resubmissions of retryable
+  failures, regenerations of expired results, and one ``AssetObservation`` per partition that
+  failed for good (with the provider's code and message; shown on the partition's events).
+- :func:`build_prompt_dataset_sensor`: watches a prompt dataset (a file or a folder of files,
+  local or any fsspec URL), adds new keys as dynamic partitions and requests their runs, requests
+  the regeneration of a key whose prompt changed, and reports keys that left the dataset (it
+  never deletes a partition). Its cursor is a digest of the files' (path, size, mtime/etag):
+  small however large the dataset; per-key state comes from storage (provenance, ledger).
+- :func:`deferred_definitions`: both, as ``dagster.Definitions`` to merge with the asset's.
+
+Example::
+
+    spec = ImageAssetSpec(name="catalogue", prompts="prompts.csv", storage="s3://bucket/images")
+    defs = dg.Definitions.merge(
+        build_image_definitions(spec),
+        deferred_definitions(spec, "catalogue_job"),
+        dg.Definitions(resources={"zimage": ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"))}),
+    )
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from upath import UPath
+
+from zimage_dagster.deferred import (
+    COLLECT_TAG,
+    DEFAULT_RESULT_TTL_S,
+    TaskWatcher,
+    TickReport,
+)
+from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.prompts import (
+    DEFAULT_SIZE,
+    PromptDataset,
+    PromptRow,
+    load_prompts,
+    request_fingerprint,
+)
+from zimage_dagster.storage import ImageStore
+
+if TYPE_CHECKING:
+    from zimage_dagster.assets import ImageAssetSpec
+    from zimage_dagster.resource import ZImageResource
+
+__all__ = [
+    "DATASET_SUFFIXES",
+    "build_prompt_dataset_sensor",
+    "build_task_status_sensor",
+    "dataset_digest",
+    "deferred_definitions",
+    "dynamic_partitions_name",
+    "load_dataset",
+]
+
+#: Tag saying why the prompt-dataset sensor requested a run: ``new`` or ``changed``.
+REASON_TAG = "zimage/reason"
+#: File suffixes read from a dataset folder.
+DATASET_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
+
+
+def _store(spec: ImageAssetSpec) -> ImageStore:
+    return ImageStore(spec.storage, spec.storage_options)
+
+
+# -- task status --------------------------------------------------------------------------------
+
+
+def build_task_status_sensor(
+    spec: ImageAssetSpec,
+    job_name: str,
+    *,
+    name: str | None = None,
+    minimum_interval_seconds: int = 30,
+    tick_budget_s: float = 30.0,
+    concurrency: int = 32,
+    max_resubmits: int = 2,
+    result_ttl_s: float = DEFAULT_RESULT_TTL_S,
+    expiry_margin_s: float = 3600.0,
+    recollect_after_s: float = 600.0,
+    resource_key: str | None = None,
+    callback_url: str | None = None,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
+    clock: Callable[[], float] = time.time,
+) -> dg.SensorDefinition:
+    """A sensor that watches the asset's deferred tasks and launches their collect runs.
+
+    Args:
+        spec: the image asset's spec (storage, asset key, resource key).
+        job_name: the job that materializes the asset (``<name>_job``); collect runs run it for
+            one partition with the tag ``zimage/collect=<task ID>`` and ``run_key=<task ID>``.
+        name: the sensor's name (default ``<asset name>_task_status``).
+        minimum_interval_seconds: seconds between ticks.
+        tick_budget_s: a tick's time budget; keep it well under Dagster's sensor timeout (60 s,
+            ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``). Work that does not fit resumes next tick.
+        concurrency: status requests in flight at once.
+        max_resubmits: new tasks per partition after retryable failures or expired results.
+        result_ttl_s: lifetime of the provider's result links (24 h).
+        expiry_margin_s: regenerate, rather than collect, a result this close to expiring.
+        recollect_after_s: ask again (same run key) for a collect run not done after this long.
+        resource_key: the :class:`~zimage_dagster.ZImageResource` key (default the spec's).
+        callback_url: sent with resubmitted tasks (default ``$ZIMAGE_CALLBACK_URL``).
+        default_status: RUNNING by default: it only acts on tasks submitted in deferred mode,
+            and deferred mode does nothing useful without it.
+        clock: unix seconds (tests shift it to simulate a day passing).
+    """
+    key = resource_key or spec.resource_key
+    sensor_name = name or f"{_safe_name(spec)}_task_status"
+
+    @dg.sensor(
+        name=sensor_name,
+        job_name=job_name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        required_resource_keys={key},
+        description=(
+            f"Deferred mode of {spec.asset_key.to_user_string()}: polls the submitted tasks, "
+            "launches a collect run per completed task (run key = task ID), resubmits "
+            "retryable failures, regenerates expired results, reports permanent failures."
+        ),
+    )
+    def _task_status_sensor(context: dg.SensorEvaluationContext, **_: Any) -> dg.SensorResult:
+        resource: ZImageResource = getattr(context.resources, key)
+        watcher = TaskWatcher(
+            TaskLedger(_store(spec), clock=clock),
+            spec.asset_key.path,
+            tick_budget_s=tick_budget_s,
+            concurrency=concurrency,
+            max_resubmits=max_resubmits,
+            result_ttl_s=result_ttl_s,
+            expiry_margin_s=expiry_margin_s,
+            recollect_after_s=recollect_after_s,
+            callback_url=callback_url,
+            clock=clock,
+            logger=context.log,
+        )
+
+        async def run() -> TickReport:
+            async with resource.async_client() as client:
+                return await watcher.tick(client, _cursor_after(context.cursor))
+
+        report = asyncio.run(run())
+        return _task_status_result(spec, job_name, report, context)
+
+    return _task_status_sensor
+
+
+def _cursor_after(cursor: str | None) -> str | None:
+    if not cursor:
+        return None
+    try:
+        after = json.loads(cursor).get("after")
+    except (ValueError, AttributeError):
+        return None
+    return after if isinstance(after, str) else None
+
+
+def _task_status_result(
+    spec: ImageAssetSpec, job_name: str, report: TickReport, context: dg.SensorEvaluationContext
+) -> dg.SensorResult:
+    context.log.info(report.summary())
+    for error in report.errors[:20]:
+        context.log.warning(error)
+    run_requests = [
+        dg.RunRequest(
+            run_key=c.task_id,
+            job_name=job_name,
+            partition_key=c.partition_key,
+            tags={COLLECT_TAG: c.task_id},
+        )
+        for c in report.collect
+    ]
+    events: list[dg.AssetObservation] = []
+    for f in report.failures:
+        context.log.warning(
+            f"partition {f.partition_key}: task {f.task_id} failed for good: {f.code}: {f.message}"
+        )
+        events.append(
+            dg.AssetObservation(
+                asset_key=spec.asset_key,
+                partition=f.partition_key,
+                description=f"generation failed: {f.code}: {f.message}",
+                metadata={
+                    "zimage_status": dg.MetadataValue.text("failed"),
+                    "error_code": dg.MetadataValue.text(f.code),
+                    "error_message": dg.MetadataValue.text(f.message),
+                    "task_id": dg.MetadataValue.text(f.task_id),
+                    "seed": dg.MetadataValue.int(f.seed),
+                    "prompt": dg.MetadataValue.text(f.prompt),
+                    "attempts": dg.MetadataValue.int(f.attempts),
+                },
+            )
+        )
+    cursor = None if report.complete else json.dumps({"after": report.cursor})
+    if not run_requests and not events:
+        return dg.SensorResult(skip_reason=report.summary(), cursor=cursor)
+    return dg.SensorResult(run_requests=run_requests, asset_events=events, cursor=cursor)
+
+
+# -- prompt dataset -----------------------------------------------------------------------------
+
+
+def dynamic_partitions_name(spec: ImageAssetSpec) -> str:
+    """The dynamic partitions definition's name, as the asset factory names it."""
+    return spec.dynamic_partitions_name or f"{spec.name}_prompts"
+
+
+def _dataset_root(spec: ImageAssetSpec) -> UPath:
+    source = spec.prompts
+    if isinstance(source, UPath):
+        return source
+    if isinstance(source, str | os.PathLike):
+        return UPath(os.fspath(source), **dict(spec.storage_options or {}))
+    raise dg.DagsterInvalidDefinitionError(
+        f"{spec.name}: the prompt-dataset sensor watches a file or folder (path or URL), "
+        f"not a {type(source).__name__}"
+    )
+
+
+def dataset_files(root: UPath) -> list[UPath]:
+    """The dataset's files: ``root`` itself, or the dataset files under the folder ``root``."""
+    if root.is_dir():
+        return sorted(
+            (
+                p
+                for p in root.rglob("*")
+                if p.suffix.lower() in DATASET_SUFFIXES
+                and not p.name.startswith(".")
+                and p.is_file()
+            ),
+            key=str,
+        )
+    return [root]
+
+
+_STAT_KEYS = ("size", "mtime", "LastModified", "last_modified", "ETag", "etag", "md5Hash")
+
+
+def dataset_digest(files: Sequence[UPath]) -> str:
+    """sha256 (24 hex) of every file's path, size and mtime/etag: one ``info`` call per file."""
+    items = []
+    for p in files:
+        try:
+            info = p.fs.info(p.path)
+        except FileNotFoundError:
+            continue
+        items.append([str(p), {k: info[k] for k in _STAT_KEYS if k in info}])
+    text = json.dumps(items, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def load_dataset(files: Sequence[UPath]) -> tuple[dict[str, PromptRow], list[str]]:
+    """Rows by key from every file (the first file holding a key wins) and the problems."""
+    rows: dict[str, PromptRow] = {}
+    problems: list[str] = []
+    for p in files:
+        try:
+            dataset: PromptDataset = load_prompts(p)
+        except (ValueError, OSError) as exc:
+            problems.append(f"{p}: {exc}")
+            continue
+        problems.extend(f"{p}: {problem}" for problem in dataset.problems)
+        for row in dataset:
+            if row.key in rows:
+                problems.append(f"{p}: key {row.key!r} already defined in an earlier file")
+                continue
+            rows[row.key] = row
+    return rows, problems
+
+
+def _content(prompt: Any, size: Any, nsfw: Any, seed: Any) -> tuple[Any, ...]:
+    return (prompt, size or DEFAULT_SIZE, bool(nsfw), seed)
+
+
+def _row_content(spec: ImageAssetSpec, row: PromptRow) -> tuple[Any, ...]:
+    # The seed counts only when the row sets it: a derived seed follows from the prompt, and a
+    # random one (seed_strategy="random") is no reason to regenerate.
+    return _content(row.prompt, row.size or spec.default_size, row.nsfw_check, row.seed)
+
+
+def _entry_content(entry: LedgerEntry, explicit_seed: bool) -> tuple[Any, ...]:
+    r = entry.request
+    return _content(
+        r.get("prompt"), r.get("size"), r.get("nsfw_check"), entry.seed if explicit_seed else None
+    )
+
+
+def _provenance_content(record: Mapping[str, Any], explicit_seed: bool) -> tuple[Any, ...]:
+    return _content(
+        record.get("prompt"),
+        record.get("size_requested"),
+        record.get("nsfw_check"),
+        record.get("seed") if explicit_seed else None,
+    )
+
+
+def _read_provenance(store: ImageStore, spec: ImageAssetSpec) -> dict[str, dict[str, Any]]:
+    """Every provenance record of the asset, by storage key, in one bulk read."""
+    folder = store.asset_dir(spec.asset_key.path)
+    prefix = str(folder).rstrip("/") + "/"
+    out: dict[str, dict[str, Any]] = {}
+    for path, raw in store.read_all(folder, ".json").items():
+        rest = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
+        if "/" in rest or os.sep in rest:
+            continue  # another asset nested under this one
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out[rest[: -len(".json")]] = record
+    return out
+
+
+def build_prompt_dataset_sensor(
+    spec: ImageAssetSpec,
+    job_name: str,
+    *,
+    name: str | None = None,
+    minimum_interval_seconds: int = 60,
+    max_run_requests: int = 1000,
+    default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.STOPPED,
+) -> dg.SensorDefinition:
+    """A sensor that keeps the dynamic partitions in step with the prompt dataset.
+
+    When the dataset's files change (a digest of their paths, sizes and mtimes/etags, which is
+    also the whole cursor), it reads the dataset, the dynamic partitions and, in bulk, the
+    asset's provenance records and ledger, and:
+
+    - adds keys new to the dataset as dynamic partitions and requests a run for each;
+    - requests a run for an existing key whose prompt, size, nsfw_check or explicit seed no longer
+      matches what was generated (or is being generated), and for one never generated;
+    - reports keys that left the dataset once (a log line and an ``AssetObservation``); it never
+      deletes a partition nor an image.
+
+    Run keys are ``<key>:<request fingerprint>:<task ID of the stored image or "new">``, so the
+    same change is requested once. At most ``max_run_requests`` runs per tick: the rest follow on
+    the next ticks. ``default_status`` is STOPPED: turning it on starts paid generation.
+    """
+    if spec.partitioning != "dynamic":
+        raise dg.DagsterInvalidDefinitionError(
+            f"{spec.name}: the prompt-dataset sensor needs partitioning='dynamic' "
+            f"(got {spec.partitioning!r})"
+        )
+    root = _dataset_root(spec)
+    partitions_name = dynamic_partitions_name(spec)
+    sensor_name = name or f"{_safe_name(spec)}_prompt_dataset"
+
+    @dg.sensor(
+        name=sensor_name,
+        job_name=job_name,
+        minimum_interval_seconds=minimum_interval_seconds,
+        default_status=default_status,
+        description=(
+            f"Keeps the dynamic partitions {partitions_name!r} in step with {root}: adds new "
+            "keys, regenerates changed prompts, reports removed keys (never deletes)."
+        ),
+    )
+    def _prompt_dataset_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
+        files = dataset_files(root)
+        digest = dataset_digest(files)
+        previous = _json_cursor(context.cursor)
+        if previous.get("digest") == digest and not previous.get("backlog"):
+            return dg.SensorResult(skip_reason="dataset unchanged", cursor=context.cursor)
+        return _evaluate_dataset(
+            spec, job_name, partitions_name, files, digest, max_run_requests, context
+        )
+
+    return _prompt_dataset_sensor
+
+
+def _json_cursor(cursor: str | None) -> dict[str, Any]:
+    if not cursor:
+        return {}
+    try:
+        data = json.loads(cursor)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _evaluate_dataset(
+    spec: ImageAssetSpec,
+    job_name: str,
+    partitions_name: str,
+    files: Sequence[UPath],
+    digest: str,
+    max_run_requests: int,
+    context: dg.SensorEvaluationContext,
+) -> dg.SensorResult:
+    rows, problems = load_dataset(files)
+    for problem in problems[:50]:
+        context.log.warning(f"dataset: {problem} (row left out)")
+    existing = set(context.instance.get_dynamic_partitions(partitions_name))
+    store = _store(spec)
+    ledger = TaskLedger(store)
+    provenance = _read_provenance(store, spec)
+    entries = {e.partition_key: e for e in ledger.iter_entries(spec.asset_key.path)}
+
+    new_keys = [k for k in rows if k not in existing]
+    wanted: list[tuple[str, str, str]] = []  # key, reason, run key
+    for key, row in rows.items():
+        explicit = row.seed is not None
+        expected = _row_content(spec, row)
+        fp = request_fingerprint(*_fp_args(expected))
+        entry = entries.get(key)
+        record = provenance.get(key)
+        if (
+            entry is not None
+            and (entry.is_open or entry.status == LedgerStatus.FAILED)
+            and _entry_content(entry, explicit) == expected
+        ):
+            continue  # being generated, or rejected as it is (the user must change it)
+        if record is not None and _provenance_content(record, explicit) == expected:
+            continue  # generated from this very row
+        if record is None and entry is None:
+            reason, basis = "new", "new"
+        else:
+            reason = "changed"
+            basis = str((record or {}).get("task_id") or (entry.task_id if entry else "new"))
+            context.log.info(f"key {key!r}: the dataset row changed; requesting regeneration")
+        wanted.append((key, reason, f"{key}:{fp}:{basis}"))
+
+    run_requests = [
+        dg.RunRequest(
+            run_key=run_key, job_name=job_name, partition_key=key, tags={REASON_TAG: reason}
+        )
+        for key, reason, run_key in wanted[:max_run_requests]
+    ]
+    backlog = len(wanted) > max_run_requests
+    events = _removed_keys(spec, ledger, existing - set(rows), context)
+    context.log.info(
+        f"dataset {len(rows)} keys: {len(new_keys)} new, "
+        f"{sum(1 for w in wanted if w[1] == 'changed')} changed, {len(existing - set(rows))} "
+        f"removed; {len(run_requests)} run(s) requested{' (more next tick)' if backlog else ''}"
+    )
+    cursor = json.dumps({"digest": digest, **({"backlog": True} if backlog else {})})
+    dynamic = [dg.AddDynamicPartitionsRequest(partitions_name, new_keys)] if new_keys else []
+    if not run_requests and not events and not dynamic:
+        return dg.SensorResult(skip_reason="dataset changed; nothing to do", cursor=cursor)
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=dynamic,
+        asset_events=events,
+        cursor=cursor,
+    )
+
+
+def _fp_args(content: tuple[Any, ...]) -> tuple[Any, Any, Any, Any]:
+    prompt, size, nsfw, seed = content
+    return prompt, size, seed, nsfw
+
+
+def _removed_keys(
+    spec: ImageAssetSpec,
+    ledger: TaskLedger,
+    removed: set[str],
+    context: dg.SensorEvaluationContext,
+) -> list[dg.AssetObservation]:
+    """One observation per key newly gone from the dataset; the reported set lives in storage."""
+    path = ledger.state_path(spec.asset_key.path, "dataset_removed_keys")
+    raw = ledger.store.read_bytes_or_none(path)
+    reported = set(json.loads(raw)) if raw else set()
+    fresh = sorted(removed - reported)
+    if fresh:
+        shown = ", ".join(fresh[:20]) + (f" and {len(fresh) - 20} more" if len(fresh) > 20 else "")
+        context.log.warning(
+            f"{len(fresh)} key(s) left the dataset (partitions and images kept): {shown}"
+        )
+    if removed != reported:
+        ledger.store.write_atomic(path, json.dumps(sorted(removed)).encode())
+    return [
+        dg.AssetObservation(
+            asset_key=spec.asset_key,
+            partition=key,
+            description="this key is no longer in the prompt dataset (partition and image kept)",
+            metadata={"zimage_status": dg.MetadataValue.text("removed_from_dataset")},
+        )
+        for key in fresh
+    ]
+
+
+# -- bundle -------------------------------------------------------------------------------------
+
+
+def deferred_definitions(
+    spec: ImageAssetSpec,
+    job_name: str | None = None,
+    *,
+    dataset_sensor: bool | None = None,
+    task_status_options: Mapping[str, Any] | None = None,
+    dataset_options: Mapping[str, Any] | None = None,
+) -> dg.Definitions:
+    """The task-status sensor, and for ``partitioning="dynamic"`` the prompt-dataset sensor.
+
+    ``job_name`` defaults to the factory's ``<name>_job``. ``dataset_sensor`` defaults to True
+    for a dynamic asset whose prompts are a path or URL. The options are passed to
+    :func:`build_task_status_sensor` / :func:`build_prompt_dataset_sensor`.
+    """
+    job = job_name or f"{spec.name}_job"
+    sensors = [build_task_status_sensor(spec, job, **dict(task_status_options or {}))]
+    if dataset_sensor is None:
+        dataset_sensor = spec.partitioning == "dynamic" and isinstance(
+            spec.prompts, str | os.PathLike
+        )
+    if dataset_sensor:
+        sensors.append(build_prompt_dataset_sensor(spec, job, **dict(dataset_options or {})))
+    return dg.Definitions(sensors=sensors)
+
+
+def _safe_name(spec: ImageAssetSpec) -> str:
+    return "__".join(spec.asset_key.path).replace("-", "_")
