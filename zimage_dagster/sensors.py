@@ -376,7 +376,14 @@ def build_prompt_dataset_sensor(
         if previous.get("digest") == digest and not previous.get("backlog"):
             return dg.SensorResult(skip_reason="dataset unchanged", cursor=context.cursor)
         return _evaluate_dataset(
-            spec, job_name, partitions_name, files, digest, max_run_requests, context
+            spec,
+            job_name,
+            partitions_name,
+            files,
+            digest,
+            max_run_requests,
+            previous.get("after") if previous.get("backlog") else None,
+            context,
         )
 
     return _prompt_dataset_sensor
@@ -399,6 +406,7 @@ def _evaluate_dataset(
     files: Sequence[UPath],
     digest: str,
     max_run_requests: int,
+    previous_after: object,
     context: dg.SensorEvaluationContext,
 ) -> dg.SensorResult:
     rows, problems = load_dataset(files)
@@ -434,20 +442,28 @@ def _evaluate_dataset(
             context.log.info(f"key {key!r}: the dataset row changed; requesting regeneration")
         wanted.append((key, reason, f"{key}:{fp}:{basis}"))
 
+    # A backlog larger than one tick's share goes on after the last key requested (the cursor
+    # holds that one key, not the set): already requested runs are not requested again.
+    wanted.sort(key=lambda w: w[0])
+    after = previous_after if isinstance(previous_after, str) else None
+    remaining = [w for w in wanted if after is None or w[0] > after]
+    picked = remaining[:max_run_requests]
+    backlog = len(remaining) > max_run_requests
     run_requests = [
         dg.RunRequest(
             run_key=run_key, job_name=job_name, partition_key=key, tags={REASON_TAG: reason}
         )
-        for key, reason, run_key in wanted[:max_run_requests]
+        for key, reason, run_key in picked
     ]
-    backlog = len(wanted) > max_run_requests
     events = _removed_keys(spec, ledger, existing - set(rows), context)
     context.log.info(
         f"dataset {len(rows)} keys: {len(new_keys)} new, "
         f"{sum(1 for w in wanted if w[1] == 'changed')} changed, {len(existing - set(rows))} "
         f"removed; {len(run_requests)} run(s) requested{' (more next tick)' if backlog else ''}"
     )
-    cursor = json.dumps({"digest": digest, **({"backlog": True} if backlog else {})})
+    cursor = json.dumps(
+        {"digest": digest, **({"backlog": True, "after": picked[-1][0]} if backlog else {})}
+    )
     dynamic = [dg.AddDynamicPartitionsRequest(partitions_name, new_keys)] if new_keys else []
     if not run_requests and not events and not dynamic:
         return dg.SensorResult(skip_reason="dataset changed; nothing to do", cursor=cursor)
