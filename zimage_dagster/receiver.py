@@ -1,0 +1,367 @@
+"""A small receiver for the provider's task callbacks: the sensor then acts without polling.
+
+When a task is created with ``callback_url``, the provider POSTs the task (the same JSON as the
+query answer) to that URL when it completes or fails; 10 s timeout, a non-2xx answer is retried
+after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
+
+- listens on ``/callbacks/<token>`` only, where the token is a long random secret compared in
+  constant time (any other path, or a wrong token: 404);
+- trusts nothing in the body but the task ID, and only if it has the provider's format
+  (``task-unified-<digits>-<8 lowercase alnum>``);
+- looks the task up in the ledger's task-ID index (O(1); an unknown task: 200, nothing done,
+  no API call), then re-reads the task from the API with its own client, and records what the
+  API says: ``completed`` (with ``extra.completed_at``) or ``failed`` (code and message), marked
+  ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing;
+- answers at once (2xx) unless the API could not be read, in which case 503 lets the provider
+  retry. The task-status sensor launches the collect run (or resubmits) on its next tick without
+  polling the task.
+
+Run it::
+
+    zimage-callback-receiver --host 127.0.0.1 --port 8787 --storage s3://bucket/images \\
+        --token-file /etc/zimage/callback-token
+
+The first line of stdout is its base URL. The API key comes from ``ZIMAGE_API_KEY`` (and the base
+URL from ``ZIMAGE_BASE_URL`` or ``--base-url``). A missing token file is created with a fresh
+token (mode 0600). Give the tasks the public URL: set ``ZIMAGE_CALLBACK_URL`` (read by the
+deferred submit and the sensor) to ``https://hooks.example.com/callbacks/<token>``.
+
+Behind HTTPS: the provider only calls ``https://`` URLs on public addresses, so put the receiver
+(bound to loopback) behind a TLS reverse proxy. Caddy (certificates automatic)::
+
+    hooks.example.com {
+        handle /callbacks/* {
+            reverse_proxy 127.0.0.1:8787
+        }
+        respond 404
+    }
+
+nginx::
+
+    server {
+        listen 443 ssl;
+        server_name hooks.example.com;
+        ssl_certificate     /etc/letsencrypt/live/hooks.example.com/fullchain.pem;
+        ssl_certificate_key /etc/letsencrypt/live/hooks.example.com/privkey.pem;
+        client_max_body_size 64k;
+        location /callbacks/ {
+            proxy_pass http://127.0.0.1:8787;
+            proxy_read_timeout 10s;
+            access_log off;          # the path holds the token: keep it out of logs
+        }
+        location / { return 404; }
+    }
+
+Keep the token out of access logs (the path holds it), rotate it by changing the file and
+``ZIMAGE_CALLBACK_URL`` together (tasks in flight keep the old URL: their callbacks will 404 and
+the sensor polls them instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import logging
+import os
+import re
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from upath import UPath
+
+from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
+from zimage_dagster.ledger import LedgerConflictError, LedgerStatus, TaskLedger
+from zimage_dagster.storage import ImageStore
+
+__all__ = [
+    "CALLBACK_PATH",
+    "TASK_ID_PATTERN",
+    "CallbackReceiver",
+    "create_receiver_app",
+    "load_or_create_token",
+    "main",
+]
+
+log = logging.getLogger(__name__)
+
+CALLBACK_PATH = "/callbacks"
+#: The provider's task ID format.
+TASK_ID_PATTERN = re.compile(r"task-unified-[0-9]{1,20}-[a-z0-9]{8}")
+MAX_BODY_BYTES = 64 * 1024
+MIN_TOKEN_CHARS = 16
+
+
+def create_receiver_app(
+    storage: str | os.PathLike[str] | UPath | ImageStore,
+    token: str,
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    api_timeout_s: float = 5.0,
+    client: AsyncZImageClient | None = None,
+) -> Starlette:
+    """The receiver as an ASGI app.
+
+    Args:
+        storage: the image store root (or store) whose ledger records the results.
+        token: the secret path component (at least 16 characters).
+        api_key / base_url: for the receiver's own client (default: the environment).
+        api_timeout_s: how long re-reading one task may take (the provider waits 10 s).
+        client: an open client to use instead (the caller closes it).
+    """
+    if len(token) < MIN_TOKEN_CHARS or not re.fullmatch(r"[A-Za-z0-9_\-]+", token):
+        raise ValueError(
+            f"the callback token must be at least {MIN_TOKEN_CHARS} URL-safe characters"
+        )
+    store = storage if isinstance(storage, ImageStore) else ImageStore(storage)
+    ledger = TaskLedger(store)
+    expected = token.encode()
+    holder: dict[str, AsyncZImageClient] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if client is not None:
+            holder["client"] = client
+            yield
+            return
+        async with AsyncZImageClient(
+            api_key, base_url=base_url, timeout=api_timeout_s, deadline=api_timeout_s
+        ) as own:
+            holder["client"] = own
+            yield
+
+    async def receive(request: Request) -> Response:
+        given = str(request.path_params.get("token", "")).encode()
+        if not hmac.compare_digest(given, expected):
+            return PlainTextResponse("Not Found", status_code=404)
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return PlainTextResponse("body too large", status_code=413)
+        try:
+            body = json.loads(raw)
+            task_id = body["id"]
+        except (ValueError, KeyError, TypeError):
+            return PlainTextResponse("expected a task JSON object with an id", status_code=400)
+        if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
+            return PlainTextResponse("not a task ID", status_code=400)
+        return await _record(ledger, holder["client"], task_id, api_timeout_s)
+
+    async def not_found(request: Request) -> Response:
+        return PlainTextResponse("Not Found", status_code=404)
+
+    async def health(request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[
+            Route(f"{CALLBACK_PATH}/{{token}}", receive, methods=["POST"]),
+            Route("/healthz", health, methods=["GET"]),
+            Route("/{path:path}", not_found, methods=["GET", "POST", "PUT", "DELETE", "PATCH"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _record(
+    ledger: TaskLedger, client: AsyncZImageClient, task_id: str, timeout: float
+) -> Response:
+    entry = await asyncio.to_thread(ledger.find_task, task_id)
+    if entry is None:
+        return JSONResponse({"recorded": False, "reason": "unknown task"})
+    if entry.status != LedgerStatus.SUBMITTED:
+        return JSONResponse({"recorded": False, "reason": f"already {entry.status.value}"})
+    try:
+        task = await asyncio.wait_for(client.get_task(task_id), timeout=timeout)
+    except NotFoundError:
+        return JSONResponse({"recorded": False, "reason": "the API does not know this task"})
+    except (ZImageError, asyncio.TimeoutError) as exc:
+        log.warning("callback for %s: could not re-read the task: %s", task_id, exc)
+        return JSONResponse({"recorded": False, "reason": "API unavailable"}, status_code=503)
+    now = time.time()
+    try:
+        if task.is_completed:
+            await asyncio.to_thread(
+                ledger.update,
+                entry.asset,
+                entry.partition_key,
+                task_id,
+                LedgerStatus.COMPLETED,
+                extra={"completed_at": now, "via": "callback"},
+            )
+        elif task.is_failed:
+            code = str(task.error.code) if task.error and task.error.code else "unknown_error"
+            await asyncio.to_thread(
+                ledger.update,
+                entry.asset,
+                entry.partition_key,
+                task_id,
+                LedgerStatus.FAILED,
+                error_code=code,
+                error_message=(task.error.message if task.error else None) or "failed",
+                extra={"via": "callback"},
+            )
+        else:
+            return JSONResponse(
+                {"recorded": False, "reason": f"the API says {task.status}"}, status_code=202
+            )
+    except (LedgerConflictError, KeyError):
+        return JSONResponse({"recorded": False, "reason": "the partition moved on"})
+    return JSONResponse({"recorded": True, "status": str(task.status)})
+
+
+def load_or_create_token(path: str | os.PathLike[str]) -> str:
+    """The token in ``path``; a missing file is created with a fresh token (mode 0600)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip()
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    print(f"wrote a new callback token to {os.fspath(path)}", file=sys.stderr)
+    return token
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(512)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class CallbackReceiver:
+    """The receiver on a free port in a background thread (for tests and embedding).
+
+    >>> with CallbackReceiver("/tmp/zimage-doctest", "t" * 32) as rx:  # doctest: +SKIP
+    ...     print(rx.callback_url)   # http://127.0.0.1:PORT/callbacks/ttt...
+    """
+
+    def __init__(
+        self,
+        storage: str | os.PathLike[str] | UPath | ImageStore,
+        token: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        **app_options: Any,
+    ) -> None:
+        self.app = create_receiver_app(storage, token, **app_options)
+        self._token = token
+        self._host = host
+        self._port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.url = ""
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.url}{CALLBACK_PATH}/{self._token}"
+
+    def start(self) -> CallbackReceiver:
+        self._socket = _bind(self._host, self._port)
+        self.url = _url(self._socket)
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
+        )
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="zimage-callback-receiver",
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("the callback receiver did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+
+    def __enter__(self) -> CallbackReceiver:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``zimage-callback-receiver``: serve the receiver; print the base URL on the first line."""
+    parser = argparse.ArgumentParser(
+        prog="zimage-callback-receiver",
+        description="Receive Z-Image-Turbo task callbacks and record them in the task ledger.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8787, help="port (0: any free port)")
+    parser.add_argument("--storage", required=True, help="image store root (path or fsspec URL)")
+    parser.add_argument(
+        "--token-file",
+        help="file holding the secret path token (created if missing); else $ZIMAGE_CALLBACK_TOKEN",
+    )
+    parser.add_argument("--base-url", help="API base URL (default $ZIMAGE_BASE_URL or EvoLink)")
+    parser.add_argument(
+        "--api-timeout", type=float, default=5.0, help="seconds to re-read one task from the API"
+    )
+    args = parser.parse_args(argv)
+    if args.token_file:
+        token = load_or_create_token(args.token_file)
+    else:
+        token = os.environ.get("ZIMAGE_CALLBACK_TOKEN", "")
+        if not token:
+            parser.error("pass --token-file or set ZIMAGE_CALLBACK_TOKEN")
+    try:
+        app = create_receiver_app(
+            args.storage, token, base_url=args.base_url, api_timeout_s=args.api_timeout
+        )
+    except (ValueError, ZImageError) as exc:
+        parser.error(str(exc))
+    sock = _bind(args.host, args.port)
+    print(_url(sock), flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
