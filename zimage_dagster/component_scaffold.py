@@ -162,8 +162,8 @@ class ZImageComponentScaffolder(Scaffolder[ZImageScaffoldParams]):
                 @dg.component_instance
                 def load(context: dg.ComponentLoadContext) -> {cls_name}:
                     return {cls_name}(
-                        asset_name={asset_name!r},
-                        prompts={prompts!r},
+                        asset_name={json.dumps(asset_name)},
+                        prompts={json.dumps(prompts)},
                         resource=ResourceSettings(api_key_env="ZIMAGE_API_KEY"),
                     )
                 """
