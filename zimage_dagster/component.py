@@ -51,6 +51,7 @@ from zimage_dagster.assets import (
 )
 from zimage_dagster.component_scaffold import ZImageComponentScaffolder
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.sensors import build_prompt_dataset_sensor, deferred_definitions
 
 __all__ = [
     "ResourceSettings",
@@ -387,6 +388,15 @@ class ZImageComponent(dg.Component, dg.Model, dg.Resolvable):
             "sensor collects the images (needs a zimage_dagster version with deferred mode)."
         ),
     )
+    dataset_sensor: bool | None = Field(
+        default=None,
+        description=(
+            "With partitioning: dynamic, add the prompt-dataset sensor (created stopped: turning "
+            "it on starts paid generation): it adds the dataset's new keys as partitions and "
+            "requests their runs, and regenerates changed prompts. Default: on when partitioning "
+            "is dynamic and prompts is a file or URL."
+        ),
+    )
     schedule: ScheduleSettings | None = Field(
         default=None,
         description="With partitioning: daily, a schedule (stopped by default): {cron, timezone}.",
@@ -494,17 +504,38 @@ class ZImageComponent(dg.Component, dg.Model, dg.Resolvable):
             )
         if self.dynamic_partitions_name is not None:
             _check_name(self.dynamic_partitions_name, "dynamic_partitions_name")
+        if self.dataset_sensor and self.partitioning != "dynamic":
+            raise ValueError(
+                f"dataset_sensor needs partitioning: dynamic (got partitioning: {self.partitioning})"
+            )
+        if self.dataset_sensor and not isinstance(self.prompts, str):
+            raise ValueError("dataset_sensor watches a dataset file or URL, not inline prompts")
         return self
 
     # -- building --------------------------------------------------------------------------
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
-        defs = build_image_definitions(self.image_asset_spec(context))
-        if self.resource is None:
-            return defs
-        return dg.Definitions.merge(
-            defs, dg.Definitions(resources={self.resource_key: self.resource.build_resource()})
-        )
+        spec = self.image_asset_spec(context)
+        parts = [build_image_definitions(spec)]
+        job_name = f"{spec.name}_job"
+        factory_sensors = list(parts[0].sensors or [])
+        if self.mode == "deferred" and not factory_sensors:
+            # The task-status sensor collects what the submit step created (and, for a dynamic
+            # dataset, the prompt-dataset sensor), unless the factory already added them.
+            parts.append(
+                deferred_definitions(spec, job_name, dataset_sensor=self._wants_dataset_sensor())
+            )
+        elif self._wants_dataset_sensor() and not factory_sensors:
+            parts.append(dg.Definitions(sensors=[build_prompt_dataset_sensor(spec, job_name)]))
+        if self.resource is not None:
+            resource = self.resource.build_resource()
+            parts.append(dg.Definitions(resources={self.resource_key: resource}))
+        return dg.Definitions.merge(*parts)
+
+    def _wants_dataset_sensor(self) -> bool:
+        if self.dataset_sensor is not None:
+            return self.dataset_sensor
+        return self.partitioning == "dynamic" and isinstance(self.prompts, str)
 
     def image_asset_spec(self, context: dg.ComponentLoadContext) -> ImageAssetSpec:
         """The asset factory's input, with paths resolved against the defs folder and project."""

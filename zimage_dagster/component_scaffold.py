@@ -64,6 +64,8 @@ attributes:
 
   # static (a partition per row) | dynamic (keys added at run time) | daily (date x prompt)
   partitioning: static
+  # dataset_sensor: true                # partitioning: dynamic only: a sensor (created stopped)
+  #                                      # adds new dataset keys as partitions and requests them
   # daily_start_date: "2026-01-01"      # partitioning: daily only
   # schedule:                            # partitioning: daily only (created stopped)
   #   cron: "0 6 * * *"
@@ -77,6 +79,9 @@ attributes:
   # A folder (relative to the project root) or an fsspec URL: s3://bucket/prefix, gs://...
   storage: zimage_output
   # storage_options: {{anon: false}}
+
+  # blocking: the step waits for its images | deferred: it submits and ends, a sensor collects
+  mode: blocking
 
   # Dagster concurrency pool of the step (limit it in the instance: concurrency: pools:).
   pool: zimage

@@ -596,3 +596,38 @@ def _write(text: str) -> str:
     with fsspec.open(url, "w") as handle:
         handle.write(text)
     return url
+
+
+# -- dynamic partitions: the prompt-dataset sensor --------------------------------------------
+
+
+def test_dynamic_dataset_gets_the_prompt_dataset_sensor_which_adds_its_keys() -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_component(sandbox, {**BASE, "partitioning": "dynamic"})
+        with loaded(sandbox, path) as (_, defs), dg.instance_for_test() as instance:
+            sensor = defs.resolve_sensor_def("posters_prompt_dataset")
+            assert sensor.default_status == dg.DefaultSensorStatus.STOPPED
+            assert sensor.job_name == "posters_job"
+            context = dg.build_sensor_context(instance=instance, definitions=defs, cursor=None)
+            result = sensor(context)
+            assert isinstance(result, dg.SensorResult)
+            added = [
+                key
+                for request in result.dynamic_partitions_requests or []
+                if isinstance(request, dg.AddDynamicPartitionsRequest)
+                for key in request.partition_keys
+            ]
+            assert added == ["fox", "lighthouse", "poster"]
+            assert sorted(str(r.partition_key) for r in result.run_requests or []) == added
+
+
+def test_dataset_sensor_can_be_turned_off_and_needs_dynamic_partitions() -> None:
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_component(
+            sandbox, {**BASE, "partitioning": "dynamic", "dataset_sensor": False}
+        )
+        with loaded(sandbox, path) as (_, defs):
+            assert not list(defs.sensors or [])
+        static = write_component(sandbox, {**BASE, "dataset_sensor": True}, name="static")
+        error = load_error(sandbox, static)
+        assert "dataset_sensor needs partitioning: dynamic" in error_text(error)
