@@ -310,7 +310,7 @@ def _image_asset(
         for problem in rows.problems:
             context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         report, missing = _generate(context, spec, resource, rows)
-        yield from _check_results(spec, context, report)
+        yield from _check_results(spec, report)
         if report.failures or missing:
             lines = [*(f"- {m}" for m in missing), report.failure_report()]
             raise dg.Failure(
@@ -450,9 +450,9 @@ def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
 # -- checks -------------------------------------------------------------------------------------
 
 
-def _check_results(
-    spec: ImageAssetSpec, context: dg.AssetExecutionContext, report: BatchReport
-) -> Iterator[dg.AssetCheckResult]:
+def _check_results(spec: ImageAssetSpec, report: BatchReport) -> Iterator[dg.AssetCheckResult]:
+    """One evaluation per check over the partitions the run stored: the stored file is read back,
+    hashed and decoded (what a downstream asset will load, not what was downloaded)."""
     store = ImageStore(spec.storage, spec.storage_options)
     problems: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
     for success in report.successes:

@@ -5,8 +5,10 @@ Each test proves one behaviour of issue 4 (see DESIGN.md section 4) and could fa
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
+import io
 import json
 import os
 import signal
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from PIL import Image
 
 from tests.dagster._support import (
     SMALL,
@@ -35,11 +38,18 @@ from tests.dagster._support import (
     step_failure,
     values,
 )
-from zimage_dagster.api import ZImageClient
-from zimage_dagster.assets import CHECK_NAMES, build_image_assets
+from zimage_dagster.api import AsyncZImageClient, PollPolicy, ZImageClient
+from zimage_dagster.assets import (
+    CHECK_NAMES,
+    ImageAssetSpec,
+    _check_results,
+    _dimension_mismatch,
+    build_image_assets,
+)
+from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.ledger import LedgerStatus, TaskLedger
-from zimage_dagster.prompts import derive_seed, request_fingerprint
+from zimage_dagster.prompts import PromptRow, derive_seed, request_fingerprint
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.storage import ImageStore
 
@@ -170,21 +180,21 @@ def test_rerun_of_a_stored_partition_reuses_it_without_a_task(
 def test_one_run_submits_many_partitions_concurrently_under_the_limit(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
-    make_fast(emulator, latency_s=0.4)
-    asset = image_asset(build_image_assets("imgs", rows(8), storage=tmp_path, retry_policy=None))
+    make_fast(emulator, latency_s=0.3)
+    asset = image_asset(build_image_assets("imgs", rows(6), storage=tmp_path, retry_policy=None))
     with dg.DagsterInstance.ephemeral() as instance:
-        result = run_range(asset, instance, resource_for(emulator, concurrency=3), "p0", "p7")
+        result = run_range(asset, instance, resource_for(emulator, concurrency=3), "p0", "p5")
         assert result.success
         stats = emulator.stats()
-        assert stats["tasks_created"] == 8
+        assert stats["tasks_created"] == 6
         assert 1 < stats["peak_concurrent_tasks"] <= 3
         mats = materializations(instance, "imgs", result.run_id)
-        assert sorted(mats) == [f"p{i}" for i in range(8)]
+        assert sorted(mats) == [f"p{i}" for i in range(6)]
         assert all(len(m) == 1 for m in mats.values())
         # One step, one run: every partition's materialization came from the same run.
         assert len(instance.get_runs()) == 1
         seeds = {values(m[0])["seed"] for m in mats.values()}
-        assert len(seeds) == 8
+        assert len(seeds) == 6
 
 
 # -- 3. partial failure --------------------------------------------------------------------------
@@ -497,6 +507,73 @@ def test_a_damaged_stored_file_is_not_reused_but_generated_again(
         assert any(
             "differs from its provenance" in m for m in log_messages(instance, result.run_id)
         )
+
+
+def _stored_report(emulator: EmulatorServer, tmp_path: Path, keys: list[str]) -> BatchReport:
+    """Really generate and store ``keys`` with the engine (a quick client) and return its report."""
+    store = ImageStore(tmp_path)
+    jobs = [
+        ImageJob.from_row(PromptRow(k, f"a lighthouse, {k}", SMALL, None, None), seed=11)
+        for k in keys
+    ]
+    polls = PollPolicy(first_wait_fraction=0.1, min_interval=0.05, initial_interval=0.1)
+
+    async def go() -> BatchReport:
+        async with AsyncZImageClient(emulator.api_key, base_url=emulator.url, poll=polls) as c:
+            return await BatchGenerator(c, store, TaskLedger(store), "imgs").run(jobs)
+
+    report = asyncio.run(go())
+    assert len(report.successes) == len(keys)
+    return report
+
+
+def test_checks_fail_for_files_changed_after_they_were_stored(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    report = _stored_report(emulator, tmp_path, ["intact", "swapped", "garbage"])
+    folder = tmp_path / "imgs"
+    other = io.BytesIO()
+    Image.new("RGB", (400, 300), "red").save(other, "PNG")
+    (folder / "swapped.png").write_bytes(other.getvalue())  # a valid image, not ours
+    (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+
+    spec = ImageAssetSpec(name="imgs", prompts=[], storage=str(tmp_path))
+    results = {r.check_name: r for r in _check_results(spec, report)}
+    assert set(results) == set(CHECK_NAMES)
+    assert all(r.metadata["partitions_checked"].value == 3 for r in results.values())
+
+    def failures(name: str) -> list[str]:
+        value = results[name].metadata["failures"].value
+        assert isinstance(value, list)
+        return [str(v) for v in value]
+
+    assert results["sha256_matches"].passed is False
+    assert sorted(f.split(":")[0] for f in failures("sha256_matches")) == ["garbage", "swapped"]
+    assert results["image_decodes"].passed is False
+    assert [f.split(":")[0] for f in failures("image_decodes")] == ["garbage"]
+    assert results["dimensions_match_request"].passed is False
+    assert failures("dimensions_match_request") == ["swapped: got 400x300, requested 376x376"]
+
+
+@pytest.mark.parametrize(
+    ("size", "width", "height", "ok"),
+    [
+        ("376x376", 376, 376, True),
+        ("1024x768", 768, 1024, False),
+        ("1:1", 1024, 1024, True),
+        ("16:9", 1024, 576, True),
+        ("16:9", 1024, 1024, False),
+        ("9:16", 576, 1024, True),
+        ("2:3", 832, 1248, True),
+    ],
+)
+def test_dimension_mismatch(size: str, width: int, height: int, ok: bool) -> None:
+    problem = _dimension_mismatch(size, width, height)
+    assert (problem is None) is ok
+    if not ok:
+        assert problem is not None
+        assert f"{width}x{height}" in problem
 
 
 # -- 8. bad dataset rows -------------------------------------------------------------------------
