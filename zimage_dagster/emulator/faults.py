@@ -32,6 +32,7 @@ class FaultEngine:
     def __init__(self, rules: list[FaultRule], rng: random.Random) -> None:
         self.rules = list(rules)
         self._remaining = [rule.count for rule in self.rules]
+        self._fired = [0 for _ in self.rules]
         self._rng = rng
 
     def pick(self, route: str) -> FaultRule | None:
@@ -45,12 +46,21 @@ class FaultEngine:
                 continue
             if remaining is not None:
                 self._remaining[i] = remaining - 1
+            self._fired[i] += 1
             return rule
         return None
 
     def remaining(self) -> list[int | None]:
         """How many more times each rule may fire (`None`: unlimited)."""
         return list(self._remaining)
+
+    def fired(self) -> list[int]:
+        """How many times each rule has fired, in the order of `http_faults`.
+
+        Tells faults apart that leave the same trace in the per-route status counts (a `slow`
+        rule answers with the real status; `after_create` and plain rules share their status).
+        """
+        return list(self._fired)
 
 
 def fault_error(rule: FaultRule) -> ApiError:

@@ -241,4 +241,5 @@ class EmulatorState:
         out["credits_used"] = self._used_credits(now)
         out["clock"] = {"now": now, "skew_s": self.clock.skew_s}
         out["fault_rules_remaining"] = self.faults.remaining()
+        out["fault_rules_fired"] = self.faults.fired()
         return out
