@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +60,23 @@ def ledger_of(spec: ImageAssetSpec) -> TaskLedger:
     return TaskLedger(ImageStore(spec.storage))
 
 
+@dataclass
+class Tick:
+    """A sensor result with its optional lists made lists (and typed for the tests)."""
+
+    run_requests: list[dg.RunRequest]
+    dynamic_partitions_requests: list[dg.AddDynamicPartitionsRequest]
+    asset_events: list[Any]
+    cursor: str | None
+    skip_reason: str | None
+
+
 def tick(
     sensor: dg.SensorDefinition,
     instance: dg.DagsterInstance,
     resource: ZImageResource | None = None,
     cursor: str | None = None,
-) -> dg.SensorResult:
+) -> Tick:
     with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -72,7 +84,18 @@ def tick(
     ) as context:
         result = sensor(context)
     assert isinstance(result, dg.SensorResult)
-    return result
+    adds = [
+        r
+        for r in result.dynamic_partitions_requests or []
+        if isinstance(r, dg.AddDynamicPartitionsRequest)
+    ]
+    return Tick(
+        run_requests=list(result.run_requests or []),
+        dynamic_partitions_requests=adds,
+        asset_events=list(result.asset_events),
+        cursor=result.cursor,
+        skip_reason=result.skip_reason.skip_message if result.skip_reason else None,
+    )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
