@@ -58,9 +58,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASET_SUFFIXES",
+    "REASON_TAG",
     "build_prompt_dataset_sensor",
     "build_task_status_sensor",
     "dataset_digest",
+    "dataset_files",
     "deferred_definitions",
     "dynamic_partitions_name",
     "load_dataset",
