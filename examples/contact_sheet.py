@@ -33,6 +33,7 @@ __all__ = [
     "Tile",
     "build_contact_sheet_asset",
     "build_contact_sheet_op",
+    "redraw_after_new_images",
     "render_contact_sheet",
     "write_contact_sheet",
 ]
@@ -171,12 +172,14 @@ def build_contact_sheet_asset(
     io_manager_key: str = "zimage_images",
     columns: int = 4,
     group_name: str | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
 ) -> dg.AssetsDefinition:
     """A non-partitioned asset drawing every stored partition of ``images`` on one PNG.
 
     The images come in through the ``ImageStoreIOManager`` bound to ``io_manager_key`` (missing
     partitions, e.g. a row the provider rejected, are left out); captions come from each image's
-    provenance record in the same store.
+    provenance record in the same store. Pass :func:`redraw_after_new_images` as
+    ``automation_condition`` to have it redrawn in its own run after images are materialized.
     """
     images_key = images if isinstance(images, dg.AssetKey) else dg.AssetKey.from_user_string(images)
     root = os.fspath(storage)
@@ -186,6 +189,7 @@ def build_contact_sheet_asset(
         name=name,
         group_name=group_name,
         kinds={"image"},
+        automation_condition=automation_condition,
         description=(
             f"Every stored image of {images_key.to_user_string()} on one PNG, with key, seed and "
             "size under each. Materialize it in its own run, after the images."
@@ -221,6 +225,22 @@ def build_contact_sheet_asset(
         return dg.MaterializeResult(metadata=metadata)
 
     return _contact_sheet
+
+
+def redraw_after_new_images() -> dg.AutomationCondition:
+    """True once some image partition was materialized since the sheet was last requested or
+    drawn, and no run of the images or of the sheet is in progress.
+
+    Unlike ``AutomationCondition.eager()`` it neither waits for *every* partition (a row the
+    provider rejected would block the sheet for good) nor fires for a sheet that is merely
+    missing while there is no image yet.
+    """
+    handled = dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
+    return (
+        dg.AutomationCondition.any_deps_updated().since(handled)
+        & ~dg.AutomationCondition.any_deps_in_progress()
+        & ~dg.AutomationCondition.in_progress()
+    ).with_label("redraw_after_new_images")
 
 
 def build_contact_sheet_op(

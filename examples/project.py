@@ -2,7 +2,9 @@
 
 * ``catalogue_images``: one static partition per row of ``examples/prompts.csv`` (a single-run
   backfill submits them all concurrently); its job ``catalogue_images_job``.
-* ``contact_sheet``: every stored catalogue image on one PNG (its own run: ``contact_sheet_job``).
+* ``contact_sheet``: every stored catalogue image on one PNG, in its own run: ``contact_sheet_job``,
+  or the ``contact_sheet_automation`` sensor (running by default under ``make dev``), which
+  redraws it after new catalogue images are materialized.
 * ``daily_hero``: date x prompt over ``examples/daily_prompts.csv``, with a schedule (stopped by
   default) generating each day's images at 06:00 UTC.
 * ``zimage_ops_job``: the same thing with ops (load -> generate -> contact sheet), recording the
@@ -23,7 +25,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from examples.contact_sheet import build_contact_sheet_asset, build_contact_sheet_op
+from examples.contact_sheet import (
+    build_contact_sheet_asset,
+    build_contact_sheet_op,
+    redraw_after_new_images,
+)
 from zimage_dagster import ImageStoreIOManager, ZImageResource, build_image_assets, load_prompts
 from zimage_dagster.ops import build_generate_images_op, load_prompts_op
 
@@ -70,7 +76,11 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         description="Catalogue images, one partition per row of examples/prompts.csv.",
     )
     contact_sheet = build_contact_sheet_asset(
-        CONTACT_SHEET, images=CATALOGUE, storage=root, group_name="catalogue"
+        CONTACT_SHEET,
+        images=CATALOGUE,
+        storage=root,
+        group_name="catalogue",
+        automation_condition=redraw_after_new_images(),
     )
     daily = build_image_assets(
         DAILY,
@@ -94,6 +104,15 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
                     description="Redraws the contact sheet from the stored catalogue images.",
                 ),
                 build_ops_job(root),
+            ],
+            sensors=[
+                dg.AutomationConditionSensorDefinition(
+                    "contact_sheet_automation",
+                    target=[CONTACT_SHEET],
+                    default_status=dg.DefaultSensorStatus.RUNNING,
+                    minimum_interval_seconds=30,
+                    description="Redraws the contact sheet (its own run) after new images.",
+                )
             ],
             resources={
                 "zimage": ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"), base_url=base_url()),

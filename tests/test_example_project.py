@@ -208,3 +208,46 @@ def test_demo_exits_non_zero_with_a_clear_message_when_an_image_fails(
     assert len(_table_rows(run.stdout)) == len(CATALOGUE_KEYS) - 1
     # The stored images still make a contact sheet.
     assert (tmp_path / "zimage_output" / "contact_sheets" / "contact_sheet.png").is_file()
+
+
+def test_the_contact_sheet_is_redrawn_after_new_images_only(
+    project_env: Path, tmp_path: Path
+) -> None:
+    from examples.project import build_defs
+
+    defs = build_defs()
+    sheet = dg.AssetKey("contact_sheet")
+    home = tmp_path / "home"
+    home.mkdir()
+    with dg.instance_for_test(temp_dir=str(home)) as instance:
+        # No image yet: a missing sheet alone requests nothing.
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert result.get_num_requested(sheet) == 0
+
+        # Some images arrive (a rejected row may leave others missing): the sheet is requested once.
+        for key in CATALOGUE_KEYS[:3]:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("catalogue_images", partition=key)
+            )
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert result.get_num_requested(sheet) == 1
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert result.get_num_requested(sheet) == 0
+
+        # Drawn; then one more image: requested again.
+        instance.report_runless_asset_event(dg.AssetMaterialization(sheet))
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert result.get_num_requested(sheet) == 0
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization("catalogue_images", partition=CATALOGUE_KEYS[5])
+        )
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, cursor=result.cursor
+        )
+        assert result.get_num_requested(sheet) == 1
