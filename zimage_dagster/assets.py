@@ -38,6 +38,7 @@ from zimage_dagster.prompts import (
     derive_seed,
     load_prompts,
     random_seed,
+    request_fingerprint,
 )
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.storage import ImageStore
@@ -312,24 +313,42 @@ def _image_asset(
         report, missing = _generate(context, spec, resource, rows)
         yield from _check_results(spec, report)
         if report.failures or missing:
-            lines = [*(f"- {m}" for m in missing), report.failure_report()]
-            raise dg.Failure(
-                description=(
-                    f"{len(report.failures) + len(missing)} of {len(context.partition_keys)} "
-                    f"partitions failed ({len(report.successes)} stored and materialized):\n"
-                    + "\n".join(line for line in lines if line)
-                ),
-                metadata={
-                    "failed_partitions": dg.MetadataValue.json(
-                        {f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures}
-                    ),
-                    "stored": len(report.successes),
-                    "failed": len(report.failures) + len(missing),
-                },
-                allow_retries=report.all_retryable and not missing,
-            )
+            raise _failure(report, missing, len(context.partition_keys))
 
     return _asset
+
+
+_MAX_FAILURE_LINES = 50
+
+
+def _failure(report: BatchReport, missing: Sequence[str], total: int) -> dg.Failure:
+    """The step's failure: every failed partition with its code and the provider's message.
+
+    Retries are allowed when any failure may pass on a retry (a timeout, a provider outage):
+    a retry redoes only the partitions not materialized yet, and those rejected for good fail
+    again at once from the ledger, at no cost. When every failure needs a fix (content policy,
+    a missing dataset row), retrying is pointless and ``allow_retries`` is False.
+    """
+    failed = dict(m.split(": ", 1) for m in missing)
+    failed.update({f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures})
+    lines = [*(f"- {m}" for m in missing), *(f"- {f.describe()}" for f in report.failures)]
+    if len(lines) > _MAX_FAILURE_LINES:
+        more = len(lines) - _MAX_FAILURE_LINES
+        lines = [*lines[:_MAX_FAILURE_LINES], f"... and {more} more (see failed_partitions)"]
+    retryable = sorted(f.job.partition_key for f in report.failures if f.retryable)
+    return dg.Failure(
+        description=(
+            f"{len(failed)} of {total} partitions failed "
+            f"({len(report.successes)} stored and materialized):\n" + "\n".join(lines)
+        ),
+        metadata={
+            "failed_partitions": dg.MetadataValue.json(failed),
+            "retryable_partitions": dg.MetadataValue.json(retryable),
+            "stored": len(report.successes),
+            "failed": len(failed),
+        },
+        allow_retries=bool(retryable),
+    )
 
 
 _CHECK_DOCS = {
@@ -416,15 +435,23 @@ def _with_size(row: PromptRow, size: str) -> PromptRow:
 
 
 def _seed_for(spec: ImageAssetSpec, ledger: TaskLedger, row: PromptRow, partition_key: str) -> int:
-    """The row's seed; else derived from asset, partition key and prompt; else random (reusing
-    the seed of the partition's live task, so a resumed run re-attaches instead of paying again)."""
+    """The seed sent for a partition.
+
+    The row's own seed (per day: mixed with the date key); else one derived from the asset,
+    partition key and prompt; else (``seed_strategy="random"``) one drawn once per partition and
+    then kept: the ledger's seed is reused while the partition's request is otherwise unchanged,
+    so a resumed run re-attaches to its task, a re-run reuses the stored image, and a rejected
+    prompt stays rejected, instead of paying for a new draw each time.
+    """
     if row.seed is not None and spec.partitioning != "daily":
         return row.seed
     if row.seed is not None:
         return derive_seed(str(row.seed), partition_key)
     if spec.seed_strategy == "random":
         entry = ledger.get(spec.asset_key.path, storage_key(partition_key))
-        if entry is not None and entry.is_open and entry.request.get("prompt") == row.prompt:
+        if entry is not None and entry.fingerprint == request_fingerprint(
+            row.prompt, row.size, entry.seed, bool(row.nsfw_check)
+        ):
             return entry.seed
         return random_seed()
     return derive_seed(spec.asset_key.to_user_string(), partition_key, row.prompt)

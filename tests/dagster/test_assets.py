@@ -310,6 +310,31 @@ def test_a_step_retry_redoes_only_the_partitions_not_yet_materialized(
         assert emulator.stats()["tasks_created"] == 4
 
 
+def test_a_mixed_failure_is_retried_for_the_retryable_partition_only(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """p0 rejected (fixable), p1 failed with a retryable error: the step is retried; the retry
+    fails p0 at once from the ledger (no task) and materializes p1; then the run fails for p0."""
+    make_fast(
+        emulator,
+        failure_rates={"service_error": 0.5},
+        random_seed=seed_failing_then_passing(0.5, [True, False]),
+    )
+    dataset = [{"key": "p0", "prompt": "a forbidden fox", "size": SMALL}, *rows(2)[1:]]
+    policy = dg.RetryPolicy(max_retries=2)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=policy))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator, max_resubmits=0), "p0", "p1")
+        assert not result.success
+        kinds = [e.event_type for e in result.all_events]
+        assert kinds.count(dg.DagsterEventType.STEP_UP_FOR_RETRY) == 1  # then not again
+        assert list(materializations(instance, "imgs", result.run_id)) == ["p1"]
+        assert emulator.stats()["tasks_created"] == 3  # p0 once, p1 twice
+        message = failure_message(result)
+        assert "1 of 2 partitions failed" in message
+        assert "p0: content_policy_violation" in message
+
+
 def test_http_faults_on_create_and_poll_are_absorbed_by_the_client(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
@@ -626,6 +651,51 @@ def test_dynamic_partitions_added_on_the_instance_run_as_one_range(
         assert result.success
         assert sorted(materializations(instance, "imgs")) == ["p0", "p1", "p2"]
         assert emulator.stats()["tasks_created"] == 3
+
+
+def test_a_dynamic_partition_without_a_dataset_row_fails_alone_without_retries(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    policy = dg.RetryPolicy(max_retries=2)
+    defs = build_image_assets(
+        "imgs", rows(1), storage=tmp_path, partitioning="dynamic", retry_policy=policy
+    )
+    asset = image_asset(defs)
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions("imgs_prompts", ["p0", "zz"])
+        result = run_range(asset, instance, resource_for(emulator), "p0", "zz")
+        assert not result.success
+        assert list(materializations(instance, "imgs")) == ["p0"]
+        kinds = [e.event_type for e in result.all_events]
+        assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
+        data = step_failure(result).step_failure_data.user_failure_data
+        assert data is not None
+        failed = data.metadata["failed_partitions"].value
+        assert isinstance(failed, dict)
+        assert list(failed) == ["zz"]
+        assert "no row with key 'zz'" in str(failed["zz"])
+
+
+def test_random_seeds_are_drawn_once_per_partition_and_kept(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    dataset = [*rows(1), {"key": "p1", "prompt": "a forbidden fox", "size": SMALL}]
+    asset = image_asset(
+        build_image_assets(
+            "imgs", dataset, storage=tmp_path, seed_strategy="random", retry_policy=None
+        )
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert not run_range(asset, instance, resource_for(emulator), "p0", "p1").success
+        assert not run_range(asset, instance, resource_for(emulator), "p0", "p1").success
+        # The stored image is reused and the rejection remembered: no new draw, no new task.
+        assert emulator.stats()["tasks_created"] == 2
+        first, second = (values(m) for m in materializations(instance, "imgs")["p0"])
+        assert second["reused"] is True
+        assert first["seed"] == second["seed"]
+        assert first["seed"] != derive_seed("imgs", "p0", dataset[0]["prompt"])
 
 
 def test_daily_by_prompt_partitions_store_per_day_with_per_day_seeds(
