@@ -26,8 +26,10 @@ if TYPE_CHECKING:
         ImageSuccess,
     )
     from zimage_dagster.component import ZImageComponent
+    from zimage_dagster.deferred import submit_deferred
     from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
     from zimage_dagster.metadata import ImageRecord, image_metadata, make_thumbnail
+    from zimage_dagster.ops import build_generate_images_op, load_prompts_op
     from zimage_dagster.prompts import (
         PromptDataset,
         PromptDatasetError,
@@ -37,7 +39,13 @@ if TYPE_CHECKING:
         derive_seed,
         load_prompts,
     )
+    from zimage_dagster.receiver import CallbackReceiver
     from zimage_dagster.resource import ZImageResource
+    from zimage_dagster.sensors import (
+        build_prompt_dataset_sensor,
+        build_task_status_sensor,
+        deferred_definitions,
+    )
     from zimage_dagster.storage import ImageStore, ImageStoreIOManager, StoredImage
 
 # The Dagster layer is imported on first use, so that `zimage_dagster.api` and the emulator
@@ -52,6 +60,13 @@ _EXPORTS: dict[str, str] = {
     "ImageJob": "batch",
     "ImageSuccess": "batch",
     "ZImageComponent": "component",
+    "submit_deferred": "deferred",
+    "build_task_status_sensor": "sensors",
+    "build_prompt_dataset_sensor": "sensors",
+    "deferred_definitions": "sensors",
+    "CallbackReceiver": "receiver",
+    "build_generate_images_op": "ops",
+    "load_prompts_op": "ops",
     "LedgerEntry": "ledger",
     "LedgerStatus": "ledger",
     "TaskLedger": "ledger",
@@ -75,6 +90,7 @@ __all__ = [
     "DEFAULT_RETRY_POLICY",
     "BatchGenerator",
     "BatchReport",
+    "CallbackReceiver",
     "ImageAssetSpec",
     "ImageFailure",
     "ImageJob",
@@ -93,12 +109,18 @@ __all__ = [
     "ZImageComponent",
     "ZImageResource",
     "__version__",
+    "build_generate_images_op",
     "build_image_assets",
+    "build_prompt_dataset_sensor",
+    "build_task_status_sensor",
+    "deferred_definitions",
     "derive_key",
     "derive_seed",
     "image_metadata",
     "load_prompts",
+    "load_prompts_op",
     "make_thumbnail",
+    "submit_deferred",
 ]
 
 
