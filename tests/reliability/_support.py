@@ -262,13 +262,16 @@ def account_for_every_task(
     *,
     asset: str = ASSET,
     lost_answer_rules: Sequence[int] = (),
+    expected_orphans: Sequence[str] | None = None,
 ) -> Accounting:
     """Every task the emulator created is a partition's current task, one of its ``previous``
     (resubmitted after a retryable failure, or expired), or a create whose answer was lost (the
     emulator made it but no one ever learned its ID): nothing else.
 
     ``lost_answer_rules``: indices of the ``http_faults`` rules that make a task and lose its
-    answer; their firings must match the orphan tasks one for one.
+    answer; their firings must match the orphan tasks one for one. ``expected_orphans``: instead,
+    the exact IDs of the tasks nobody can know of (created, then the process died before the
+    ledger write).
     """
     stats = emulator.stats()
     tasks = emulator.tasks()
@@ -315,9 +318,12 @@ def account_for_every_task(
         orphans_by_partition[key] = orphans_by_partition.get(key, 0) + 1
     fired = stats["fault_rules_fired"]
     lost_faults = sum(fired[i] for i in lost_answer_rules)
-    assert len(orphans) == lost_faults, (
-        f"{len(orphans)} tasks nobody knows of, but {lost_faults} creates lost their answer"
-    )
+    if expected_orphans is not None:
+        assert sorted(t["id"] for t in orphans) == sorted(expected_orphans)
+    else:
+        assert len(orphans) == lost_faults, (
+            f"{len(orphans)} tasks nobody knows of, but {lost_faults} creates lost their answer"
+        )
     assert stats["tasks_created"] == partitions + resubmissions + len(orphans)
     return Accounting(
         tasks_created=stats["tasks_created"],
@@ -507,5 +513,229 @@ def run_fault_matrix(
         **fault_summary(stats, rules),
     }
     assert stats["file_requests_with_authorization"] == 0
+    report(name, figures)
+    return figures
+
+
+# -- crash and resume ----------------------------------------------------------------------------
+
+
+def file_marks(store: ImageStore, keys: Sequence[str], asset: str = ASSET) -> dict[str, Any]:
+    """``key -> (sha256, modification mark)`` of each stored image: mtime in ns locally, the
+    object's ETag and LastModified on an object store. Equal marks: the file was not rewritten."""
+    out: dict[str, Any] = {}
+    for key in keys:
+        found = store.find(asset, key)
+        if found is None:
+            continue
+        data = store.read_bytes_or_none(found.path)
+        assert data is not None
+        if store.is_local:
+            mark: Any = os.stat(found.path.path).st_mtime_ns
+        else:
+            info = found.path.fs.info(found.path.path)
+            mark = (str(info.get("ETag")), str(info.get("LastModified")))
+        out[key] = (hashlib.sha256(data).hexdigest(), mark)
+    return out
+
+
+@dataclass
+class KillSnapshot:
+    """What was true the moment the run's process died."""
+
+    entries: dict[str, Any]  # partition -> LedgerEntry
+    task_ids: set[str]
+    window_orphans: list[str]  # tasks created, then the process died before the ledger write
+    files: dict[str, Any]
+    collected: int
+    open: int
+
+
+def snapshot(emulator: EmulatorHandle, store: ImageStore, keys: Sequence[str]) -> KillSnapshot:
+    entries = {e.partition_key: e for e in TaskLedger(store).iter_entries(ASSET)}
+    ids = {t["id"] for t in emulator.tasks()}
+    known = {p.task_id for e in entries.values() for p in e.previous} | {
+        e.task_id for e in entries.values()
+    }
+    return KillSnapshot(
+        entries=entries,
+        task_ids=ids,
+        window_orphans=sorted(ids - known),
+        files=file_marks(store, keys),
+        collected=sum(e.status == LedgerStatus.COLLECTED for e in entries.values()),
+        open=sum(e.is_open for e in entries.values()),
+    )
+
+
+def start_child(spec: Mapping[str, Any], home: Path) -> Any:
+    import subprocess
+    import sys
+
+    env = {**os.environ, "DAGSTER_HOME": str(home), "DAGSTER_DISABLE_TELEMETRY": "yes"}
+    repo = Path(__file__).resolve().parents[2]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.reliability._child_run", json.dumps(spec)],
+        env=env,
+        cwd=repo,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def kill_when(proc: Any, condition: Callable[[], bool], timeout: float, what: str) -> None:
+    import signal
+
+    try:
+        wait_for(lambda: condition() or proc.poll() is not None, timeout, what)
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before {what}"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def check_resumed(
+    before: KillSnapshot,
+    after_ids: set[str],
+    after_entries: Mapping[str, Any],
+    after_files: Mapping[str, Any],
+    keys_by_prompt: Mapping[str, str],
+    tasks_by_id: Mapping[str, Mapping[str, Any]],
+) -> int:
+    """What a resumed run may have done to the state ``before`` its start; returns its new tasks.
+
+    * a partition stored before is untouched (same bytes, not rewritten) and got no task;
+    * a partition with a live task before kept that task (no new one);
+    * only partitions with no ledger entry before got a task, one each.
+    """
+    for key, mark in before.files.items():
+        assert after_files.get(key) == mark, f"{key}: the stored image was rewritten"
+    new = sorted(after_ids - before.task_ids)
+    per_partition: dict[str, int] = {}
+    for task_id in new:
+        key = keys_by_prompt[tasks_by_id[task_id]["request"]["prompt"]]
+        assert key not in before.entries, (
+            f"{key} had task {before.entries[key].task_id} ({before.entries[key].status}) before "
+            f"the resume, yet got a new task {task_id}"
+        )
+        per_partition[key] = per_partition.get(key, 0) + 1
+    assert all(n == 1 for n in per_partition.values()), per_partition
+    for key, entry in before.entries.items():
+        now = after_entries.get(key)
+        if now is not None:
+            assert now.task_id == entry.task_id, (
+                f"{key}: moved from {entry.task_id} to {now.task_id}"
+            )
+    return len(new)
+
+
+def run_crash_scenario(
+    emulator: EmulatorHandle,
+    home: Path,
+    *,
+    n: int,
+    storage: str,
+    storage_options: Mapping[str, Any] | None = None,
+    name: str,
+) -> dict[str, Any]:
+    """Kill the run's process (SIGKILL) twice, at about a third and two thirds of the way, then
+    resume; see ``test_crash_resume``. Returns the figures."""
+    from zimage_dagster.assets import build_image_assets
+
+    rows = dataset(n)
+    keys = [r["key"] for r in rows]
+    keys_by_prompt = {r["prompt"]: r["key"] for r in rows}
+    emulator.configure(latency_range_s=[0.4, 1.2], estimated_time=1, random_seed=3)
+    store = ImageStore(storage, storage_options)
+    ledger = TaskLedger(store)
+    spec = {
+        "rows": rows,
+        "storage": storage,
+        "storage_options": dict(storage_options or {}),
+        "key": emulator.api_key,
+        "url": emulator.url,
+        "start": keys[0],
+        "end": keys[-1],
+        "resource": {"concurrency": 6, "max_poll_interval": 0.5},
+    }
+    started = time.monotonic()
+
+    def collected() -> int:
+        return sum(e.status == LedgerStatus.COLLECTED for e in ledger.iter_entries(ASSET))
+
+    snaps: list[KillSnapshot] = []
+    new_tasks: list[int] = []
+    for share in (0.3, 0.65):
+        proc = start_child(spec, home)
+        floor = snaps[-1].collected if snaps else 0
+        kill_when(
+            proc,
+            lambda share=share, floor=floor: (
+                collected() >= max(floor + 3, int(share * n))
+                and emulator.stats()["tasks_created"] > len(snaps[-1].task_ids if snaps else ()) + 6
+            ),
+            timeout=120,
+            what=f"{int(share * 100)}% of the images to be stored",
+        )
+        snap = snapshot(emulator, store, keys)
+        assert snap.open > 0, "the kill found no task in flight: nothing to resume"
+        if snaps:
+            tasks_by_id = {t["id"]: t for t in emulator.tasks()}
+            new_tasks.append(
+                check_resumed(
+                    snaps[-1], snap.task_ids, snap.entries, snap.files, keys_by_prompt, tasks_by_id
+                )
+            )
+        snaps.append(snap)
+
+    asset = image_asset(
+        build_image_assets(
+            ASSET, rows, storage=storage, storage_options=storage_options, retry_policy=None
+        )
+    )
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        res = resource(emulator, concurrency=6)
+        result = run_range(asset, instance, res, keys[0], keys[-1])
+        assert result.success, failure_text(result)
+        last = snaps[-1]
+        entries = {e.partition_key: e for e in ledger.iter_entries(ASSET)}
+        tasks = emulator.tasks()
+        tasks_by_id = {t["id"]: t for t in tasks}
+        new_tasks.append(
+            check_resumed(
+                last,
+                {t["id"] for t in tasks},
+                entries,
+                file_marks(store, keys),
+                keys_by_prompt,
+                tasks_by_id,
+            )
+        )
+        mats = assert_delivered(instance, store, keys)
+        for key in keys:
+            before = last.entries.get(key)
+            md = mats[key]
+            if before is None:
+                assert md["reused"] is False
+            else:
+                assert md["reused"] is True, key  # stored before, or re-attached to its live task
+                assert md["task_id"] == before.task_id
+                assert md["attempts"] == 1
+        orphans = [o for s in snaps for o in s.window_orphans]
+        acc = account_for_every_task(emulator, store, keys_by_prompt, expected_orphans=orphans)
+        assert acc.tasks_created == n + len(orphans)
+        assert acc.resubmissions == 0
+        assert emulator.stats()["file_requests_with_authorization"] == 0
+    figures = {
+        "prompts": n,
+        "kills": [
+            {"collected": s.collected, "in_flight": s.open, "tasks": len(s.task_ids)} for s in snaps
+        ],
+        "new_tasks_per_resume": new_tasks,
+        "orphans_from_kill_windows": len(orphans),
+        "tasks_created": acc.tasks_created,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
     report(name, figures)
     return figures
