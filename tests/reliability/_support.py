@@ -669,12 +669,18 @@ def run_crash_scenario(
     for share in (0.3, 0.65):
         proc = start_child(spec, home)
         floor = snaps[-1].collected if snaps else 0
+        made = len(snaps[-1].task_ids) if snaps else 0
+
+        def far_enough(share: float = share, floor: int = floor, made: int = made) -> bool:
+            # Some images stored by this process, and tasks of its own in flight.
+            return (
+                collected() >= max(floor + 3, int(share * n))
+                and emulator.stats()["tasks_created"] > made + 6
+            )
+
         kill_when(
             proc,
-            lambda share=share, floor=floor: (
-                collected() >= max(floor + 3, int(share * n))
-                and emulator.stats()["tasks_created"] > len(snaps[-1].task_ids if snaps else ()) + 6
-            ),
+            far_enough,
             timeout=120,
             what=f"{int(share * 100)}% of the images to be stored",
         )
@@ -739,3 +745,18 @@ def run_crash_scenario(
     }
     report(name, figures)
     return figures
+
+
+def build_defs_asset(
+    rows: Sequence[Mapping[str, Any]],
+    storage: str,
+    storage_options: Mapping[str, Any] | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+) -> dg.AssetsDefinition:
+    from zimage_dagster.assets import build_image_assets
+
+    return image_asset(
+        build_image_assets(
+            ASSET, rows, storage=storage, storage_options=storage_options, retry_policy=retry_policy
+        )
+    )
