@@ -220,7 +220,7 @@ def run_demo() -> int:
         md = made.get(key)
         if md is None:
             reason = failed.get(key, "not generated (see the run's log)")
-            rows.append(Row(key, "-", "-", "-", "-", f"FAILED: {reason}"))
+            rows.append(Row(key, "-", "-", "-", "-", "FAILED: " + " ".join(reason.split())))
             continue
         width, height = _value(md, "width"), _value(md, "height")
         rows.append(
@@ -261,6 +261,11 @@ def run_demo() -> int:
         problems.append(f"no contact sheet: {sheet_error or 'no image was stored'}")
     if problems:
         print("\nDEMO FAILED: " + "; ".join(problems), file=sys.stderr)
+        print(
+            "See the table above, and the runs' logs in the Dagster UI (make dev). Stored images "
+            "are kept: the next `make demo` only redoes what failed.",
+            file=sys.stderr,
+        )
         return 1
     print("\nDemo OK. Run `make demo` again: stored images are reused at no cost.")
     return 0
