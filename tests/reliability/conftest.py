@@ -13,6 +13,7 @@ Soak tests (``@pytest.mark.soak``) run only when asked for (``pytest -m soak``).
 
 from __future__ import annotations
 
+import logging
 import os
 import pwd
 import shutil
@@ -113,6 +114,7 @@ def s3_server() -> Iterator[S3]:
     saved = {k: os.environ.get(k) for k in ("AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE")}
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     os.environ["AWS_CONFIG_FILE"] = os.devnull
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
