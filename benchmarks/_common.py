@@ -177,7 +177,16 @@ def process_cpu_s(pid: int) -> float | None:
 
 
 def max_rss_mib() -> float:
-    """Peak resident set size of this process (``ru_maxrss``), MiB."""
+    """Peak resident set size of this process, MiB: ``VmHWM`` of ``/proc/self/status`` on Linux
+    (the peak of this process's own memory), else ``ru_maxrss``. On Linux a child's ``ru_maxrss``
+    starts at its parent's RSS when it was forked, so a big parent would hide a small child."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 1024 / 1024 if sys.platform == "darwin" else rss / 1024
 

@@ -158,7 +158,7 @@ class ThreadProfiles:
 STEPS: dict[str, tuple[str, str]] = {
     "download + decode check + sha256": ("api/_async.py", "download"),
     "decode check (full decode)": ("api/images.py", "decode_image"),
-    "status requests (get_task)": ("api/_async.py", "get_task"),
+    "wait (status requests, poll schedule)": ("api/_async.py", "wait"),
     "create": ("api/_async.py", "create_task"),
     "store (provenance, file, ledger, thumbnail)": ("zimage_dagster/batch.py", "_store"),
     "thumbnail": ("zimage_dagster/metadata.py", "make_thumbnail"),

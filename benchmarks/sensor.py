@@ -7,7 +7,9 @@ task ID in the ledger, flagged deferred), on a local store.
 Timed: one evaluation of the sensor from :func:`zimage_dagster.sensors.build_task_status_sensor`
 (``build_sensor_context`` with the resource; default settings: 32 status requests in flight,
 30 s tick budget): it reads the ledger, polls every open task, answers. Baseline in the same run:
-listing and reading the 5,000 ledger entries alone (``TaskLedger.iter_entries``).
+listing and reading the 5,000 ledger entries alone (``TaskLedger.iter_entries``), and one bare
+``httpx`` GET of each of the 5,000 tasks with the same 32 in flight (what the polling itself costs
+this machine's Python, with no plugin code).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from typing import Any
 
 import dagster as dg
+import httpx
 
 from benchmarks._common import BenchResult, emulator, prompt_rows
 from zimage_dagster.assets import ImageAssetSpec
@@ -34,6 +37,22 @@ NAME = "sensor"
 TITLE = "5. Sensor scale (one task-status tick over 5,000 pending tasks)"
 TARGET_S = 15.0
 TICK_BUDGET_S = 30.0  # the sensor's default tick budget
+
+
+async def _raw_polls(url: str, key: str, task_ids: list[str], concurrency: int = 32) -> float:
+    """Seconds for one bare ``httpx`` GET of every task, ``concurrency`` in flight."""
+    headers = {"Authorization": f"Bearer {key}"}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    source = iter(task_ids)
+    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits) as client:
+
+        async def worker() -> None:
+            for task_id in source:
+                (await client.get(f"/v1/tasks/{task_id}")).raise_for_status()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return time.perf_counter() - start
 
 
 def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResult:
@@ -68,6 +87,7 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
         entries = list(ledger.iter_entries(spec.asset_key.path))
         read_s = time.perf_counter() - read_start
 
+        raw_s = asyncio.run(_raw_polls(emu.url, emu.api_key, [e.task_id for e in entries]))
         sensor = build_task_status_sensor(spec, job_name, tick_budget_s=TICK_BUDGET_S)
         before = emu.stats()["requests"].get("task", {})
         with (
@@ -92,6 +112,13 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
         tick_s < TARGET_S and tick_s < TICK_BUDGET_S and complete,
         target_on="value",
     )
+    res.add(
+        f"One sensor tick vs bare httpx GETs of the {len(entries)} tasks (32 in flight)",
+        tick_s,
+        "s",
+        raw_s,
+        "bare httpx, no ledger, no parsing",
+    )
     res.notes.append(
         f"{submitted} tasks submitted in deferred mode (setup, not timed: {setup_s:.1f} s). "
         f"The tick made {polled} status requests ({polled / tick_s:.0f}/s), "
@@ -105,5 +132,6 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
         "status_requests": polled,
         "complete": complete,
         "setup_s": setup_s,
+        "raw_httpx_s": raw_s,
     }
     return res
