@@ -313,7 +313,9 @@ def _image_asset(
         report, missing = _generate(context, spec, resource, rows)
         yield from _check_results(spec, report)
         if report.failures or missing:
-            raise _failure(report, missing, len(context.partition_keys))
+            policy = spec.retry_policy
+            retries_left = policy is not None and context.retry_number < policy.max_retries
+            raise _failure(report, missing, len(context.partition_keys), retries_left)
 
     return _asset
 
@@ -321,13 +323,17 @@ def _image_asset(
 _MAX_FAILURE_LINES = 50
 
 
-def _failure(report: BatchReport, missing: Sequence[str], total: int) -> dg.Failure:
+def _failure(
+    report: BatchReport, missing: Sequence[str], total: int, retries_left: bool = True
+) -> dg.Failure:
     """The step's failure: every failed partition with its code and the provider's message.
 
     Retries are allowed when any failure may pass on a retry (a timeout, a provider outage):
     a retry redoes only the partitions not materialized yet, and those rejected for good fail
     again at once from the ledger, at no cost. When every failure needs a fix (content policy,
-    a missing dataset row), retrying is pointless and ``allow_retries`` is False.
+    a missing dataset row), retrying is pointless and ``allow_retries`` is False. On the last
+    attempt the policy allows (``retries_left`` False) it is False too, so the step fails with
+    this message rather than Dagster's bare "Exceeded max_retries" (which hides it in a cause).
     """
     failed = dict(m.split(": ", 1) for m in missing)
     failed.update({f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures})
@@ -347,7 +353,7 @@ def _failure(report: BatchReport, missing: Sequence[str], total: int) -> dg.Fail
             "stored": len(report.successes),
             "failed": len(failed),
         },
-        allow_retries=bool(retryable),
+        allow_retries=bool(retryable) and retries_left,
     )
 
 

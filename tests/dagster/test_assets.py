@@ -342,6 +342,24 @@ def test_a_mixed_failure_is_retried_for_the_retryable_partition_only(
         assert "p0: content_policy_violation" in message
 
 
+def test_the_last_allowed_attempt_fails_with_the_partitions_not_a_bare_retry_count(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator, failure_rules=[{"pattern": "stormy", "code": "service_error"}])
+    dataset = [{"key": "p0", "prompt": "a stormy harbour", "size": SMALL}]
+    policy = dg.RetryPolicy(max_retries=1)
+    asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=policy))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator, max_resubmits=0), "p0", "p0")
+        assert not result.success
+        kinds = [e.event_type for e in result.all_events]
+        assert kinds.count(dg.DagsterEventType.STEP_UP_FOR_RETRY) == 1
+        message = failure_message(result)
+        assert "Exceeded max_retries" not in message
+        assert "p0: service_error" in message
+        assert emulator.stats()["tasks_created"] == 2  # one per attempt
+
+
 def test_http_faults_on_create_and_poll_are_absorbed_by_the_client(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
