@@ -1,0 +1,154 @@
+"""Helpers for the browser test: a real Dagster webserver process, and Debian's Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+DEBIAN_CHROMIUM = "/usr/bin/chromium"
+
+# What Debian's Chromium needs to run headless as root in a container, and nothing that phones home.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--no-first-run",
+]
+
+_LOCATIONS_QUERY = """
+{
+  workspaceOrError {
+    __typename
+    ... on Workspace {
+      locationEntries {
+        name
+        loadStatus
+        locationOrLoadError {
+          __typename
+          ... on PythonError { message }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def chromium_executable() -> str:
+    """Debian's Chromium (``ZIMAGE_CHROMIUM`` overrides the path); fails, never skips, without it."""
+    wanted = os.environ.get("ZIMAGE_CHROMIUM") or shutil.which("chromium") or DEBIAN_CHROMIUM
+    if not Path(wanted).is_file():
+        pytest.fail(
+            f"Chromium not found ({wanted}): the browser test needs Debian's Chromium. Install it "
+            "with `apt-get update && apt-get install -y chromium` (.ci/run does this on CI), or "
+            "point ZIMAGE_CHROMIUM at a Chromium binary. Never `playwright install`."
+        )
+    return wanted
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class Webserver:
+    url: str
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    def log_tail(self, chars: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Ends the webserver and its code server: the process group it leads (we started it)."""
+    if process.poll() is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=wait_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _wait_until_loaded(server: Webserver, location: str, timeout_s: float) -> None:
+    """Polls GraphQL until the code location is loaded; fails with the server's log otherwise."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer yet"
+    with httpx.Client(timeout=5.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                pytest.fail(
+                    f"dagster-webserver exited with {server.process.returncode}:\n"
+                    + server.log_tail()
+                )
+            try:
+                answer = client.post(f"{server.url}/graphql", json={"query": _LOCATIONS_QUERY})
+                entries = answer.json()["data"]["workspaceOrError"].get("locationEntries", [])
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as error:
+                last = f"{type(error).__name__}: {error}"
+                time.sleep(0.5)
+                continue
+            entry = next((e for e in entries if e["name"] == location), None)
+            if entry is not None and entry["loadStatus"] == "LOADED":
+                loaded = entry["locationOrLoadError"] or {}
+                if loaded.get("__typename") == "PythonError":
+                    pytest.fail(f"code location {location} failed to load: {loaded.get('message')}")
+                return
+            last = f"location entries: {entries}"
+            time.sleep(0.5)
+    pytest.fail(
+        f"dagster-webserver did not load {location} within {timeout_s:.0f} s ({last}):\n"
+        + server.log_tail()
+    )
+
+
+@contextlib.contextmanager
+def running_webserver(
+    env: Mapping[str, str], log: Path, location: str, timeout_s: float = 60.0
+) -> Iterator[Webserver]:
+    """``dagster-webserver -w workspace.yaml`` on a free loopback port, until the block ends."""
+    port = free_port()
+    executable = Path(sys.executable).parent / "dagster-webserver"
+    command = [str(executable), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so teardown ends the code server too
+        )
+    server = Webserver(url=f"http://127.0.0.1:{port}", log=log, process=process)
+    try:
+        _wait_until_loaded(server, location, timeout_s)
+        yield server
+    finally:
+        _stop(process)
