@@ -154,6 +154,19 @@ def failure_text(result: dg.ExecuteInProcessResult) -> str:
     return "\n".join(error.message for error in errors if error is not None)
 
 
+def run_messages(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Every message of the run's event log (step failures with their errors included)."""
+    texts = []
+    for entry in instance.all_logs(run_id):
+        texts.append(entry.user_message)
+        event = entry.dagster_event
+        data = event.event_specific_data if event is not None else None
+        error = getattr(data, "error", None)
+        if error is not None:
+            texts.append(error.to_string())
+    return "\n".join(texts)
+
+
 def latest_materializations(
     instance: dg.DagsterInstance, key: str = ASSET
 ) -> dict[str, dict[str, Any]]:
@@ -242,7 +255,7 @@ def run_until_done(
                 if code == "content_policy_violation":
                     assert key not in flow.rejected, f"{key} was run again after its rejection"
                     flow.rejected[key] = reason
-                    flow.rejected_failure_texts.append(failure_text(result))
+                    flow.rejected_failure_texts.append(run_messages(instance, result.run_id))
                 else:
                     failed_now.append(key)
         flow.remaining = [k for k in keys if k in set(failed_now)]

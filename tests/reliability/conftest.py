@@ -89,6 +89,10 @@ class S3:
             "key": self.key,
             "secret": self.secret,
             "client_kwargs": {"region_name": "us-east-1"},
+            # Workaround of a bug (see test_production_storage): without it, a long-lived
+            # process keeps s3fs's listing cache and never sees ledger entries that another
+            # process (the run being killed) wrote.
+            "use_listings_cache": False,
         }
 
     def make_bucket(self) -> str:

@@ -14,7 +14,7 @@ import logging
 import pickle
 import secrets
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import dagster as dg
@@ -57,7 +57,11 @@ def _errors_seen(canary: str, wrong: str, emulator: EmulatorProcess) -> list[Bas
     seen: list[BaseException] = []
     request = GenerationRequest(prompt="a fox", seed=1, size="376x376")
     with ZImageClient(api_key=wrong, base_url=emulator.url) as client:
-        for call in (lambda: client.create_task(request), client.get_credits):
+        calls: list[Callable[[], object]] = [
+            lambda: client.create_task(request),
+            client.get_credits,
+        ]
+        for call in calls:
             with pytest.raises(ZImageError) as caught:
                 call()
             seen.append(caught.value)
@@ -69,12 +73,13 @@ def _errors_seen(canary: str, wrong: str, emulator: EmulatorProcess) -> list[Bas
         ]
     )
     with ZImageClient(api_key=canary, base_url=emulator.url, timeout=2.0) as client:
-        for call in (
+        calls = [
             client.get_credits,
             lambda: client.create_task(request),
             lambda: client.get_task("task-unified-1-abcdefgh"),
             lambda: client.download(f"{emulator.url}/_files/nothing.png"),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(ZImageError) as caught:
                 call()
             seen.append(caught.value)
