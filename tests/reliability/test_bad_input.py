@@ -83,8 +83,9 @@ def rows_(draw: st.DrawFn) -> list[dict[str, Any]]:
         row["key"] = draw(st.sampled_from(GOOD_KEYS + BAD_KEYS))
         row["size"] = draw(st.sampled_from(GOOD_SIZES + BAD_SIZES))
         row["seed"] = draw(st.sampled_from(GOOD_SEEDS + BAD_SEEDS))
-        if draw(st.booleans()):  # a duplicate of an earlier key or prompt
-            if out and draw(st.booleans()):
+        duplicate, of_key = draw(st.booleans()), draw(st.booleans())
+        if duplicate:  # a duplicate of an earlier key or prompt
+            if out and of_key:
                 row["key"] = draw(st.sampled_from([r["key"] for r in out]))
             elif out:
                 row["prompt"] = draw(st.sampled_from([r["prompt"] for r in out]))
