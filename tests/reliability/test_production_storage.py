@@ -89,3 +89,27 @@ def test_soak_crash_and_resume_200_on_s3_and_postgres(
 ) -> None:
     figures = _crash(emulator_proc, s3, postgres, tmp_path, 200, "soak_crash_resume_s3_pg")
     assert figures["tasks_created"] == 200 + figures["orphans_from_kill_windows"]  # type: ignore[operator]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug in storage.ImageStore: on object stores fsspec's listing cache (on by default in "
+    "s3fs) hides files another process wrote; fix: default use_listings_cache=False",
+)
+def test_a_long_lived_reader_sees_ledger_entries_written_by_another_process(s3: S3) -> None:
+    from zimage_dagster.ledger import TaskLedger
+    from zimage_dagster.storage import ImageStore
+
+    bucket = s3.make_bucket()
+    plain = {k: v for k, v in s3.storage_options.items() if k != "use_listings_cache"}
+    reader = TaskLedger(ImageStore(f"s3://{bucket}/zimage", plain))  # e.g. the sensor's process
+    # Another process (a run) has its own filesystem object: skip_instance_cache stands for it.
+    writer = TaskLedger(ImageStore(f"s3://{bucket}/zimage", {**plain, "skip_instance_cache": True}))
+    writer.record_submitted(
+        "imgs", "p0", task_id="task-unified-1-aaaaaaaa", request={"prompt": "a", "seed": 1}
+    )
+    assert [e.partition_key for e in reader.iter_entries("imgs")] == ["p0"]
+    writer.record_submitted(
+        "imgs", "p1", task_id="task-unified-1-bbbbbbbb", request={"prompt": "b", "seed": 2}
+    )
+    assert [e.partition_key for e in reader.iter_entries("imgs")] == ["p0", "p1"]
