@@ -532,8 +532,31 @@ def _decode(data: bytes, source: str, encoding: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+def _unclosed_quote_line(text: str, delimiter: str) -> int | None:
+    """The line where a quoted field opens and never closes (it would eat the rest of the file).
+
+    >>> _unclosed_quote_line('prompt\\n"open\\nfine\\n', ",")
+    2
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+    try:
+        for _ in reader:
+            start = reader.line_num + 1
+    except csv.Error as exc:
+        if "unexpected end of data" in str(exc):
+            return start
+    return None
+
+
 def _load_csv(data: bytes, source: str, encoding: str, delimiter: str) -> PromptDataset:
     text = _decode(data, source, encoding)
+    unclosed = _unclosed_quote_line(text, delimiter)
+    if unclosed is not None:
+        raise PromptDatasetError(
+            f"{source}: malformed CSV: the quoted field opened on line {unclosed} is never "
+            "closed (every later row would be swallowed into it)"
+        )
     builder = _Builder(source, "line")
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
     try:

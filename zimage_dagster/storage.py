@@ -200,6 +200,10 @@ class ImageStore:
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
         opts = dict(storage_options or {})
+        root_str = os.fspath(root) if not isinstance(root, UPath) else str(root)
+        if "://" in root_str and not root_str.startswith(("file://", "local://", "memory://")):
+            # Other processes write the ledger; a cached folder listing would hide their entries.
+            opts.setdefault("use_listings_cache", False)
         if isinstance(root, UPath) and not opts:
             self._root = root
         else:
@@ -308,6 +312,9 @@ class ImageStore:
                     if name.endswith(suffix) and not name.startswith(".")
                 )
             return out
+        # Other processes (runs, the sensor, the callback receiver) write here: never trust a
+        # cached listing.
+        folder.fs.invalidate_cache(folder.path)
         try:
             found = folder.fs.find(folder.path)
         except FileNotFoundError:

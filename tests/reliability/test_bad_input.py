@@ -291,11 +291,6 @@ def test_nul_and_garbage_lines_are_rows_with_problems_not_crashes(tmp_path: Path
     assert load_prompts(csv_path).keys == ["with-nul", "k2"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in prompts._load_csv: an unclosed quote swallows every later row into one prompt, "
-    "silently (see the reliability report for the fix)",
-)
 def test_an_unclosed_quote_in_a_csv_does_not_swallow_the_rows_after_it(tmp_path: Path) -> None:
     path = tmp_path / "prompts.csv"
     path.write_bytes(b'prompt,key\n"a fox, unclosed,k1\nfine,k2\nalso fine,k3\n')

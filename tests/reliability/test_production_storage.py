@@ -91,11 +91,6 @@ def test_soak_crash_and_resume_200_on_s3_and_postgres(
     assert figures["tasks_created"] == 200 + figures["orphans_from_kill_windows"]  # type: ignore[operator]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug in storage.ImageStore: on object stores fsspec's listing cache (on by default in "
-    "s3fs) hides files another process wrote; fix: default use_listings_cache=False",
-)
 def test_a_long_lived_reader_sees_ledger_entries_written_by_another_process(s3: S3) -> None:
     from zimage_dagster.ledger import TaskLedger
     from zimage_dagster.storage import ImageStore
