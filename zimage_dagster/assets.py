@@ -30,6 +30,7 @@ from PIL import Image
 
 from zimage_dagster.api import parse_size
 from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, storage_key
+from zimage_dagster.deferred import COLLECT_TAG, submit_deferred
 from zimage_dagster.ledger import TaskLedger
 from zimage_dagster.metadata import image_metadata
 from zimage_dagster.prompts import (
@@ -91,6 +92,7 @@ class ImageAssetSpec:
     resource_key: str = "zimage"
     schedule_cron: str | None = None
     schedule_timezone: str = "UTC"
+    deferred: bool = False
 
     @property
     def asset_key(self) -> dg.AssetKey:
@@ -119,6 +121,7 @@ def build_image_assets(
     resource_key: str = "zimage",
     schedule_cron: str | None = None,
     schedule_timezone: str = "UTC",
+    deferred: bool = False,
 ) -> dg.Definitions:
     """Definitions for a partitioned image asset generated from a prompt dataset.
 
@@ -141,6 +144,9 @@ def build_image_assets(
         retry_rejected: submit again a request the provider rejected with a fixable error.
         resource_key: the key of the :class:`~zimage_dagster.ZImageResource`.
         schedule_cron: with ``partitioning="daily"``, add a schedule (e.g. ``"0 6 * * *"``).
+        deferred: a materialization only submits the tasks (ledger first) and ends, holding no
+            worker while the provider works; the ``<name>_task_status`` sensor launches a short
+            collect run per finished task (run key = task ID). See :mod:`zimage_dagster.sensors`.
 
     Example:
         >>> import dagster as dg
@@ -177,6 +183,7 @@ def build_image_assets(
         resource_key=resource_key,
         schedule_cron=schedule_cron,
         schedule_timezone=schedule_timezone,
+        deferred=deferred,
     )
     return build_image_definitions(spec)
 
@@ -196,7 +203,12 @@ def build_image_definitions(spec: ImageAssetSpec) -> dg.Definitions:
                 f"{spec.name}: schedule_cron needs partitioning='daily' (got {spec.partitioning!r})"
             )
         schedules.append(_daily_schedule(spec, job))
-    return dg.Definitions(assets=[asset_def], jobs=[job], schedules=schedules)
+    defs = dg.Definitions(assets=[asset_def], jobs=[job], schedules=schedules)
+    if spec.deferred:
+        from zimage_dagster.sensors import deferred_definitions
+
+        defs = dg.Definitions.merge(defs, deferred_definitions(spec, job.name))
+    return defs
 
 
 # -- partitions ---------------------------------------------------------------------------------
@@ -402,6 +414,26 @@ def _generate(
                 "materialized by an earlier attempt of this run are skipped"
             )
         jobs = [job for job in jobs if job.partition_key not in done]
+
+    if spec.deferred and COLLECT_TAG not in context.run.tags:
+        # Deferred mode: create the tasks, write them to the ledger and end; the task-status
+        # sensor launches a collect run (tagged COLLECT_TAG) per finished task. Partitions whose
+        # image is already stored for the identical request are materialized at once below.
+        submitted = submit_deferred(
+            resource,
+            ledger,
+            spec.asset_key.path,
+            jobs,
+            reuse_stored=spec.reuse_stored,
+            retry_rejected=spec.retry_rejected,
+            run_id=context.run.run_id,
+            logger=context.log,
+        )
+        context.log.info(
+            f"deferred: {submitted.summary()}; the task-status sensor collects the rest"
+        )
+        missing += [failure.describe() for failure in submitted.failures]
+        jobs = list(submitted.stored)
 
     def on_success(success: Any) -> None:
         context.log_event(

@@ -31,7 +31,6 @@ snapshot); the component reads the variable's name out of the reference and give
 variable's name only. A literal key is refused (without echoing it).
 """
 
-import dataclasses
 import datetime
 import re
 import zoneinfo
@@ -384,8 +383,8 @@ class ZImageComponent(dg.Component, dg.Model, dg.Resolvable):
     mode: Literal["blocking", "deferred"] = Field(
         default="blocking",
         description=(
-            "blocking: the step submits, waits and stores; deferred: the step submits and ends, a "
-            "sensor collects the images (needs a zimage_dagster version with deferred mode)."
+            "blocking: the step submits, waits and stores; deferred: the step submits and ends, the "
+            "task-status sensor collects the images."
         ),
     )
     dataset_sensor: bool | None = Field(
@@ -561,14 +560,7 @@ class ZImageComponent(dg.Component, dg.Model, dg.Resolvable):
             "schedule_cron": None if self.schedule is None else self.schedule.cron,
             "schedule_timezone": "UTC" if self.schedule is None else self.schedule.timezone,
         }
-        spec_fields = {f.name for f in dataclasses.fields(ImageAssetSpec)}
-        if "deferred" in spec_fields:
-            options["deferred"] = self.mode == "deferred"
-        elif self.mode == "deferred":
-            raise dg.DagsterInvalidDefinitionError(
-                f"{self.asset_name}: mode: deferred is not available in this version of "
-                "zimage_dagster; use mode: blocking"
-            )
+        options["deferred"] = self.mode == "deferred"
         return ImageAssetSpec(**options)
 
     def _prompt_source(self, context: dg.ComponentLoadContext) -> PromptSource:

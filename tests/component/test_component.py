@@ -479,18 +479,15 @@ def test_two_components_with_different_resources_under_one_key_conflict() -> Non
 
 def test_deferred_mode_follows_the_factory() -> None:
     component = ZImageComponent(asset_name="posters", prompts=["a fox"], mode="deferred")
-    supported = "deferred" in {f.name for f in dataclasses.fields(ImageAssetSpec)}
     with create_defs_folder_sandbox() as sandbox:
         path = write_component(sandbox, BASE)
         context = sandbox_context(sandbox, path)
-        if supported:
-            assert component.image_asset_spec(context).deferred is True  # type: ignore[attr-defined]
-        else:
-            with pytest.raises(dg.DagsterInvalidDefinitionError, match="mode: deferred"):
-                component.image_asset_spec(context)
+        assert component.image_asset_spec(context).deferred is True
+        sensors = component.build_defs(context).sensors or []
+        assert {s.name for s in sensors} == {"posters_task_status"}
         blocking = ZImageComponent(asset_name="posters", prompts=["a fox"])
-        spec = blocking.image_asset_spec(context)
-        assert getattr(spec, "deferred", False) is False
+        assert blocking.image_asset_spec(context).deferred is False
+        assert not blocking.build_defs(context).sensors
 
 
 # -- a real run -------------------------------------------------------------------------------
