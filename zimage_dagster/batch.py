@@ -235,6 +235,7 @@ class BatchGenerator:
         self.run_id = run_id
         self.log: _Log = logger or log
         self.progress_interval = progress_interval
+        self._live = asyncio.Semaphore(concurrency)
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -247,7 +248,10 @@ class BatchGenerator:
         """
         report = BatchReport()
         started = time.monotonic()
-        limit = asyncio.Semaphore(self.concurrency)
+        # Tasks alive at the provider are bounded by `concurrency`; partitions in any step
+        # (download, store) by twice that, which bounds memory.
+        self._live = asyncio.Semaphore(self.concurrency)
+        limit = asyncio.Semaphore(2 * self.concurrency)
 
         async def one(job: ImageJob) -> ImageSuccess | ImageFailure:
             async with limit:
@@ -394,11 +398,14 @@ class BatchGenerator:
     async def _run_to_image(self, job: ImageJob, state: _Attempt) -> ImageSuccess | ImageFailure:
         budget = self.max_resubmits + max(state.attempts, 1)
         while True:
-            if state.task is None:
-                state.task = await self._create(job, state)
-            task = state.task
             try:
-                outcome = await self.client.wait(task, deadline=self.wait_deadline)
+                # The provider counts tasks from create to their end: hold a slot that long,
+                # and let the next partition start while this one downloads and stores.
+                async with self._live:
+                    if state.task is None:
+                        state.task = await self._create(job, state)
+                    task = state.task
+                    outcome = await self.client.wait(task, deadline=self.wait_deadline)
                 await self._ledger_update(job, task.id, LedgerStatus.COMPLETED)
                 started = time.monotonic()
                 image = await self.client.download(_result_url(outcome.task), task_id=task.id)
