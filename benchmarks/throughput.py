@@ -5,8 +5,10 @@ concurrency cap 32):
 
 - **dagster**: a real Dagster run of the image asset from ``build_image_assets``: one single-run
   backfill over the 200 partitions (``dg.materialize`` in process, on a temporary sqlite instance),
-  resource concurrency 32. Wall time from the ``materialize`` call to the last image stored
-  (the last ``ASSET_MATERIALIZATION`` event), against the ideal ``ceil(200/32) x 2 s = 14 s``.
+  resource concurrency 32. Wall time from run start (the run's ``RUN_START`` event, as the issue
+  defines it) to the last image stored (the last ``ASSET_MATERIALIZATION`` event), against the
+  ideal ``ceil(200/32) x 2 s = 14 s``; a second row adds Dagster's run setup (from the
+  ``materialize`` call).
 - **engine**: the bare :class:`~zimage_dagster.batch.BatchGenerator`, same settings, no Dagster:
   what Dagster adds is the difference.
 - **naive** (the baseline): a hand-written asset (``benchmarks/naive_asset.py``): one Dagster run
@@ -223,13 +225,20 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
             jpeg = run_engine(emu, n, os.path.join(tmp, "engine_jpeg"), prefix="j", asset="ej")
 
     res.add(
-        f"Dagster run, {n} images: call to last image stored",
-        dag["to_last_image_s"],
+        f"Dagster run, {n} images: run start (RUN_START) to last image stored",
+        dag["run_start_to_last_image_s"],
         "s",
         ideal,
         f"ideal ceil({n}/{CONCURRENCY}) x {LATENCY_S:g} s",
         f"<= {TARGET_VS_IDEAL} x ideal",
-        dag["to_last_image_s"] <= TARGET_VS_IDEAL * ideal and dag["images"] == n,
+        dag["run_start_to_last_image_s"] <= TARGET_VS_IDEAL * ideal and dag["images"] == n,
+    )
+    res.add(
+        f"Dagster run, {n} images: materialize() call to last image stored (incl. run setup)",
+        dag["to_last_image_s"],
+        "s",
+        ideal,
+        "ideal",
     )
     res.add(
         f"Bare engine (BatchGenerator), {n} images: to last image stored",

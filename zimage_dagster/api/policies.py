@@ -95,12 +95,12 @@ class PollPolicy:
     """
 
     first_wait_fraction: float = 0.6
-    min_interval: float = 0.5
+    min_interval: float = 0.25
     initial_interval: float = 1.0
     max_interval: float = 5.0
     growth: float = 1.5
     use_progress_eta: bool = True
-    eta_margin: float = 0.2
+    eta_margin: float = 0.1
     default_estimated_time: float = 10.0
     deadline: float = 600.0
 
