@@ -366,6 +366,8 @@ class BatchGenerator:
             state.previous.append(entry.task_id)
             state.regenerated = entry.status == LedgerStatus.EXPIRED
             return None
+        # A task the deferred-mode sensor made to replace an expired one is still a regeneration.
+        state.regenerated = bool(entry.extra.get("regenerated"))
         try:
             state.task = await self.client.get_task(entry.task_id)
             state.reattached = True

@@ -78,8 +78,15 @@ def client(emu: Any, sleeps: Sleeps) -> Iterator[ZImageClient]:
         yield c
 
 
-def create_requests(emu: Any) -> int:
-    return sum(emu.stats()["requests"].get("create", {}).values())
+def create_requests(emu: Any, settle_s: float = 2.0) -> int:
+    """Create requests the emulator counted. A dropped connection is counted as the server
+    closes it, which can be just after the client saw it close: wait for the count to settle."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        count = sum(emu.stats()["requests"].get("create", {}).values())
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(0.02)
 
 
 def test_create_get_wait_download(client: ZImageClient, emu: Any) -> None:

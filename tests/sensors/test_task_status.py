@@ -212,7 +212,10 @@ def test_expired_result_is_regenerated_with_the_same_seed(
     assert run.success
     record = instance.fetch_materializations(spec.asset_key, limit=1).records[0]
     assert record.asset_materialization is not None
-    assert record.asset_materialization.metadata["task_id"].value == entry.task_id
+    metadata = record.asset_materialization.metadata
+    assert metadata["task_id"].value == entry.task_id
+    assert metadata["regenerated"].value is True  # the collect run says what the sensor did
+    assert metadata["seed"].value == 11
     assert emulator.stats()["tasks_created"] == 2
 
 

@@ -81,6 +81,7 @@ class AsyncZImageClient:
             timeout=timeout,
             follow_redirects=False,
             headers={"User-Agent": _core.USER_AGENT},
+            limits=_core.HTTP_LIMITS,
         )
         self._sleep = sleep or asyncio.sleep
 

@@ -63,6 +63,12 @@ CREATE_PATH = "/v1/images/generations"
 TASK_PATH = "/v1/tasks/{task_id}"
 CREDITS_PATH = "/v1/credits"
 USER_AGENT = f"zimage-dagster/{__version__}"
+
+#: Connection pool of the clients we make: keep as many connections alive as a big batch has
+#: requests in flight (httpx keeps 20 by default; a batch of 32 would reconnect all the time).
+HTTP_LIMITS = httpx.Limits(
+    max_connections=256, max_keepalive_connections=128, keepalive_expiry=30.0
+)
 REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-evo-request-id", "x-trace-id")
 EXPIRED_STATUSES = frozenset({403, 404, 410})
 _ERROR_BODY_LIMIT = 64 * 1024

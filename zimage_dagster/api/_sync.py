@@ -88,6 +88,7 @@ class ZImageClient:
             timeout=timeout,
             follow_redirects=False,
             headers={"User-Agent": _core.USER_AGENT},
+            limits=_core.HTTP_LIMITS,
         )
         self._sleep = sleep or time.sleep
 
