@@ -16,7 +16,6 @@ their own runs: an automation condition, a sensor, or a second job. They load im
 :class:`~zimage_dagster.storage.ImageStoreIOManager`.
 """
 
-import asyncio
 import hashlib
 import io
 import os
@@ -29,10 +28,9 @@ from dagster import AssetExecutionContext
 from PIL import Image
 
 from zimage_dagster.api import parse_size
-from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, storage_key
+from zimage_dagster.batch import BatchReport, ImageJob, storage_key
 from zimage_dagster.deferred import COLLECT_TAG, submit_deferred
 from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import image_metadata
 from zimage_dagster.prompts import (
     PromptDataset,
     PromptRow,
@@ -42,6 +40,7 @@ from zimage_dagster.prompts import (
     request_fingerprint,
 )
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.step import generate_in_step
 from zimage_dagster.storage import ImageStore
 
 __all__ = [
@@ -435,37 +434,17 @@ def _generate(
         missing += [failure.describe() for failure in submitted.failures]
         jobs = list(submitted.stored)
 
-    def on_success(success: Any) -> None:
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=context.asset_key,
-                partition=success.job.partition_key,
-                metadata=image_metadata(success.record, success.thumbnail),
-            )
-        )
-
-    async def run() -> BatchReport:
-        async with resource.async_client() as client:
-            engine = BatchGenerator(
-                client,
-                store,
-                ledger,
-                spec.asset_key.path,
-                concurrency=resource.concurrency,
-                max_resubmits=resource.max_resubmits,
-                reuse_stored=spec.reuse_stored,
-                retry_rejected=spec.retry_rejected,
-                wait_deadline=resource.wait_deadline,
-                on_success=on_success,
-                run_id=context.run.run_id,
-                logger=context.log,
-            )
-            return await engine.run(jobs)
-
-    context.log.info(
-        f"generating {len(jobs)} image(s) with up to {resource.concurrency} task(s) in flight"
+    report = generate_in_step(
+        context,
+        resource,
+        store,
+        ledger,
+        spec.asset_key,
+        jobs,
+        reuse_stored=spec.reuse_stored,
+        retry_rejected=spec.retry_rejected,
     )
-    return asyncio.run(run()), missing
+    return report, missing
 
 
 def _with_size(row: PromptRow, size: str) -> PromptRow:

@@ -38,7 +38,6 @@ Example (runnable; ``base_url`` must point at an API, e.g. the local emulator)::
 ('generate_images', ['zimage'])
 """
 
-import asyncio
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -47,9 +46,9 @@ from typing import Any, Literal
 import dagster as dg
 from pydantic import Field
 
-from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, ImageSuccess, storage_key
+from zimage_dagster.batch import ImageJob, storage_key
 from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import image_metadata, to_provenance
+from zimage_dagster.metadata import to_provenance
 from zimage_dagster.prompts import (
     PromptDataset,
     PromptRow,
@@ -58,6 +57,7 @@ from zimage_dagster.prompts import (
     random_seed,
 )
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.step import generate_in_step
 from zimage_dagster.storage import ImageStore
 
 __all__ = [
@@ -243,38 +243,16 @@ def build_generate_images_op(
             for row in (_with_size(r, default_size) for r in dataset)
         ]
 
-        def on_success(success: ImageSuccess) -> None:
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=key,
-                    partition=success.job.partition_key,
-                    metadata=image_metadata(success.record, success.thumbnail),
-                )
-            )
-
-        async def run() -> BatchReport:
-            async with resource.async_client() as client:
-                engine = BatchGenerator(
-                    client,
-                    store,
-                    ledger,
-                    key.path,
-                    concurrency=resource.concurrency,
-                    max_resubmits=resource.max_resubmits,
-                    reuse_stored=reuse_stored,
-                    retry_rejected=retry_rejected,
-                    wait_deadline=resource.wait_deadline,
-                    on_success=on_success,
-                    run_id=context.run_id,
-                    logger=context.log,
-                )
-                return await engine.run(jobs)
-
-        context.log.info(
-            f"generating {len(jobs)} image(s) for {key.to_user_string()} with up to "
-            f"{resource.concurrency} task(s) in flight"
+        report = generate_in_step(
+            context,
+            resource,
+            store,
+            ledger,
+            key,
+            jobs,
+            reuse_stored=reuse_stored,
+            retry_rejected=retry_rejected,
         )
-        report = asyncio.run(run())
         order = {job.partition_key: i for i, job in enumerate(jobs)}
         successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])
         records = [to_provenance(s.record) for s in successes]

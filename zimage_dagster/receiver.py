@@ -67,9 +67,7 @@ import logging
 import os
 import re
 import secrets
-import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -85,6 +83,7 @@ from upath import UPath
 
 from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
 from zimage_dagster.ledger import LedgerConflictError, LedgerStatus, TaskLedger
+from zimage_dagster.serving import ThreadedServer, bind_socket, socket_url
 from zimage_dagster.storage import ImageStore
 
 __all__ = [
@@ -238,21 +237,6 @@ def load_or_create_token(path: str | os.PathLike[str]) -> str:
     return token
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(512)
-    sock.setblocking(False)
-    return sock
-
-
-def _url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
 class CallbackReceiver:
     """The receiver on a free port in a background thread (for tests and embedding).
 
@@ -271,11 +255,9 @@ class CallbackReceiver:
     ) -> None:
         self.app = create_receiver_app(storage, token, **app_options)
         self._token = token
-        self._host = host
-        self._port = port
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._serving = ThreadedServer(
+            self.app, host=host, port=port, name="zimage-callback-receiver"
+        )
         self.url = ""
 
     @property
@@ -283,34 +265,12 @@ class CallbackReceiver:
         return f"{self.url}{CALLBACK_PATH}/{self._token}"
 
     def start(self) -> CallbackReceiver:
-        self._socket = _bind(self._host, self._port)
-        self.url = _url(self._socket)
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on")
-        )
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._socket]},
-            name="zimage-callback-receiver",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the callback receiver did not start")
-            time.sleep(0.005)
+        self._serving.start()
+        self.url = self._serving.url
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        self._serving.stop()
 
     def __enter__(self) -> CallbackReceiver:
         return self.start()
@@ -354,8 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     except (ValueError, ZImageError) as exc:
         parser.error(str(exc))
-    sock = _bind(args.host, args.port)
-    print(_url(sock), flush=True)
+    sock = bind_socket(args.host, args.port)
+    print(socket_url(sock), flush=True)
     server = uvicorn.Server(
         uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     )

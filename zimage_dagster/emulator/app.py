@@ -31,7 +31,7 @@ from zimage_dagster.emulator.middleware import EmulatorMiddleware, route_of
 from zimage_dagster.emulator.render import CONTENT_TYPES
 from zimage_dagster.emulator.state import EmulatorState
 from zimage_dagster.emulator.tasks import FILES_PREFIX
-from zimage_dagster.emulator.validation import validate_create
+from zimage_dagster.emulator.validation import check_task_id, validate_create
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -154,12 +154,24 @@ async def _api_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    path = request.url.path
+    if exc.status_code == 404 and path.startswith("/v1/tasks/") and request.method == "GET":
+        # An ID the route's pattern cannot hold (a line break...): still just a malformed ID.
+        return await _api_error(request, _invalid_task_id(path[len("/v1/tasks/") :]))
     message = "No such route" if exc.status_code == 404 else str(exc.detail)
     return await _api_error(request, ApiError(exc.status_code, None, message))
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     return await _api_error(request, ApiError(500, "internal_error", "Internal server error"))
+
+
+def _invalid_task_id(task_id: str) -> ApiError:
+    try:
+        check_task_id(task_id)
+    except ApiError as error:
+        return error
+    return ApiError(404, "task_not_found", "The requested task could not be found")
 
 
 class EmulatorApp(Starlette):

@@ -19,7 +19,7 @@ import uvicorn
 
 from zimage_dagster.emulator.app import create_app
 from zimage_dagster.emulator.config import IMAGE_FORMATS, ConfigError, EmulatorConfig
-from zimage_dagster.emulator.server import bind_socket, socket_url
+from zimage_dagster.serving import bind_socket, socket_url
 
 
 def _rate(text: str) -> tuple[str, float]:

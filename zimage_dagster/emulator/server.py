@@ -11,40 +11,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
-import time
 from types import TracebackType
 from typing import Any
 
 import httpx
-import uvicorn
 
 from zimage_dagster.emulator.app import create_app
 from zimage_dagster.emulator.config import EmulatorConfig
+from zimage_dagster.serving import ServerError, ThreadedServer
 
 
 class EmulatorError(RuntimeError):
     """The emulator did not start, stop or answer a control call as expected."""
-
-
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket (port 0: a free one, chosen by the OS)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.setblocking(False)
-    return sock
-
-
-def socket_url(sock: socket.socket) -> str:
-    host, port = sock.getsockname()[:2]
-    host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
 
 
 def _jsonable(value: Any) -> Any:
@@ -127,50 +108,25 @@ class EmulatorServer(EmulatorHandle):
         self._api_key = self._config.primary_api_key
         self._host = host
         self.app = create_app(self._config)
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._serving = ThreadedServer(self.app, host=host, name="zimage-emulator")
         self.url = ""
 
     def start(self) -> EmulatorServer:
-        if self._thread is not None:
+        if self._serving.running:
             raise EmulatorError("already started")
-        self._socket = bind_socket(self._host, 0)
-        self.url = socket_url(self._socket)
-        config = uvicorn.Config(
-            self.app,
-            log_level="warning",
-            access_log=False,
-            lifespan="on",
-            timeout_graceful_shutdown=2,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(
-            target=self._server.run,
-            kwargs={"sockets": [self._socket]},
-            name="zimage-emulator",
-            daemon=True,
-        )
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise EmulatorError("the emulator did not start")
-            time.sleep(0.005)
+        try:
+            self._serving.start()
+        except ServerError as exc:
+            raise EmulatorError("the emulator did not start") from exc
+        self.url = self._serving.url
         return self
 
     def stop(self) -> None:
         self._close_control()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():
-                raise EmulatorError("the emulator thread did not stop")
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        try:
+            self._serving.stop()
+        except ServerError as exc:
+            raise EmulatorError("the emulator thread did not stop") from exc
 
     def __enter__(self) -> EmulatorServer:
         return self.start()

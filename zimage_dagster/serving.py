@@ -1,0 +1,115 @@
+"""Serving an ASGI app with uvicorn on a socket we bind ourselves (port 0: a free one).
+
+Shared by the emulator and the callback receiver (both also run as console scripts whose first
+line of output is the URL). No Dagster import.
+
+>>> from starlette.applications import Starlette
+>>> with ThreadedServer(Starlette(), name="doctest") as server:
+...     server.url.startswith("http://127.0.0.1:")
+True
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+from starlette.types import ASGIApp
+
+__all__ = ["ServerError", "ThreadedServer", "bind_socket", "socket_url"]
+
+
+class ServerError(RuntimeError):
+    """The server did not start or stop in time."""
+
+
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket (port 0: a free one, chosen by the OS)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket (IPv6 hosts in brackets)."""
+    host, port = sock.getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{port}"
+
+
+class ThreadedServer:
+    """uvicorn serving ``app`` in a background thread, for the life of a ``with`` block."""
+
+    def __init__(
+        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server"
+    ) -> None:
+        self.app = app
+        self._host = host
+        self._port = port
+        self._name = name
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self.url = ""
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def start(self, timeout: float = 10.0) -> ThreadedServer:
+        if self._thread is not None:
+            raise ServerError(f"{self._name} already started")
+        self._socket = bind_socket(self._host, self._port)
+        self.url = socket_url(self._socket)
+        config = uvicorn.Config(
+            self.app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name=self._name,
+            daemon=True,
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise ServerError(f"{self._name} did not start")
+            time.sleep(0.005)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None
+        if thread is not None and thread.is_alive():
+            raise ServerError(f"{self._name} thread did not stop")
+
+    def __enter__(self) -> ThreadedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
