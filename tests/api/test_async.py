@@ -62,7 +62,7 @@ def test_generate_many_yields_everything_with_bounded_concurrency_and_isolated_f
     peak = [0]
     start = time.monotonic()
     api = FakeAPI(FakeClock(), pending_s=0.0, processing_s=0.05, estimated_time=0.05)
-    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment,method-assign]
+    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment]
     real_create, real_query, real_file = api.create, api.query, api.serve_file
 
     def create(request: httpx.Request) -> httpx.Response:
@@ -133,7 +133,7 @@ def test_generate_many_is_concurrent() -> None:
     """8 tasks of 0.2 s each with concurrency 8 take about 0.2 s, not 1.6 s."""
     start = time.monotonic()
     api = FakeAPI(FakeClock(), pending_s=0.0, processing_s=0.2, estimated_time=0.2)
-    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment,method-assign]
+    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment]
     policy = PollPolicy(
         min_interval=0.02, initial_interval=0.02, max_interval=0.05, default_estimated_time=0.2
     )
@@ -161,7 +161,7 @@ def test_generate_many_is_concurrent() -> None:
 def test_leaving_generate_many_early_cancels_the_rest() -> None:
     start = time.monotonic()
     api = FakeAPI(FakeClock(), pending_s=0.0, processing_s=0.05, estimated_time=0.05)
-    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment,method-assign]
+    api.clock = lambda: time.monotonic() - start  # type: ignore[assignment]
     policy = PollPolicy(
         min_interval=0.01, initial_interval=0.01, max_interval=0.02, default_estimated_time=0.05
     )

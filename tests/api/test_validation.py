@@ -119,6 +119,7 @@ def test_every_out_of_range_wxh_rejected_naming_size(sides: tuple[int, int]) -> 
 @given(st.text(max_size=20).filter(lambda s: s not in SUPPORTED_RATIOS))
 @FAST
 def test_arbitrary_text_is_a_size_only_if_well_formed(text: str) -> None:
+    field: str | None
     try:
         dims = parse_size(text)
     except RequestValidationError as exc:
@@ -432,7 +433,7 @@ def test_request_defaults_and_wire_shape() -> None:
 )
 def test_request_model_applies_the_rules(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as info:
-        GenerationRequest(**kwargs)  # type: ignore[arg-type]
+        GenerationRequest(**kwargs)
     assert info.value.errors()[0]["loc"] == (field,)
     assert field in str(info.value)
 

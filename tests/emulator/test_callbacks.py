@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from zimage_dagster.emulator import EmulatorServer
 
 
 @pytest.fixture
-def api(emulator: EmulatorServer) -> SpecClient:
+def api(emulator: EmulatorServer) -> Iterator[SpecClient]:
     emulator.configure(allow_loopback_callbacks=True)
     with SpecClient(emulator.url, emulator.api_key) as client:
         yield client

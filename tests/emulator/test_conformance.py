@@ -7,6 +7,7 @@ generated from the spec's request schema plus mutations finds no 5xx and no sche
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -29,7 +30,7 @@ SETTINGS = settings(
 
 
 @pytest.fixture
-def api(emulator: EmulatorServer) -> SpecClient:
+def api(emulator: EmulatorServer) -> Iterator[SpecClient]:
     emulator.configure(render_on_create=False, unlimited_credits=True, latency_s=0.0)
     with SpecClient(emulator.url, emulator.api_key) as client:
         yield client

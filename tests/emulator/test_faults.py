@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from zimage_dagster.emulator import EmulatorServer, FaultRule
 
 
 @pytest.fixture
-def api(emulator: EmulatorServer) -> SpecClient:
+def api(emulator: EmulatorServer) -> Iterator[SpecClient]:
     with SpecClient(emulator.url, emulator.api_key) as client:
         yield client
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ TASK_ID = re.compile(r"task-unified-[0-9]+-[a-z0-9]{8}")
 
 
 @pytest.fixture
-def api(emulator: EmulatorServer) -> SpecClient:
+def api(emulator: EmulatorServer) -> Iterator[SpecClient]:
     with SpecClient(emulator.url, emulator.api_key) as client:
         yield client
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from zimage_dagster.emulator.addresses import classify_host
 
 
 @pytest.fixture
-def api(emulator: EmulatorServer) -> SpecClient:
+def api(emulator: EmulatorServer) -> Iterator[SpecClient]:
     with SpecClient(emulator.url, emulator.api_key) as client:
         yield client
 
