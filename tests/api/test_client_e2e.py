@@ -22,6 +22,7 @@ from zimage_dagster.api import (
     NotFoundError,
     PollPolicy,
     RateLimitError,
+    RequestValidationError,
     ResultExpiredError,
     RetryPolicy,
     TaskFailedError,
@@ -311,3 +312,30 @@ def test_debug_logs_over_real_http_never_contain_the_key(
     assert key not in caplog.text
     assert key[7:] not in caplog.text
     assert key not in str(info.value)
+
+
+def test_callback_url_reaches_the_provider_and_internal_ones_never_leave(
+    client: ZImageClient, emu: Any
+) -> None:
+    hook = "https://hooks.example.com/zimage/callbacks/t0k3n"
+    task = client.create_task(GenerationRequest(prompt="a cat", seed=3, callback_url=hook))
+    client.wait(task)
+    (seen,) = emu.tasks()
+    assert seen["request"]["callback_url"] == hook
+    # The emulator never calls out of loopback: a public hook is recorded, not delivered.
+    deadline = time.monotonic() + 5
+    while emu.tasks()[0]["callback"]["state"] in (None, "pending") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert emu.tasks()[0]["callback"]["state"] == "skipped"
+    with pytest.raises(RequestValidationError, match="callback_url"):
+        client.create_task(
+            GenerationRequest.model_construct(
+                model="z-image-turbo",
+                prompt="a cat",
+                size="1:1",
+                seed=4,
+                nsfw_check=False,
+                callback_url="http://127.0.0.1:9/hook",
+            )
+        )
+    assert emu.stats()["tasks_created"] == 1
