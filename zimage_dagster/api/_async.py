@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import Any, TypeVar
@@ -61,27 +60,22 @@ class AsyncZImageClient:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        key, url = _core.resolve_settings(api_key, base_url)
-        if http_client is not None and transport is not None:
-            raise ConfigurationError("pass http_client or transport, not both")
-        self._core = _core.ClientCore(
-            api_key=key,
-            base_url=url,
+        self._core = _core.ClientCore.from_arguments(
+            api_key,
+            base_url,
             timeout=timeout,
             deadline=deadline,
-            retry=retry or RetryPolicy(),
-            poll=poll or PollPolicy(),
+            retry=retry,
+            poll=poll,
             max_download_bytes=max_download_bytes,
             max_image_pixels=max_image_pixels,
-            clock=clock or time.monotonic,
+            clock=clock,
+            injected_client=http_client is not None,
+            injected_transport=transport is not None,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=False,
-            headers={"User-Agent": _core.USER_AGENT},
-            limits=_core.HTTP_LIMITS,
+            transport=transport, **_core.http_client_options(timeout)
         )
         self._sleep = sleep or asyncio.sleep
 

@@ -419,8 +419,51 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[Secret,
     return Secret(key), url.rstrip("/")
 
 
+def http_client_options(timeout: float) -> dict[str, Any]:
+    """Options of the ``httpx`` client a ZImage client makes for itself (sync or async): no
+    redirects, no default auth (the key goes on each API request, never to the file host)."""
+    return {
+        "timeout": timeout,
+        "follow_redirects": False,
+        "headers": {"User-Agent": USER_AGENT},
+        "limits": HTTP_LIMITS,
+    }
+
+
 class ClientCore:
     """Settings plus the flows. One per client; holds no connection."""
+
+    @classmethod
+    def from_arguments(
+        cls,
+        api_key: str | None,
+        base_url: str | None,
+        *,
+        timeout: float,
+        deadline: float,
+        retry: RetryPolicy | None,
+        poll: PollPolicy | None,
+        max_download_bytes: int,
+        max_image_pixels: int,
+        clock: Callable[[], float] | None,
+        injected_client: bool,
+        injected_transport: bool,
+    ) -> ClientCore:
+        """The core of a client built from its constructor's arguments (shared by both clients)."""
+        key, url = resolve_settings(api_key, base_url)
+        if injected_client and injected_transport:
+            raise ConfigurationError("pass http_client or transport, not both")
+        return cls(
+            api_key=key,
+            base_url=url,
+            timeout=timeout,
+            deadline=deadline,
+            retry=retry or RetryPolicy(),
+            poll=poll or PollPolicy(),
+            max_download_bytes=max_download_bytes,
+            max_image_pixels=max_image_pixels,
+            clock=clock or time.monotonic,
+        )
 
     def __init__(
         self,
