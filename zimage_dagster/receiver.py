@@ -71,7 +71,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from types import TracebackType
 from typing import Any
 
 import uvicorn
@@ -83,7 +82,7 @@ from upath import UPath
 
 from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
 from zimage_dagster.ledger import LedgerConflictError, LedgerStatus, TaskLedger
-from zimage_dagster.serving import ThreadedServer, bind_socket, socket_url
+from zimage_dagster.serving import Service, ThreadedServer, bind_socket, socket_url
 from zimage_dagster.storage import ImageStore
 
 __all__ = [
@@ -237,7 +236,7 @@ def load_or_create_token(path: str | os.PathLike[str]) -> str:
     return token
 
 
-class CallbackReceiver:
+class CallbackReceiver(Service):
     """The receiver on a free port in a background thread (for tests and embedding).
 
     >>> with CallbackReceiver("/tmp/zimage-doctest", "t" * 32) as rx:  # doctest: +SKIP
@@ -271,17 +270,6 @@ class CallbackReceiver:
 
     def stop(self) -> None:
         self._serving.stop()
-
-    def __enter__(self) -> CallbackReceiver:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,11 +15,35 @@ import socket
 import threading
 import time
 from types import TracebackType
+from typing import TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["ServerError", "ThreadedServer", "bind_socket", "socket_url"]
+__all__ = ["ServerError", "Service", "ThreadedServer", "bind_socket", "socket_url"]
+
+_S = TypeVar("_S", bound="Service")
+
+
+class Service:
+    """Something started by ``start()`` and stopped by ``stop()``; a ``with`` block does both."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 class ServerError(RuntimeError):
@@ -44,7 +68,7 @@ def socket_url(sock: socket.socket) -> str:
     return f"http://{host}:{port}"
 
 
-class ThreadedServer:
+class ThreadedServer(Service):
     """uvicorn serving ``app`` in a background thread, for the life of a ``with`` block."""
 
     def __init__(
@@ -102,14 +126,3 @@ class ThreadedServer:
         self._server = self._thread = self._socket = None
         if thread is not None and thread.is_alive():
             raise ServerError(f"{self._name} thread did not stop")
-
-    def __enter__(self) -> ThreadedServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -14,14 +14,13 @@ import os
 import subprocess
 import sys
 import threading
-from types import TracebackType
 from typing import Any
 
 import httpx
 
 from zimage_dagster.emulator.app import create_app
 from zimage_dagster.emulator.config import EmulatorConfig
-from zimage_dagster.serving import ServerError, ThreadedServer
+from zimage_dagster.serving import ServerError, Service, ThreadedServer
 
 
 class EmulatorError(RuntimeError):
@@ -39,7 +38,7 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-class EmulatorHandle:
+class EmulatorHandle(Service):
     """The control calls, over HTTP against `/_emulator/*` (no auth on those routes)."""
 
     url: str
@@ -128,17 +127,6 @@ class EmulatorServer(EmulatorHandle):
         except ServerError as exc:
             raise EmulatorError("the emulator thread did not stop") from exc
 
-    def __enter__(self) -> EmulatorServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 class EmulatorProcess(EmulatorHandle):
     """The `zimage-emulator` console script in a subprocess; reads its URL from its first line."""
@@ -200,14 +188,3 @@ class EmulatorProcess(EmulatorHandle):
     @property
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
-
-    def __enter__(self) -> EmulatorProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
