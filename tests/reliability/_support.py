@@ -21,6 +21,7 @@ from typing import Any
 
 import dagster as dg
 
+from tests.dagster._support import image_asset, run_range
 from zimage_dagster.api import RETRYABLE_TASK_ERROR_CODES
 from zimage_dagster.emulator.server import EmulatorHandle
 from zimage_dagster.ledger import LedgerStatus, TaskLedger
@@ -102,31 +103,6 @@ def resource(emulator: EmulatorHandle, **fields: Any) -> ZImageResource:
         **fields,
     }
     return ZImageResource(api_key=emulator.api_key, base_url=emulator.url, **options)
-
-
-def image_asset(defs: dg.Definitions) -> dg.AssetsDefinition:
-    (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
-    return asset
-
-
-def run_range(
-    asset: dg.AssetsDefinition,
-    instance: dg.DagsterInstance,
-    res: ZImageResource,
-    start: str,
-    end: str,
-) -> dg.ExecuteInProcessResult:
-    """One run over ``start..end`` (a single-run backfill)."""
-    return dg.materialize(
-        [asset],
-        instance=instance,
-        resources={"zimage": res},
-        tags={
-            "dagster/asset_partition_range_start": start,
-            "dagster/asset_partition_range_end": end,
-        },
-        raise_on_error=False,
-    )
 
 
 def _step_failures(result: dg.ExecuteInProcessResult) -> list[Any]:
