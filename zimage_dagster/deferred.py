@@ -57,7 +57,7 @@ from zimage_dagster.api import (
     ZImageError,
     is_retryable_task_error_code,
 )
-from zimage_dagster.batch import ImageJob, storage_key
+from zimage_dagster.batch import ImageFailure, ImageJob, storage_key
 from zimage_dagster.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.storage import AssetLike, asset_parts
 
@@ -129,17 +129,9 @@ class SubmittedTask:
     task_id: str
 
 
-@dataclass(frozen=True)
-class SubmitFailure:
-    """A partition whose task could not be created (``retryable``: running again may work)."""
-
-    job: ImageJob
-    code: str
-    message: str
-    retryable: bool
-
-    def describe(self) -> str:
-        return f"{self.job.partition_key}: {self.code}: {self.message}"
+#: A partition whose task could not be created (``retryable``: running again may work); the same
+#: record as the engine's failures, without a task ID.
+SubmitFailure = ImageFailure
 
 
 @dataclass
