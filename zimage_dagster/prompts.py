@@ -49,7 +49,6 @@ import json
 import math
 import os
 import re
-import secrets
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,12 +57,17 @@ from typing import Any, Literal
 from upath import UPath
 
 from zimage_dagster.api import (
-    MAX_SEED,
-    MIN_SEED,
     RequestValidationError,
     validate_prompt,
     validate_seed,
     validate_size,
+)
+from zimage_dagster.engine.request import (
+    DEFAULT_SIZE,
+    choose_seed,
+    derive_seed,
+    random_seed,
+    request_fingerprint,
 )
 
 __all__ = [
@@ -89,9 +93,6 @@ _RESERVED_KEYS = frozenset(
     {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 )
 _KEY_RULE = f"must match {KEY_PATTERN} (lowercase letters, digits, '-' and '_'; 1 to 80 characters)"
-
-#: The size the API uses when none is sent.
-DEFAULT_SIZE = "1:1"
 
 KNOWN_COLUMNS: tuple[str, ...] = ("prompt", "key", "size", "seed", "nsfw_check")
 _TRUE = frozenset({"true", "1", "yes"})
@@ -169,8 +170,10 @@ class PromptRow:
     row_number: int = 0
 
     def resolve_seed(self, asset_key: str) -> int:
-        """The row's seed, or one derived from the asset key, partition key and prompt."""
-        return self.seed if self.seed is not None else derive_seed(asset_key, self.key, self.prompt)
+        """The seed sent for this row as its own partition (the rule is ``choose_seed``'s)."""
+        return choose_seed(
+            asset_key, self.key, row_key=self.key, prompt=self.prompt, row_seed=self.seed
+        )
 
     def request_fields(self, asset_key: str) -> dict[str, Any]:
         """``prompt``, ``size``, ``seed``, ``nsfw_check`` as sent: defaults filled, seed resolved."""
@@ -270,44 +273,6 @@ def derive_key(prompt: str) -> str:
         slug = (cut.rsplit("-", 1)[0] if "-" in cut else cut).strip("-")
     digest = hashlib.sha256(_utf8(prompt)).hexdigest()[:12]
     return f"{slug or 'prompt'}-{digest}"
-
-
-def derive_seed(*parts: str) -> int:
-    """A deterministic seed in 1..2147483647 from the given strings (asset key, partition key,
-    prompt): sha256 of their JSON list.
-
-    >>> derive_seed("hero", "fox", "a red fox") == derive_seed("hero", "fox", "a red fox")
-    True
-    >>> derive_seed("hero", "fox", "a red fox") != derive_seed("hero", "fox2", "a red fox")
-    True
-    """
-    if not parts:
-        raise ValueError("derive_seed needs at least one part")
-    digest = hashlib.sha256(_utf8(json.dumps(list(parts), ensure_ascii=False))).digest()
-    return int.from_bytes(digest[:8], "big") % (MAX_SEED - MIN_SEED + 1) + MIN_SEED
-
-
-def random_seed() -> int:
-    """A random seed in 1..2147483647 (for "draw a new seed" modes)."""
-    return secrets.randbelow(MAX_SEED - MIN_SEED + 1) + MIN_SEED
-
-
-def request_fingerprint(
-    prompt: str, size: str | None = None, seed: int | None = None, nsfw_check: bool | None = None
-) -> str:
-    """16 hex of the sha256 of a request's content (size defaults to 1:1, nsfw_check to false).
-
-    >>> request_fingerprint("a fox", None, 7) == request_fingerprint("a fox", "1:1", 7, False)
-    True
-    """
-    payload = {
-        "prompt": prompt,
-        "size": size or DEFAULT_SIZE,
-        "seed": seed,
-        "nsfw_check": bool(nsfw_check),
-    }
-    text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(_utf8(text)).hexdigest()[:16]
 
 
 def content_fingerprint(row: PromptRow) -> str:
