@@ -37,12 +37,13 @@ from benchmarks._common import BenchResult, Stopwatch, emulator, prompt_rows
 from benchmarks.throughput import QUIET
 from zimage_dagster.api import GenerationRequest
 from zimage_dagster.assets import build_image_assets
-from zimage_dagster.batch import BatchGenerator, ImageJob
 from zimage_dagster.emulator import EmulatorProcess
-from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
 NAME = "overhead"
 TITLE = "4. Overhead (plugin CPU per image, beyond the provider's wait)"

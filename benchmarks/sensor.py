@@ -25,13 +25,13 @@ import httpx
 
 from benchmarks._common import BenchResult, emulator, prompt_rows
 from zimage_dagster.assets import ImageAssetSpec
-from zimage_dagster.batch import ImageJob
-from zimage_dagster.deferred import submit_jobs
-from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.sensors import build_task_status_sensor
-from zimage_dagster.storage import ImageStore
 
 NAME = "sensor"
 TITLE = "5. Sensor scale (one task-status tick over 5,000 pending tasks)"

@@ -9,7 +9,7 @@ concurrency cap 32):
   defines it) to the last image stored (the last ``ASSET_MATERIALIZATION`` event), against the
   ideal ``ceil(200/32) x 2 s = 14 s``; a second row adds Dagster's run setup (from the
   ``materialize`` call).
-- **engine**: the bare :class:`~zimage_dagster.batch.BatchGenerator`, same settings, no Dagster:
+- **engine**: the bare :class:`~zimage_dagster.engine.batch.BatchGenerator`, same settings, no Dagster:
   what Dagster adds is the difference.
 - **naive** (the baseline): a hand-written asset (``benchmarks/naive_asset.py``): one Dagster run
   per partition, each in its own process (``dagster asset materialize --partition``), a synchronous
@@ -37,12 +37,14 @@ import dagster as dg
 
 from benchmarks._common import ROOT, BenchResult, Stopwatch, emulator, prompt_rows
 from zimage_dagster.assets import build_image_assets
-from zimage_dagster.batch import BatchGenerator, ImageJob, ImageSuccess
 from zimage_dagster.emulator import EmulatorProcess
-from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.outcome import ImageSuccess
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
 NAME = "throughput"
 TITLE = "1. Batch throughput (single-run backfill vs one run per partition)"

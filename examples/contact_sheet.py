@@ -26,8 +26,8 @@ from typing import Any
 import dagster as dg
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from zimage_dagster.metadata import make_thumbnail, thumbnail_markdown
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.thumbnails import make_thumbnail, thumbnail_markdown
 
 __all__ = [
     "Tile",

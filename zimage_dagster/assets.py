@@ -20,7 +20,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dagster as dg
@@ -28,20 +28,15 @@ from dagster import AssetExecutionContext
 from PIL import Image
 
 from zimage_dagster.api import parse_size
-from zimage_dagster.batch import BatchReport, ImageJob, storage_key
-from zimage_dagster.deferred import COLLECT_TAG, submit_deferred
-from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.prompts import (
-    PromptDataset,
-    PromptRow,
-    derive_seed,
-    load_prompts,
-    random_seed,
-    request_fingerprint,
-)
+from zimage_dagster.engine.jobs import ImageJob, plan_job
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.outcome import BatchReport
+from zimage_dagster.engine.request import SeedStrategy
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.watcher import COLLECT_TAG
+from zimage_dagster.prompts import PromptDataset, load_prompts
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.step import generate_in_step
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.step import generate_in_step, submit_in_step
 
 __all__ = [
     "CHECK_NAMES",
@@ -51,7 +46,6 @@ __all__ = [
 ]
 
 Partitioning = Literal["static", "dynamic", "daily"]
-SeedStrategy = Literal["derived", "random"]
 PromptSource = str | os.PathLike[str] | PromptDataset | Sequence[Mapping[str, Any]]
 
 #: Whole-step retries: exponential backoff from 10 s with +/- jitter. Task-level failures are
@@ -399,10 +393,16 @@ def _generate(
         if row is None:
             missing.append(f"{partition_key}: no row with key {prompt_key!r} in {dataset.source}")
             continue
-        if spec.default_size and not row.size:
-            row = _with_size(row, spec.default_size)
-        seed = _seed_for(spec, ledger, row, str(partition_key))
-        jobs.append(ImageJob(partition_key=str(partition_key), row=row, seed=seed))
+        jobs.append(
+            plan_job(
+                ledger,
+                spec.asset_key.path,
+                str(partition_key),
+                row,
+                strategy=spec.seed_strategy,
+                default_size=spec.default_size,
+            )
+        )
     if context.retry_number > 0:
         # A retried step: partitions an earlier attempt of this run materialized are done
         # (whether generated, re-attached or reused); do only the rest.
@@ -418,26 +418,23 @@ def _generate(
         # Deferred mode: create the tasks, write them to the ledger and end; the task-status
         # sensor launches a collect run (tagged COLLECT_TAG) per finished task. Partitions whose
         # image is already stored for the identical request are materialized at once below.
-        submitted = submit_deferred(
+        submitted = submit_in_step(
+            context,
             resource,
             ledger,
-            spec.asset_key.path,
+            spec.asset_key,
             jobs,
             reuse_stored=spec.reuse_stored,
             retry_rejected=spec.retry_rejected,
-            run_id=context.run.run_id,
-            logger=context.log,
         )
         context.log.info(
             f"deferred: {submitted.summary()}; the task-status sensor collects the rest"
         )
-        missing += [failure.describe() for failure in submitted.failures]
-        jobs = list(submitted.stored)
+        return submitted, missing
 
     report = generate_in_step(
         context,
         resource,
-        store,
         ledger,
         spec.asset_key,
         jobs,
@@ -445,33 +442,6 @@ def _generate(
         retry_rejected=spec.retry_rejected,
     )
     return report, missing
-
-
-def _with_size(row: PromptRow, size: str) -> PromptRow:
-    return replace(row, size=size)
-
-
-def _seed_for(spec: ImageAssetSpec, ledger: TaskLedger, row: PromptRow, partition_key: str) -> int:
-    """The seed sent for a partition.
-
-    The row's own seed (per day: mixed with the date key); else one derived from the asset,
-    partition key and prompt; else (``seed_strategy="random"``) one drawn once per partition and
-    then kept: the ledger's seed is reused while the partition's request is otherwise unchanged,
-    so a resumed run re-attaches to its task, a re-run reuses the stored image, and a rejected
-    prompt stays rejected, instead of paying for a new draw each time.
-    """
-    if row.seed is not None and spec.partitioning != "daily":
-        return row.seed
-    if row.seed is not None:
-        return derive_seed(str(row.seed), partition_key)
-    if spec.seed_strategy == "random":
-        entry = ledger.get(spec.asset_key.path, storage_key(partition_key))
-        if entry is not None and entry.fingerprint == request_fingerprint(
-            row.prompt, row.size, entry.seed, bool(row.nsfw_check)
-        ):
-            return entry.seed
-        return random_seed()
-    return derive_seed(spec.asset_key.to_user_string(), partition_key, row.prompt)
 
 
 def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
@@ -504,7 +474,7 @@ def _check_results(spec: ImageAssetSpec, report: BatchReport) -> Iterator[dg.Ass
         record = success.record
         key = success.job.partition_key
         try:
-            data = store.read_bytes(spec.asset_key.path, success.job.storage_key)
+            data = store.read_bytes(spec.asset_key.path, success.job.partition_key)
         except FileNotFoundError:
             for name in CHECK_NAMES:
                 problems[name].append(f"{key}: image file missing")

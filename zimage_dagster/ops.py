@@ -40,25 +40,19 @@ Example (runnable; ``base_url`` must point at an API, e.g. the local emulator)::
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from zimage_dagster.batch import ImageJob, storage_key
-from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import to_provenance
-from zimage_dagster.prompts import (
-    PromptDataset,
-    PromptRow,
-    derive_seed,
-    load_prompts,
-    random_seed,
-)
+from zimage_dagster.engine.jobs import plan_job
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import to_provenance
+from zimage_dagster.engine.request import SeedStrategy
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.step import generate_in_step
-from zimage_dagster.storage import ImageStore
 
 __all__ = [
     "LoadPromptsConfig",
@@ -68,7 +62,6 @@ __all__ = [
     "rows_from_dicts",
 ]
 
-SeedStrategy = Literal["derived", "random"]
 RowsLike = PromptDataset | Sequence[PromptRow] | Sequence[Mapping[str, Any]]
 
 
@@ -232,21 +225,17 @@ def build_generate_images_op(
         dataset = rows_from_dicts(rows)
         for problem in dataset.problems:
             context.log.warning(f"input row left out: {problem}")
-        store = ImageStore(root, options)
-        ledger = TaskLedger(store)
+        ledger = TaskLedger(ImageStore(root, options))
         jobs = [
-            ImageJob(
-                partition_key=row.key,
-                row=row,
-                seed=_seed_for(key, ledger, row, seed_strategy),
+            plan_job(
+                ledger, key.path, row.key, row, strategy=seed_strategy, default_size=default_size
             )
-            for row in (_with_size(r, default_size) for r in dataset)
+            for row in dataset
         ]
 
         report = generate_in_step(
             context,
             resource,
-            store,
             ledger,
             key,
             jobs,
@@ -284,22 +273,3 @@ def build_generate_images_op(
         return records
 
     return _generate_images
-
-
-def _with_size(row: PromptRow, size: str | None) -> PromptRow:
-    return replace(row, size=size) if size and not row.size else row
-
-
-def _seed_for(
-    asset_key: dg.AssetKey, ledger: TaskLedger, row: PromptRow, strategy: SeedStrategy
-) -> int:
-    """The row's seed; else derived as the assets derive it; else random (reusing the seed of
-    the row's live task in the ledger, so a retried step re-attaches instead of paying again)."""
-    if row.seed is not None:
-        return row.seed
-    if strategy == "random":
-        entry = ledger.get(asset_key.path, storage_key(row.key))
-        if entry is not None and entry.is_open and entry.request.get("prompt") == row.prompt:
-            return entry.seed
-        return random_seed()
-    return derive_seed(asset_key.to_user_string(), row.key, row.prompt)

@@ -81,9 +81,9 @@ from starlette.routing import Route
 from upath import UPath
 
 from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
-from zimage_dagster.ledger import LedgerConflictError, LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerConflictError, LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.serving import Service, ThreadedServer, bind_socket, socket_url
-from zimage_dagster.storage import ImageStore
 
 __all__ = [
     "CALLBACK_PATH",

@@ -1,6 +1,6 @@
 """Sensors of deferred mode and of the dynamic-partitions variant.
 
-- :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.deferred.TaskWatcher`
+- :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.engine.watcher.TaskWatcher`
   reads the asset's deferred ledger entries in bulk, polls the open tasks concurrently within a
   time budget (a cursor spreads a large backlog over ticks), and answers with a collect run per
   completed task (``run_key`` = task ID, tag ``zimage/collect``), resubmissions of retryable
@@ -36,21 +36,12 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from upath import UPath
 
-from zimage_dagster.deferred import (
-    COLLECT_TAG,
-    DEFAULT_RESULT_TTL_S,
-    TaskWatcher,
-    TickReport,
-)
-from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.prompts import (
-    DEFAULT_SIZE,
-    PromptDataset,
-    PromptRow,
-    load_prompts,
-    request_fingerprint,
-)
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.request import DEFAULT_SIZE, request_fingerprint
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.watcher import COLLECT_TAG, DEFAULT_RESULT_TTL_S, TaskWatcher, TickReport
+from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 
 if TYPE_CHECKING:
     from zimage_dagster.assets import ImageAssetSpec
@@ -310,7 +301,7 @@ def _provenance_content(record: Mapping[str, Any], explicit_seed: bool) -> tuple
 
 
 def _read_provenance(store: ImageStore, spec: ImageAssetSpec) -> dict[str, dict[str, Any]]:
-    """Every provenance record of the asset, by storage key, in one bulk read."""
+    """Every provenance record of the asset, by partition key, in one bulk read."""
     folder = store.asset_dir(spec.asset_key.path)
     prefix = str(folder).rstrip("/") + "/"
     out: dict[str, dict[str, Any]] = {}
@@ -323,7 +314,7 @@ def _read_provenance(store: ImageStore, spec: ImageAssetSpec) -> dict[str, dict[
         except ValueError:
             continue
         if isinstance(record, dict):
-            out[rest[: -len(".json")]] = record
+            out[decode_key(rest[: -len(".json")])] = record
     return out
 
 

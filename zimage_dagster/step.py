@@ -1,15 +1,18 @@
-"""Running the batch engine inside a Dagster step (an asset or an op): one way, used by both.
+"""Running the engine inside a Dagster step (an asset or an op): one way, used by both.
 
-:func:`generate_in_step` builds the :class:`~zimage_dagster.batch.BatchGenerator` from the
+:func:`generate_in_step` builds the :class:`~zimage_dagster.engine.batch.BatchGenerator` from the
 resource's settings, runs it on a fresh event loop, and records an ``AssetMaterialization`` (with
-the image's metadata and thumbnail) the moment each image is stored.
+the image's metadata and thumbnail) the moment each image is stored. :func:`submit_deferred` runs a
+deferred submit (:func:`~zimage_dagster.engine.submit.submit_jobs`) from synchronous code, and
+:func:`submit_in_step` is deferred mode's step: it submits and materializes the partitions whose
+identical image was already stored.
 
 Example::
 
     @dg.op(required_resource_keys={"zimage"})
     def make(context: dg.OpExecutionContext) -> None:
         report = generate_in_step(
-            context, context.resources.zimage, store, TaskLedger(store), dg.AssetKey("images"), jobs
+            context, context.resources.zimage, TaskLedger(store), dg.AssetKey("images"), jobs
         )
         context.log.info(report.summary())
 """
@@ -21,19 +24,33 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob, ImageSuccess
-from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
+from zimage_dagster.engine.store import AssetLike
+from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.metadata import image_metadata
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
-__all__ = ["generate_in_step"]
+__all__ = ["generate_in_step", "submit_deferred", "submit_in_step"]
+
+StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
+
+
+def _record(context: StepContext, asset_key: dg.AssetKey, success: ImageSuccess) -> None:
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=asset_key,
+            partition=success.job.partition_key,
+            metadata=image_metadata(success.record, success.thumbnail),
+        )
+    )
 
 
 def generate_in_step(
-    context: dg.AssetExecutionContext | dg.OpExecutionContext,
+    context: StepContext,
     resource: ZImageResource,
-    store: ImageStore,
     ledger: TaskLedger,
     asset_key: dg.AssetKey,
     jobs: Sequence[ImageJob],
@@ -44,20 +61,11 @@ def generate_in_step(
     """Generate ``jobs`` with the resource's client and settings; materialize each stored image
     of ``asset_key`` (partition = the job's partition key) as it is stored."""
 
-    def on_success(success: ImageSuccess) -> None:
-        context.log_event(
-            dg.AssetMaterialization(
-                asset_key=asset_key,
-                partition=success.job.partition_key,
-                metadata=image_metadata(success.record, success.thumbnail),
-            )
-        )
-
     async def run() -> BatchReport:
         async with resource.async_client() as client:
             engine = BatchGenerator(
                 client,
-                store,
+                ledger.store,
                 ledger,
                 asset_key.path,
                 concurrency=resource.concurrency,
@@ -65,7 +73,7 @@ def generate_in_step(
                 reuse_stored=reuse_stored,
                 retry_rejected=retry_rejected,
                 wait_deadline=resource.wait_deadline,
-                on_success=on_success,
+                on_success=lambda success: _record(context, asset_key, success),
                 run_id=context.run.run_id,
                 logger=context.log,
             )
@@ -76,3 +84,64 @@ def generate_in_step(
         f"{resource.concurrency} task(s) in flight"
     )
     return asyncio.run(run())
+
+
+def submit_deferred(
+    resource: ZImageResource,
+    ledger: TaskLedger,
+    asset: AssetLike,
+    jobs: Sequence[ImageJob],
+    *,
+    concurrency: int | None = None,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+    callback_url: str | None = None,
+    run_id: str | None = None,
+    logger: Log | None = None,
+) -> BatchReport:
+    """:func:`~zimage_dagster.engine.submit.submit_jobs` from synchronous code, with the
+    resource's async client (``concurrency`` defaults to the resource's)."""
+
+    async def run() -> BatchReport:
+        async with resource.async_client() as client:
+            return await submit_jobs(
+                client,
+                ledger,
+                asset,
+                jobs,
+                concurrency=concurrency or resource.concurrency,
+                reuse_stored=reuse_stored,
+                retry_rejected=retry_rejected,
+                callback_url=callback_url,
+                run_id=run_id,
+                logger=logger,
+            )
+
+    return asyncio.run(run())
+
+
+def submit_in_step(
+    context: StepContext,
+    resource: ZImageResource,
+    ledger: TaskLedger,
+    asset_key: dg.AssetKey,
+    jobs: Sequence[ImageJob],
+    *,
+    reuse_stored: bool = True,
+    retry_rejected: bool = False,
+) -> BatchReport:
+    """Deferred mode's step: :func:`submit_deferred`, then the partitions whose identical image
+    was already stored are materialized at once."""
+    report = submit_deferred(
+        resource,
+        ledger,
+        asset_key.path,
+        jobs,
+        reuse_stored=reuse_stored,
+        retry_rejected=retry_rejected,
+        run_id=context.run.run_id,
+        logger=context.log,
+    )
+    for success in report.successes:
+        _record(context, asset_key, success)
+    return report

@@ -46,12 +46,14 @@ from zimage_dagster.assets import (
     _dimension_mismatch,
     build_image_assets,
 )
-from zimage_dagster.batch import BatchGenerator, BatchReport, ImageJob
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.outcome import BatchReport
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow, derive_seed, request_fingerprint
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
 METADATA_FIELDS = (
     "seed",

@@ -14,11 +14,14 @@ import pytest
 
 from tests.dagster._support import SMALL, make_fast
 from zimage_dagster.api import AsyncZImageClient, GenerationRequest, PollPolicy, ZImageClient
-from zimage_dagster.batch import BatchGenerator, BatchReport, ImageFailure, ImageJob, storage_key
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.keys import storage_key
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.outcome import BatchReport, ImageFailure
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow
-from zimage_dagster.storage import ImageStore
 
 
 class _Lines:
@@ -72,7 +75,7 @@ def _submit_and_record(
             client.wait(task)
     TaskLedger(store).record_submitted(
         "imgs",
-        job.storage_key,
+        job.partition_key,
         task_id=task.id,
         request=job.request.to_wire(),
         fingerprint=job.fingerprint,
@@ -296,6 +299,6 @@ def test_the_engine_logs_through_the_standard_logger_by_default(
     emulator: EmulatorServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     make_fast(emulator, failure_rules=[{"pattern": "doomed", "code": "content_policy_violation"}])
-    with caplog.at_level(logging.INFO, logger="zimage_dagster.batch"):
+    with caplog.at_level(logging.INFO, logger="zimage_dagster.engine.batch"):
         _run(emulator, ImageStore(tmp_path), [_job("a", prompt="a doomed harbour")])
     assert "a: content_policy_violation" in caplog.text

@@ -10,15 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-import zimage_dagster.ledger as ledger_module
-from zimage_dagster.ledger import (
-    LedgerConflictError,
-    LedgerEntry,
-    LedgerStatus,
-    TaskLedger,
-)
+import zimage_dagster.engine.ledger as ledger_module
+from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore, UnsafePathError
 from zimage_dagster.prompts import request_fingerprint
-from zimage_dagster.storage import ImageStore, UnsafePathError
 
 REQ = {"model": "z-image-turbo", "prompt": "a red fox", "size": "16:9", "seed": 42}
 

@@ -14,15 +14,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 import zimage_dagster.metadata as metadata_module
-from zimage_dagster.metadata import (
-    ImageRecord,
-    from_provenance,
-    image_metadata,
-    make_thumbnail,
-    thumbnail_markdown,
-    to_provenance,
-)
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance, to_provenance
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.thumbnails import make_thumbnail, thumbnail_markdown
+from zimage_dagster.metadata import image_metadata
 
 
 def encode(img: Image.Image, fmt: str = "PNG") -> bytes:

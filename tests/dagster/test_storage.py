@@ -16,13 +16,13 @@ from PIL import Image
 from upath import UPath
 
 import zimage_dagster.storage as storage_module
-from zimage_dagster.storage import (
+from zimage_dagster.engine.store import (
     ImageStore,
-    ImageStoreIOManager,
     UnsafePathError,
     check_path_component,
     extension_for_format,
 )
+from zimage_dagster.storage import ImageStoreIOManager
 
 
 def png(color: str = "red", size: tuple[int, int] = (8, 6)) -> bytes:

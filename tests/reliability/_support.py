@@ -24,9 +24,9 @@ import dagster as dg
 from tests.dagster._support import image_asset, run_range
 from zimage_dagster.api import RETRYABLE_TASK_ERROR_CODES
 from zimage_dagster.emulator.server import EmulatorHandle
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
 SMALL = "376x376"
 ASSET = "imgs"

@@ -28,8 +28,8 @@ from tests.reliability._support import (
     write_dagster_home,
 )
 from zimage_dagster.emulator.server import EmulatorProcess
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
 
 
 def test_uncollected_tasks_expire_and_are_regenerated_with_their_seed(

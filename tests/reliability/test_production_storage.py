@@ -92,8 +92,8 @@ def test_soak_crash_and_resume_200_on_s3_and_postgres(
 
 
 def test_a_long_lived_reader_sees_ledger_entries_written_by_another_process(s3: S3) -> None:
-    from zimage_dagster.ledger import TaskLedger
-    from zimage_dagster.storage import ImageStore
+    from zimage_dagster.engine.ledger import TaskLedger
+    from zimage_dagster.engine.store import ImageStore
 
     bucket = s3.make_bucket()
     plain = {k: v for k, v in s3.storage_options.items() if k != "use_listings_cache"}

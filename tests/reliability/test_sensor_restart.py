@@ -20,9 +20,9 @@ from tests.sensors._support import tick, wait_for, wait_terminal
 from zimage_dagster import ZImageResource
 from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.sensors import build_task_status_sensor
-from zimage_dagster.storage import ImageStore
 
 ROWS = [
     {"key": f"card-{i:02d}", "prompt": f"a paper lantern number {i}", "size": "376x376"}

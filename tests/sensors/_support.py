@@ -11,12 +11,12 @@ from typing import Any
 import dagster as dg
 
 from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
-from zimage_dagster.batch import ImageJob
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
 
 ROWS: list[dict[str, Any]] = [
     {"key": "fox", "prompt": "a red fox in the snow", "size": "1:1", "seed": 11},

@@ -14,13 +14,14 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
-from zimage_dagster.batch import ImageJob
-from zimage_dagster.deferred import COLLECT_TAG, submit_deferred
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.step import submit_deferred
 
 from ._support import wait_for
 

@@ -10,9 +10,9 @@ import dagster as dg
 import pytest
 
 from zimage_dagster import build_image_assets
-from zimage_dagster.deferred import COLLECT_TAG
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus
+from zimage_dagster.engine.ledger import LedgerStatus
+from zimage_dagster.engine.watcher import COLLECT_TAG
 
 from ._support import ROWS, ledger_of, make_resource, make_spec, tick, wait_terminal
 

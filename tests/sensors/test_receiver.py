@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.receiver import CallbackReceiver, create_receiver_app, load_or_create_token
 from zimage_dagster.sensors import build_task_status_sensor
-from zimage_dagster.storage import ImageStore
 
 from ._support import make_resource, make_spec, tick, wait_for
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from zimage_dagster.deferred import COLLECT_TAG, submit_deferred
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.ledger import LedgerStatus
+from zimage_dagster.engine.ledger import LedgerStatus
+from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.sensors import build_task_status_sensor, deferred_definitions
+from zimage_dagster.step import submit_deferred
 
 from ._support import (
     ROWS,
@@ -228,7 +229,10 @@ def test_multi_partition_keys_map_back(
     job = jobs_for(ROWS[:1])[0]
     job = type(job)(partition_key="2026-03-04|fox", row=job.row, seed=job.seed)
     submit_deferred(resource, ledger, spec.asset_key.path, [job])
-    assert ledger.get(spec.asset_key.path, "2026-03-04__fox") is not None
+    entry = ledger.get(spec.asset_key.path, "2026-03-04|fox")
+    assert entry is not None
+    assert entry.partition_key == "2026-03-04|fox"
+    assert ledger.path(spec.asset_key.path, entry.partition_key).name == "2026-03-04__fox.json"
     wait_terminal(emulator, 1)
     [request] = tick(build_task_status_sensor(spec, "cards_job"), instance, resource).run_requests
     assert request.partition_key == "2026-03-04|fox"

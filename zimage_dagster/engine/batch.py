@@ -13,40 +13,45 @@
    regenerates one whose result link expired (same seed, flagged ``regenerated``), and reports a
    fixable error (content policy...) as a failure of that partition alone.
 
-Nothing here knows Dagster: callers get an ``on_success`` callback per stored image (the asset
-logs an ``AssetMaterialization`` there) and a :class:`BatchReport` at the end.
+The reuse and reject decisions and the error classification are the outcome model's
+(:mod:`zimage_dagster.engine.outcome`), shared with deferred mode. Nothing here knows Dagster:
+callers get an ``on_success`` callback per stored image (the asset logs an
+``AssetMaterialization`` there) and a :class:`~zimage_dagster.engine.outcome.BatchReport` at the
+end.
 
-Example::
-
-    async with resource.async_client() as client:
-        engine = BatchGenerator(client, store, ledger, asset=("catalogue",), on_success=print)
-        report = await engine.run([ImageJob.from_row(row, seed=42) for row in dataset])
-    print(report.summary())
+Example:
+    >>> import asyncio, tempfile
+    >>> from zimage_dagster.api import AsyncZImageClient
+    >>> from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
+    >>> from zimage_dagster.engine.ledger import TaskLedger
+    >>> from zimage_dagster.engine.store import ImageStore
+    >>> from zimage_dagster.prompts import PromptRow
+    >>> store = ImageStore(tempfile.mkdtemp())
+    >>> async def main(url: str, key: str) -> str:
+    ...     async with AsyncZImageClient(api_key=key, base_url=url) as client:
+    ...         engine = BatchGenerator(client, store, TaskLedger(store), ("catalogue",),
+    ...                                 progress_interval=0)
+    ...         row = PromptRow("fox", "a red fox", "1:1", 7, None)
+    ...         return (await engine.run([ImageJob.from_row(row, seed=7)])).summary()
+    >>> with EmulatorServer(EmulatorConfig.for_tests()) as emulator:
+    ...     asyncio.run(main(emulator.url, emulator.api_key)).startswith("1 stored, 0 failed")
+    True
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
 from zimage_dagster.api import (
     AsyncZImageClient,
-    AuthenticationError,
-    BadRequestError,
-    CreateOutcomeUnknownError,
     DownloadedImage,
     DownloadError,
-    GenerationRequest,
-    InsufficientQuotaError,
-    NotAnImageError,
     NotFoundError,
-    PermissionDeniedError,
-    RequestValidationError,
     ResultExpiredError,
     Task,
     TaskFailedError,
@@ -54,121 +59,24 @@ from zimage_dagster.api import (
     ZImageError,
     is_retryable_task_error_code,
 )
-from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.metadata import ImageRecord, from_provenance, make_thumbnail, to_provenance
-from zimage_dagster.prompts import DEFAULT_SIZE, PromptRow, request_fingerprint
-from zimage_dagster.storage import ImageStore, asset_parts
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.outcome import (
+    BatchReport,
+    ImageFailure,
+    ImageSuccess,
+    Log,
+    failure_from_error,
+    rejected_before,
+    reusable_image,
+)
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import AssetLike, ImageStore, asset_parts
+from zimage_dagster.engine.thumbnails import make_thumbnail
 
-__all__ = [
-    "BatchGenerator",
-    "BatchReport",
-    "ImageFailure",
-    "ImageJob",
-    "ImageSuccess",
-    "storage_key",
-]
+__all__ = ["BatchGenerator"]
 
 log = logging.getLogger(__name__)
-
-
-def storage_key(partition_key: str) -> str:
-    """The file stem for a Dagster partition key (``|`` of multi-partition keys becomes ``__``).
-
-    >>> storage_key("2026-11-25|hero")
-    '2026-11-25__hero'
-    """
-    return str(partition_key).replace("|", "__")
-
-
-@dataclass(frozen=True)
-class ImageJob:
-    """One partition to generate: its key, its dataset row and the seed that will be sent.
-
-    >>> job = ImageJob.from_row(PromptRow("fox", "a red fox", "16:9", None, None), seed=7)
-    >>> job.request.size, job.request.seed, job.storage_key
-    ('16:9', 7, 'fox')
-    """
-
-    partition_key: str
-    row: PromptRow
-    seed: int
-
-    @classmethod
-    def from_row(cls, row: PromptRow, *, seed: int, partition_key: str | None = None) -> ImageJob:
-        return cls(partition_key=partition_key or row.key, row=row, seed=seed)
-
-    @property
-    def storage_key(self) -> str:
-        return storage_key(self.partition_key)
-
-    @property
-    def request(self) -> GenerationRequest:
-        return GenerationRequest(
-            prompt=self.row.prompt,
-            size=self.row.size or DEFAULT_SIZE,
-            seed=self.seed,
-            nsfw_check=bool(self.row.nsfw_check),
-        )
-
-    @property
-    def fingerprint(self) -> str:
-        return request_fingerprint(
-            self.row.prompt, self.row.size, self.seed, bool(self.row.nsfw_check)
-        )
-
-
-@dataclass(frozen=True)
-class ImageSuccess:
-    """A stored image: its record (everything the metadata shows) and its thumbnail data URI."""
-
-    job: ImageJob
-    record: ImageRecord
-    thumbnail: str | None
-
-
-@dataclass(frozen=True)
-class ImageFailure:
-    """A partition that produced no image, with the provider's code and message.
-
-    ``retryable`` is False for errors the user must fix (content policy, invalid parameters):
-    retrying them as they are would fail (and may cost) again.
-    """
-
-    job: ImageJob
-    code: str
-    message: str
-    retryable: bool
-    task_id: str | None = None
-
-    def describe(self) -> str:
-        task = f" (task {self.task_id})" if self.task_id else ""
-        return f"{self.job.partition_key}: {self.code}: {self.message}{task}"
-
-
-@dataclass
-class BatchReport:
-    """What a batch did: successes and failures in the order they finished."""
-
-    successes: list[ImageSuccess] = field(default_factory=list)
-    failures: list[ImageFailure] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    @property
-    def all_retryable(self) -> bool:
-        return all(f.retryable for f in self.failures)
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.successes)} stored, {len(self.failures)} failed in {self.elapsed_s:.1f} s"
-        )
-
-    def failure_report(self) -> str:
-        return "\n".join(f"- {f.describe()}" for f in self.failures)
-
-
-class _Log(Protocol):
-    def info(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
-    def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
 
 
 @dataclass
@@ -206,7 +114,7 @@ class BatchGenerator:
         client: AsyncZImageClient,
         store: ImageStore,
         ledger: TaskLedger,
-        asset: str | Sequence[str],
+        asset: AssetLike,
         *,
         concurrency: int = 8,
         max_resubmits: int = 2,
@@ -216,7 +124,7 @@ class BatchGenerator:
         on_success: Callable[[ImageSuccess], Any] | None = None,
         on_failure: Callable[[ImageFailure], Any] | None = None,
         run_id: str | None = None,
-        logger: _Log | None = None,
+        logger: Log | None = None,
         progress_interval: float = 5.0,
     ) -> None:
         if concurrency < 1:
@@ -233,7 +141,7 @@ class BatchGenerator:
         self.on_success = on_success
         self.on_failure = on_failure
         self.run_id = run_id
-        self.log: _Log = logger or log
+        self.log: Log = logger or log
         self.progress_interval = progress_interval
         self._live = asyncio.Semaphore(concurrency)
 
@@ -298,7 +206,7 @@ class BatchGenerator:
                 return rejected
             return await self._run_to_image(job, state)
         except ZImageError as exc:
-            return self._failure_from_error(job, exc)
+            return failure_from_error(job, exc)
         except Exception as exc:  # one broken partition (disk full, a bug...) never sinks the batch
             self.log.warning(
                 f"partition {job.partition_key}: unexpected {type(exc).__name__}: {exc}",
@@ -309,33 +217,9 @@ class BatchGenerator:
             )
 
     def _reuse_stored(self, job: ImageJob) -> ImageSuccess | None:
-        """The stored image, if it was made from the identical request and is intact.
-
-        A stored file whose sha256 differs from its provenance record (damaged, replaced by
-        hand) is not reused: the partition is generated again (same seed, so the same image).
-        """
         if not self.reuse_stored:
             return None
-        found = self.store.find(self.asset, job.storage_key)
-        if found is None or found.provenance.get("fingerprint") != job.fingerprint:
-            return None
-        entry = self.ledger.get(self.asset, job.storage_key)
-        if entry is not None and entry.is_open and entry.fingerprint != job.fingerprint:
-            return None
-        data = self.store.read_bytes_or_none(found.path)
-        if data is None:
-            return None
-        if hashlib.sha256(data).hexdigest() != found.sha256:
-            self.log.warning(
-                f"partition {job.partition_key}: the stored file {found.path} differs from its "
-                "provenance record (sha256); generating it again"
-            )
-            return None
-        record = replace(from_provenance(found.provenance), reused=True, regenerated=False)
-        if entry is not None and entry.is_open and entry.task_id == record.task_id:
-            # Stored, but the run stopped before the ledger said so.
-            self.ledger.mark_collected(self.asset, job.storage_key, entry.task_id)
-        return ImageSuccess(job, record, make_thumbnail(data))
+        return reusable_image(self.store, self.ledger, self.asset, job, self.log)
 
     async def _reattach(self, job: ImageJob, state: _Attempt) -> ImageFailure | None:
         """Pick up the partition's task from the ledger, if it is still the same request.
@@ -346,22 +230,14 @@ class BatchGenerator:
         ``failed`` (retryable) / ``abandoned``: a new task is made. Either way the attempt count
         and the earlier task IDs carry on from the ledger.
         """
-        entry = await asyncio.to_thread(self.ledger.get, self.asset, job.storage_key)
+        entry = await asyncio.to_thread(self.ledger.get, self.asset, job.partition_key)
         if entry is None or entry.fingerprint != job.fingerprint:
             return None
         state.attempts = entry.attempt
         state.previous = [p.task_id for p in entry.previous]
-        if entry.status == LedgerStatus.FAILED and not self.retry_rejected:
-            code = entry.error_code or "unknown_error"
-            if not is_retryable_task_error_code(code, attempt=entry.attempt):
-                return ImageFailure(
-                    job,
-                    code,
-                    f"{entry.error_message or 'rejected'} (rejected before; change the prompt, "
-                    "or pass retry_rejected=True to submit it again)",
-                    retryable=False,
-                    task_id=entry.task_id,
-                )
+        rejected = rejected_before(job, entry, retry_rejected=self.retry_rejected)
+        if rejected is not None:
+            return rejected
         if not entry.is_open:
             state.previous.append(entry.task_id)
             state.regenerated = entry.status == LedgerStatus.EXPIRED
@@ -389,7 +265,7 @@ class BatchGenerator:
         await asyncio.to_thread(
             self.ledger.record_submitted,
             self.asset,
-            job.storage_key,
+            job.partition_key,
             task_id=task.id,
             request=job.request.to_wire(),
             fingerprint=job.fingerprint,
@@ -449,7 +325,7 @@ class BatchGenerator:
         downloading_s: float,
     ) -> ImageSuccess:
         task = outcome.task
-        path = self.store.image_path(self.asset, job.storage_key, image.extension.lstrip("."))
+        path = self.store.image_path(self.asset, job.partition_key, image.extension.lstrip("."))
         record = ImageRecord(
             seed=job.seed,
             task_id=task.id,
@@ -480,12 +356,12 @@ class BatchGenerator:
         )
         self.store.save(
             self.asset,
-            job.storage_key,
+            job.partition_key,
             image.data,
             image.extension.lstrip("."),
             to_provenance(record),
         )
-        self.ledger.mark_collected(self.asset, job.storage_key, task.id)
+        self.ledger.mark_collected(self.asset, job.partition_key, task.id)
         return ImageSuccess(job, record, make_thumbnail(image.data))
 
     async def _ledger_update(
@@ -500,35 +376,12 @@ class BatchGenerator:
         return await asyncio.to_thread(
             self.ledger.update,
             self.asset,
-            job.storage_key,
+            job.partition_key,
             task_id,
             status,
             error_code=code,
             error_message=message,
         )
-
-    def _failure_from_error(self, job: ImageJob, exc: ZImageError) -> ImageFailure:
-        task_id = getattr(exc, "task_id", None)
-        if isinstance(exc, CreateOutcomeUnknownError):
-            code = "create_outcome_unknown"
-        else:
-            code = str(getattr(exc, "code", None) or type(exc).__name__)
-        return ImageFailure(job, code, str(exc), _is_transient(exc), task_id)
-
-
-def _is_transient(exc: ZImageError) -> bool:
-    """Whether running the step again may succeed without changing anything."""
-    if isinstance(exc, TaskFailedError):
-        return exc.retryable
-    permanent = (
-        RequestValidationError,
-        BadRequestError,
-        AuthenticationError,
-        InsufficientQuotaError,
-        PermissionDeniedError,
-        NotAnImageError,
-    )
-    return not isinstance(exc, permanent)
 
 
 def _result_url(task: Task) -> str:

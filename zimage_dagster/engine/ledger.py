@@ -7,7 +7,11 @@ deferred-mode sensor scans it in bulk for tasks to collect.
 
 Layout: one small JSON file per partition, in the image store::
 
-    <root>/_ledger/<asset path...>/<partition_key>.json
+    <root>/_ledger/<asset path...>/<storage key>.json
+
+Entries hold the Dagster partition key itself (``LedgerEntry.partition_key``, e.g.
+``2026-01-01|hero``); only the file name is the storage key (``2026-01-01__hero``, from the one
+codec in :mod:`zimage_dagster.engine.keys`). Every method takes the partition key.
 
 Writes are atomic (temp file + ``os.replace`` locally, a single PUT on object stores).
 
@@ -38,16 +42,18 @@ may carry a token).
 
 Example:
     >>> import tempfile
-    >>> from zimage_dagster.storage import ImageStore
+    >>> from zimage_dagster.engine.store import ImageStore
     >>> ledger = TaskLedger(ImageStore(tempfile.mkdtemp()))
-    >>> e = ledger.record_submitted("hero", "fox", task_id="task-unified-1-aaaaaaaa",
+    >>> e = ledger.record_submitted("hero", "2026-01-01|fox", task_id="task-unified-1-aaaaaaaa",
     ...                             request={"prompt": "a fox", "size": "1:1", "seed": 42})
-    >>> ledger.get("hero", "fox").status
+    >>> ledger.get("hero", "2026-01-01|fox").status
     <LedgerStatus.SUBMITTED: 'submitted'>
-    >>> ledger.mark_collected("hero", "fox", "task-unified-1-aaaaaaaa").status.value
+    >>> ledger.mark_collected("hero", "2026-01-01|fox", "task-unified-1-aaaaaaaa").status.value
     'collected'
     >>> [x.partition_key for x in ledger.iter_entries(statuses=["collected"])]
-    ['fox']
+    ['2026-01-01|fox']
+    >>> ledger.path("hero", "2026-01-01|fox").name
+    '2026-01-01__fox.json'
 """
 
 from __future__ import annotations
@@ -63,17 +69,20 @@ from typing import Any
 
 from upath import UPath
 
-from zimage_dagster.prompts import request_fingerprint
-from zimage_dagster.storage import (
+from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.request import request_fingerprint
+from zimage_dagster.engine.store import (
     LEDGER_DIR,
     AssetLike,
     ImageStore,
     asset_parts,
     check_path_component,
+    file_stem,
 )
 
 __all__ = [
     "INDEX_DIR",
+    "LEDGER_VERSION",
     "OPEN_STATUSES",
     "REQUEST_FIELDS",
     "STATE_DIR",
@@ -90,6 +99,9 @@ log = logging.getLogger(__name__)
 REQUEST_FIELDS: tuple[str, ...] = ("model", "prompt", "size", "seed", "nsfw_check")
 
 _MAX_MESSAGE_CHARS = 2000
+
+#: Version of the entry layout (2: ``partition_key`` is the Dagster partition key itself).
+LEDGER_VERSION = 2
 
 #: Reserved folders under ``<root>/_ledger`` (not assets): the task-ID index and sensor state.
 INDEX_DIR = "_by_task"
@@ -188,7 +200,7 @@ class LedgerEntry:
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict (the file's content)."""
         return {
-            "ledger_version": 1,
+            "ledger_version": LEDGER_VERSION,
             "asset": list(self.asset),
             "partition_key": self.partition_key,
             "task_id": self.task_id,
@@ -208,10 +220,16 @@ class LedgerEntry:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> LedgerEntry:
-        """Inverse of :meth:`to_json`; raises ``KeyError``/``ValueError`` on a malformed record."""
+        """Inverse of :meth:`to_json`; raises ``KeyError``/``ValueError`` on a malformed record.
+
+        A version 1 record held the storage key: its partition key is read back through the codec.
+        """
+        key = str(data["partition_key"])
+        if int(data.get("ledger_version", 1)) < 2:
+            key = decode_key(key)
         return cls(
             asset=tuple(str(p) for p in data["asset"]),
-            partition_key=str(data["partition_key"]),
+            partition_key=key,
             task_id=str(data["task_id"]),
             seed=int(data["seed"]),
             fingerprint=str(data["fingerprint"]),
@@ -270,9 +288,9 @@ class TaskLedger:
         return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset))
 
     def path(self, asset: AssetLike, partition_key: str) -> UPath:
-        """``<root>/_ledger/<asset path...>/<partition_key>.json``."""
-        check_path_component(partition_key)
-        return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset), f"{partition_key}.json")
+        """``<root>/_ledger/<asset path...>/<storage key>.json``."""
+        stem = file_stem(partition_key)
+        return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset), f"{stem}.json")
 
     def index_path(self, task_id: str) -> UPath:
         """``<root>/_ledger/_by_task/<task_id>.json`` (raises ``UnsafePathError`` for a bad ID)."""
@@ -370,7 +388,7 @@ class TaskLedger:
 
         ``request`` is the request sent (e.g. ``GenerationRequest.model_dump()``); only
         :data:`REQUEST_FIELDS` are kept and ``seed`` must be an int. The fingerprint defaults to
-        :func:`zimage_dagster.prompts.request_fingerprint` of those fields. An earlier entry for
+        :func:`zimage_dagster.engine.request.request_fingerprint` of those fields. An earlier entry for
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
         grows by one. Recording the same task ID again is a no-op returning the entry.
         """

@@ -1,11 +1,15 @@
-"""Where generated images live, and how downstream assets load them.
+"""Where generated images live: the image store (no Dagster; the IO manager is in ``storage``).
 
 Layout under a root (a local folder by default, any fsspec URL such as ``s3://bucket/prefix`` or
 ``memory://demo`` in production)::
 
-    <root>/<asset path...>/<partition_key>.<ext>    the image (png, jpg, webp)
-    <root>/<asset path...>/<partition_key>.json     its provenance record
-    <root>/_ledger/<asset path...>/<partition_key>.json   the task ledger (see ``zimage_dagster.ledger``)
+    <root>/<asset path...>/<storage key>.<ext>    the image (png, jpg, webp)
+    <root>/<asset path...>/<storage key>.json     its provenance record
+    <root>/_ledger/<asset path...>/<storage key>.json   the task ledger (see ``engine.ledger``)
+
+Every method takes the Dagster partition key itself; the store turns it into the file stem with
+the one codec, :func:`zimage_dagster.engine.keys.storage_key` (``2026-01-01|hero`` is stored as
+``2026-01-01__hero``), and :meth:`ImageStore.partitions` turns file stems back into partition keys.
 
 A multi-part Dagster asset key (``AssetKey(["catalog", "hero"])``) maps to nested folders
 (``<root>/catalog/hero/...``). The first folder name ``_ledger`` is reserved for the ledger.
@@ -18,7 +22,7 @@ so a provenance record always points at a complete image.
 
 The provenance record stores exactly the mapping it is given, as JSON. It must never hold a secret
 (an API key, a signed URL, an ``Authorization`` header): the caller builds it from
-``zimage_dagster.metadata.to_provenance``, which holds none.
+``zimage_dagster.engine.provenance.to_provenance``, which holds none.
 
 Every asset name part and partition key is checked before it touches a path: empty names, ``.``,
 ``..``, ``/``, ``\\``, NUL and other control characters, drive prefixes such as ``C:`` and names
@@ -42,33 +46,41 @@ import io
 import json
 import os
 import tempfile
-import typing
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, Protocol
 
-import dagster as dg
 from PIL import Image
-from pydantic import Field
 from upath import UPath
 from upath.implementations.local import LocalPath
+
+from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.keys import storage_key
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "LEDGER_DIR",
     "AssetLike",
     "ImageStore",
-    "ImageStoreIOManager",
     "StoredImage",
     "UnsafePathError",
     "asset_parts",
     "check_path_component",
     "extension_for_format",
+    "file_stem",
 ]
 
+
+class _HasPath(Protocol):
+    """Anything with key parts in ``path`` (a Dagster ``AssetKey``)."""
+
+    @property
+    def path(self) -> Sequence[str]: ...
+
+
 #: An asset named by a Dagster ``AssetKey``, a sequence of path parts, or a single-part name.
-AssetLike = dg.AssetKey | Sequence[str] | str
+AssetLike = _HasPath | Sequence[str] | str
 
 #: Reserved first-level folder under the root holding the task ledger.
 LEDGER_DIR = "_ledger"
@@ -109,7 +121,7 @@ def check_path_component(value: object, what: str = "partition key") -> str:
     >>> check_path_component("../etc")
     Traceback (most recent call last):
     ...
-    zimage_dagster.storage.UnsafePathError: unsafe partition key '../etc': contains a path separator
+    zimage_dagster.engine.store.UnsafePathError: unsafe partition key '../etc': contains a path separator
     """
     if not isinstance(value, str):
         raise UnsafePathError(f"unsafe {what} {value!r}: not a string")
@@ -138,13 +150,13 @@ def asset_parts(asset: AssetLike) -> tuple[str, ...]:
 
     A ``str`` is one part (``"a/b"`` is refused: pass ``AssetKey(["a", "b"])`` or ``["a", "b"]``).
 
-    >>> asset_parts(dg.AssetKey(["catalog", "hero"]))
-    ('catalog', 'hero')
+    >>> asset_parts(["catalog", "hero"]), asset_parts("hero")
+    (('catalog', 'hero'), ('hero',))
     """
-    if isinstance(asset, dg.AssetKey):
-        parts: tuple[str, ...] = tuple(asset.path)
-    elif isinstance(asset, str):
-        parts = (asset,)
+    if isinstance(asset, str):
+        parts: tuple[str, ...] = (asset,)
+    elif hasattr(asset, "path"):  # a Dagster AssetKey
+        parts = tuple(asset.path)
     else:
         parts = tuple(asset)
     if not parts:
@@ -152,6 +164,16 @@ def asset_parts(asset: AssetLike) -> tuple[str, ...]:
     for part in parts:
         check_path_component(part, "asset name")
     return parts
+
+
+def file_stem(partition_key: str) -> str:
+    """The checked file stem of a partition key (its storage key).
+
+    >>> file_stem("2026-01-01|hero")
+    '2026-01-01__hero'
+    """
+    check_path_component(partition_key)
+    return check_path_component(storage_key(partition_key))
 
 
 def _check_ext(ext: str) -> str:
@@ -247,14 +269,12 @@ class ImageStore:
         return self.join(*parts)
 
     def image_path(self, asset: AssetLike, partition_key: str, ext: str = "png") -> UPath:
-        """``<root>/<asset>/<partition_key>.<ext>``."""
-        check_path_component(partition_key)
-        return self.asset_dir(asset) / f"{partition_key}.{_check_ext(ext)}"
+        """``<root>/<asset>/<storage key>.<ext>``."""
+        return self.asset_dir(asset) / f"{file_stem(partition_key)}.{_check_ext(ext)}"
 
     def provenance_path(self, asset: AssetLike, partition_key: str) -> UPath:
-        """``<root>/<asset>/<partition_key>.json``."""
-        check_path_component(partition_key)
-        return self.asset_dir(asset) / f"{partition_key}.json"
+        """``<root>/<asset>/<storage key>.json``."""
+        return self.asset_dir(asset) / f"{file_stem(partition_key)}.json"
 
     # -- low-level I/O (also used by the ledger) ----------------------------------------------
 
@@ -482,7 +502,7 @@ class ImageStore:
         keys = []
         for p in self.list_files(folder, ".json"):
             if str(p.parent).rstrip("/") == str(folder).rstrip("/"):
-                keys.append(p.name[: -len(".json")])
+                keys.append(decode_key(p.name[: -len(".json")]))
         return sorted(keys)
 
     def delete(self, asset: AssetLike, partition_key: str) -> None:
@@ -504,117 +524,3 @@ def _child(folder: UPath, inner: str) -> UPath:
     base = folder.path.rstrip("/")
     rel = inner[len(base) :].lstrip("/") if inner.startswith(base) else inner
     return folder.joinpath(*rel.split("/")) if rel else folder
-
-
-# -- IO manager -------------------------------------------------------------------------------
-
-
-_AS_VALUES = ("bytes", "pil", "path")
-
-
-def _wanted_kind(context: dg.InputContext) -> tuple[str, bool]:
-    """``(kind, force_dict)`` from input metadata ``{"as": ...}`` or the type annotation."""
-    meta = context.definition_metadata or {}
-    as_ = meta.get("as")
-    typ: Any = context.dagster_type.typing_type if context.dagster_type else None
-    force_dict = False
-    origin = typing.get_origin(typ)
-    if origin is not None and origin in (dict, Mapping, typing.Dict, typing.Mapping):  # noqa: UP006
-        force_dict = True
-        args = typing.get_args(typ)
-        typ = args[1] if len(args) == 2 else Any
-    if isinstance(as_, str):
-        if as_ not in _AS_VALUES:
-            raise dg.DagsterInvariantViolationError(
-                f"input metadata 'as' must be one of {_AS_VALUES}, got {as_!r}"
-            )
-        return as_, force_dict
-    if isinstance(typ, type) and issubclass(typ, Image.Image):
-        return "pil", force_dict
-    if isinstance(typ, type) and issubclass(typ, (UPath, os.PathLike)):
-        return "path", force_dict
-    return "bytes", force_dict
-
-
-class ImageStoreIOManager(dg.ConfigurableIOManager):
-    """Loads stored images into downstream assets; the image asset itself writes through the store.
-
-    Why ``handle_output`` takes only ``None``: an image asset materializes many partitions in one
-    step (a single-run backfill) and records an ``AssetMaterialization`` per finished partition;
-    an IO manager's ``handle_output`` sees one output for the whole range and could not write
-    per-partition files or report partial success. So the asset writes each image with
-    :class:`ImageStore` as it arrives and returns ``None``.
-
-    ``load_input`` reads ``<root>/<asset>/<partition_key>.<ext>`` for each upstream partition the
-    input needs. What each value is:
-
-    * input metadata ``{"as": "pil"}`` / ``"bytes"`` / ``"path"``, else
-    * the annotation: ``PIL.Image.Image`` -> decoded image, ``UPath`` -> path, anything else -> bytes.
-
-    One partition gives the value itself; several (or a ``dict[str, ...]`` annotation) give a
-    dict ``partition_key -> value``. A missing partition raises ``FileNotFoundError`` unless the
-    input metadata has ``{"allow_missing_partitions": True}`` (then it is left out of the dict).
-
-    Example:
-        >>> import dagster as dg
-        >>> from PIL import Image
-        >>> @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a"]))
-        ... def thumbs(hero: Image.Image) -> None: ...
-        >>> io_manager = ImageStoreIOManager(root="memory://doctest-io")
-    """
-
-    root: str = Field(
-        default="zimage_output",
-        description="Folder or fsspec URL of the image store (s3://bucket/prefix, memory://x).",
-    )
-    storage_options: dict[str, Any] | None = Field(
-        default=None,
-        description="fsspec storage options for the root (use dagster.EnvVar for credentials).",
-    )
-
-    def _store(self) -> ImageStore:
-        return ImageStore(self.root, self.storage_options)
-
-    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
-        """Accept ``None`` only: images are written by the asset through :class:`ImageStore`."""
-        if obj is not None:
-            raise dg.DagsterInvariantViolationError(
-                "ImageStoreIOManager stores nothing itself: the image asset writes each partition "
-                "through ImageStore and must return None (or MaterializeResult/Output(None))."
-            )
-
-    def load_input(self, context: dg.InputContext) -> Any:
-        """Stored images for the upstream partitions this input needs (see the class doc)."""
-        if not context.has_asset_key:
-            raise dg.DagsterInvariantViolationError(
-                "ImageStoreIOManager loads asset inputs only (the input has no asset key)."
-            )
-        store = self._store()
-        asset = context.asset_key
-        kind, force_dict = _wanted_kind(context)
-        allow_missing = bool((context.definition_metadata or {}).get("allow_missing_partitions"))
-        if not context.has_asset_partitions:
-            raise dg.DagsterInvariantViolationError(
-                f"{asset.to_user_string()} is not partitioned: ImageStoreIOManager loads "
-                "partitioned image assets."
-            )
-        keys = list(context.asset_partition_keys)
-        values: dict[str, Any] = {}
-        for key in keys:
-            found = store.find(asset, str(key))
-            if found is None:
-                if allow_missing:
-                    continue
-                raise FileNotFoundError(
-                    f"no stored image for {asset.to_user_string()} partition {key!r} "
-                    f"under {store.root}"
-                )
-            if kind == "path":
-                values[str(key)] = found.path
-            elif kind == "pil":
-                values[str(key)] = store.open_image(asset, str(key))
-            else:
-                values[str(key)] = store.read_bytes_or_none(found.path)
-        if len(keys) == 1 and not force_dict:
-            return values.get(str(keys[0]))
-        return values

@@ -1,20 +1,13 @@
-"""Deferred mode: create the tasks and end the step; a sensor collects the images later.
+"""The task watcher: the decisions of one task-status sensor tick in deferred mode.
 
-Waiting for the provider inside a running step holds a worker for the whole generation. In
-deferred mode the work is split in two, with the task ledger in between:
-
-1. **Submit** (:func:`submit_jobs`, or :func:`submit_deferred` from a step): create one task per
-   partition (bounded concurrency, async client), write each task ID to the ledger with
-   ``extra["deferred"] = True``, and return without waiting. Partitions that already have an
-   open task for the identical request, or a stored image of it, are skipped.
-2. **Watch** (:class:`TaskWatcher`, driven by the task-status sensor in
-   :mod:`zimage_dagster.sensors`): each tick reads the asset's ledger in bulk, polls the
-   deferred tasks it does not know the end of (concurrently, within a time budget, resuming from
-   a cursor), and decides: a completed task gets a short *collect run* (run key = task ID, tag
-   ``zimage/collect``) that runs the normal blocking engine, which re-attaches to the completed
-   task and stores it; a retryable failure is resubmitted with the same seed (bounded); a
-   permanent one is reported once; a completed task whose link has expired (24 h) is regenerated
-   with the same seed and flagged.
+After a deferred submit (:mod:`zimage_dagster.engine.submit`), each tick of the task-status sensor
+(:mod:`zimage_dagster.sensors`) runs :meth:`TaskWatcher.tick`: it reads the asset's ledger in
+bulk, polls the deferred tasks it does not know the end of (concurrently, within a time budget,
+resuming from a cursor), and decides: a completed task gets a short *collect run* (run key = task
+ID, tag ``zimage/collect``) that runs the normal blocking engine, which re-attaches to the
+completed task and stores it; a retryable failure is resubmitted with the same seed (bounded); a
+permanent one is reported once; a completed task whose link has expired (24 h) is regenerated
+with the same seed and flagged.
 
 Nothing here imports Dagster: the watcher returns plain decisions (:class:`TickReport`) that
 :mod:`zimage_dagster.sensors` turns into ``RunRequest`` and ``AssetObservation`` objects.
@@ -22,8 +15,6 @@ Nothing here imports Dagster: the watcher returns plain decisions (:class:`TickR
 Ledger conventions (``LedgerEntry.extra``) of deferred entries:
 
 - ``deferred``: True (only such entries are watched: a blocking run's own tasks are its business).
-- ``partition_key``: the Dagster partition key (the entry's key is the *storage* key, where
-  ``|`` of a multi-partition key became ``__``).
 - ``resubmits``: tasks created by the watcher after retryable failures or expiry.
 - ``regenerated``: the task replaces one whose result link expired.
 - ``collect_requested_at``: when a collect run was requested (it is asked for once; again only
@@ -31,25 +22,31 @@ Ledger conventions (``LedgerEntry.extra``) of deferred entries:
 - ``handled_at``: a failure was resubmitted or reported (reported once).
 - ``via``: ``"callback"`` when the callback receiver recorded the result.
 
-Example::
-
-    report = submit_deferred(resource, TaskLedger(store), ("catalogue",), jobs)
-    print(report.summary())       # "120 submitted, 3 skipped (open task), 0 skipped (stored)..."
+Example:
+    >>> import asyncio, tempfile
+    >>> from zimage_dagster.api import AsyncZImageClient
+    >>> from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
+    >>> from zimage_dagster.engine.ledger import TaskLedger
+    >>> ledger = TaskLedger(tempfile.mkdtemp())
+    >>> async def main(url: str, key: str) -> str:
+    ...     async with AsyncZImageClient(api_key=key, base_url=url) as client:
+    ...         return (await TaskWatcher(ledger, ("catalogue",)).tick(client)).summary()[:35]
+    >>> with EmulatorServer(EmulatorConfig.for_tests()) as emulator:
+    ...     asyncio.run(main(emulator.url, emulator.api_key))
+    '0 deferred ledger entries, 0 awaiti'
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from zimage_dagster.api import (
     AsyncZImageClient,
-    CreateOutcomeUnknownError,
     GenerationRequest,
     NotFoundError,
     RateLimitError,
@@ -57,28 +54,18 @@ from zimage_dagster.api import (
     ZImageError,
     is_retryable_task_error_code,
 )
-from zimage_dagster.batch import ImageFailure, ImageJob, storage_key
-from zimage_dagster.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.storage import AssetLike, asset_parts
-
-if TYPE_CHECKING:
-    from zimage_dagster.resource import ZImageResource
+from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.outcome import Log, error_code, is_transient
+from zimage_dagster.engine.store import AssetLike, asset_parts
+from zimage_dagster.engine.submit import resolve_callback_url
 
 __all__ = [
-    "CALLBACK_URL_ENV",
     "COLLECT_TAG",
     "DEFAULT_RESULT_TTL_S",
     "CollectRequest",
     "PermanentFailure",
-    "SubmitFailure",
-    "SubmitReport",
-    "SubmittedTask",
     "TaskWatcher",
     "TickReport",
-    "dagster_partition_key",
-    "resolve_callback_url",
-    "submit_deferred",
-    "submit_jobs",
 ]
 
 log = logging.getLogger(__name__)
@@ -87,236 +74,6 @@ log = logging.getLogger(__name__)
 COLLECT_TAG = "zimage/collect"
 #: The provider keeps result links for 24 h.
 DEFAULT_RESULT_TTL_S = 24 * 3600.0
-#: Environment variable holding the callback URL (it carries the receiver's secret token).
-CALLBACK_URL_ENV = "ZIMAGE_CALLBACK_URL"
-
-
-class _Log(Protocol):
-    def info(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
-    def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
-
-
-def resolve_callback_url(callback_url: str | None) -> str | None:
-    """The given URL, else ``$ZIMAGE_CALLBACK_URL``, else ``None`` (no callbacks)."""
-    return callback_url or os.environ.get(CALLBACK_URL_ENV) or None
-
-
-def dagster_partition_key(entry: LedgerEntry) -> str:
-    """The Dagster partition key of a ledger entry (entries are filed under the storage key).
-
-    >>> from zimage_dagster.ledger import LedgerEntry, LedgerStatus
-    >>> e = LedgerEntry(("a",), "2026-01-02__fox", "t", 1, "f", {}, LedgerStatus.SUBMITTED, 0, 0)
-    >>> dagster_partition_key(e)
-    '2026-01-02|fox'
-    """
-    recorded = entry.extra.get("partition_key")
-    if isinstance(recorded, str) and storage_key(recorded) == entry.partition_key:
-        return recorded
-    key = entry.partition_key
-    # Only the daily x prompt variant has '|' keys: "<date>|<prompt key>", dates hold no "__".
-    head, sep, tail = key.partition("__")
-    if sep and len(head) == 10 and head[4] == "-" and head[7] == "-":
-        return f"{head}|{tail}"
-    return key
-
-
-# -- submit -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SubmittedTask:
-    job: ImageJob
-    task_id: str
-
-
-#: A partition whose task could not be created (``retryable``: running again may work); the same
-#: record as the engine's failures, without a task ID.
-SubmitFailure = ImageFailure
-
-
-@dataclass
-class SubmitReport:
-    """What :func:`submit_jobs` did, per partition."""
-
-    submitted: list[SubmittedTask] = field(default_factory=list)
-    open_task: list[SubmittedTask] = field(default_factory=list)
-    stored: list[ImageJob] = field(default_factory=list)
-    failures: list[SubmitFailure] = field(default_factory=list)
-    elapsed_s: float = 0.0
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.submitted)} submitted, {len(self.open_task)} skipped (open task), "
-            f"{len(self.stored)} skipped (stored), {len(self.failures)} failed "
-            f"in {self.elapsed_s:.1f} s"
-        )
-
-    def failure_report(self) -> str:
-        return "\n".join(f"- {f.describe()}" for f in self.failures)
-
-    @property
-    def all_retryable(self) -> bool:
-        return all(f.retryable for f in self.failures)
-
-
-async def submit_jobs(
-    client: AsyncZImageClient,
-    ledger: TaskLedger,
-    asset: AssetLike,
-    jobs: Sequence[ImageJob],
-    *,
-    concurrency: int = 8,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    callback_url: str | None = None,
-    run_id: str | None = None,
-    logger: _Log | None = None,
-) -> SubmitReport:
-    """Create a task for each job that needs one, record it in the ledger, and return.
-
-    Skips a partition whose ledger entry is open (submitted/completed) for the same fingerprint
-    (an open entry of a blocking run is adopted: marked deferred so the sensor watches it), one
-    whose stored image has the same fingerprint (``reuse_stored``), and one the provider rejected
-    before with a fixable error for the same request (unless ``retry_rejected``; reported as a
-    failure). ``callback_url`` (default ``$ZIMAGE_CALLBACK_URL``) is sent with each task.
-    """
-    if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
-    parts = asset_parts(asset)
-    out = logger or log
-    callback = resolve_callback_url(callback_url)
-    report = SubmitReport()
-    started = time.monotonic()
-    limit = asyncio.Semaphore(concurrency)
-
-    async def one(job: ImageJob) -> None:
-        skip = await asyncio.to_thread(_skip_reason, ledger, parts, job, reuse_stored)
-        if isinstance(skip, LedgerEntry):
-            if skip.status == LedgerStatus.FAILED:
-                code = skip.error_code or "unknown_error"
-                if retry_rejected or is_retryable_task_error_code(code, attempt=1):
-                    skip = None
-                else:
-                    report.failures.append(
-                        SubmitFailure(
-                            job,
-                            code,
-                            f"{skip.error_message or 'rejected'} (rejected before; change the "
-                            "prompt, or pass retry_rejected=True to submit it again)",
-                            retryable=False,
-                        )
-                    )
-                    return
-            else:
-                report.open_task.append(SubmittedTask(job, skip.task_id))
-                return
-        elif skip == "stored":
-            report.stored.append(job)
-            return
-        async with limit:
-            request = job.request
-            if callback is not None:
-                request = request.model_copy(update={"callback_url": callback})
-            try:
-                task = await client.create_task(request)
-            except ZImageError as exc:
-                report.failures.append(_submit_failure(job, exc))
-                return
-            await asyncio.to_thread(
-                ledger.record_submitted,
-                parts,
-                job.storage_key,
-                task_id=task.id,
-                request=job.request.to_wire(),
-                fingerprint=job.fingerprint,
-                run_id=run_id,
-                extra={"deferred": True, "partition_key": job.partition_key, "resubmits": 0},
-            )
-            report.submitted.append(SubmittedTask(job, task.id))
-
-    await asyncio.gather(*(one(job) for job in jobs))
-    report.elapsed_s = time.monotonic() - started
-    out.info(f"deferred submit of {len(jobs)} partition(s): {report.summary()}")
-    return report
-
-
-def submit_deferred(
-    resource: ZImageResource,
-    ledger: TaskLedger,
-    asset: AssetLike,
-    jobs: Sequence[ImageJob],
-    *,
-    concurrency: int | None = None,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    callback_url: str | None = None,
-    run_id: str | None = None,
-    logger: _Log | None = None,
-) -> SubmitReport:
-    """:func:`submit_jobs` from synchronous code (a step), with the resource's async client.
-
-    ``concurrency`` defaults to the resource's ``concurrency``.
-    """
-
-    async def run() -> SubmitReport:
-        async with resource.async_client() as client:
-            return await submit_jobs(
-                client,
-                ledger,
-                asset,
-                jobs,
-                concurrency=concurrency or resource.concurrency,
-                reuse_stored=reuse_stored,
-                retry_rejected=retry_rejected,
-                callback_url=callback_url,
-                run_id=run_id,
-                logger=logger,
-            )
-
-    return asyncio.run(run())
-
-
-def _skip_reason(
-    ledger: TaskLedger, asset: tuple[str, ...], job: ImageJob, reuse_stored: bool
-) -> LedgerEntry | str | None:
-    entry = ledger.get(asset, job.storage_key)
-    if entry is not None and entry.fingerprint == job.fingerprint:
-        if entry.is_open:
-            if not entry.extra.get("deferred"):
-                try:  # adopt a blocking run's live task, so the sensor watches it
-                    entry = ledger.update(
-                        asset,
-                        job.storage_key,
-                        entry.task_id,
-                        entry.status,
-                        extra={"deferred": True, "partition_key": job.partition_key},
-                    )
-                except (LedgerConflictError, KeyError):
-                    return None
-            return entry
-        if entry.status == LedgerStatus.FAILED:
-            return entry
-    if reuse_stored:
-        found = ledger.store.read_provenance(asset, job.storage_key)
-        if (
-            found is not None
-            and found.get("fingerprint") == job.fingerprint
-            and ledger.store.exists(asset, job.storage_key)
-        ):
-            return "stored"
-    return None
-
-
-def _submit_failure(job: ImageJob, exc: ZImageError) -> SubmitFailure:
-    if isinstance(exc, CreateOutcomeUnknownError):
-        # A task may exist that we do not know of: do not retry blindly (that may pay twice).
-        return SubmitFailure(job, "create_outcome_unknown", str(exc), retryable=False)
-    code = str(getattr(exc, "code", None) or type(exc).__name__)
-    retryable = not isinstance(exc, ValueError) and getattr(exc, "status_code", 500) >= 429
-    return SubmitFailure(job, code, str(exc), retryable)
-
-
-# -- watch --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -400,7 +157,7 @@ class TaskWatcher:
         recollect_after_s: float = 600.0,
         callback_url: str | None = None,
         clock: Callable[[], float] = time.time,
-        logger: _Log | None = None,
+        logger: Log | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -414,7 +171,7 @@ class TaskWatcher:
         self.recollect_after_s = recollect_after_s
         self.callback_url = resolve_callback_url(callback_url)
         self.clock = clock
-        self.log: _Log = logger or log
+        self.log: Log = logger or log
 
     async def tick(self, client: AsyncZImageClient, cursor: str | None = None) -> TickReport:
         """Read the ledger, poll what needs polling (from ``cursor`` on), act; see the module doc."""
@@ -520,7 +277,7 @@ class TaskWatcher:
                 extra={"completed_at": now, "collect_requested_at": now},
             )
             if updated is not None:
-                report.collect.append(CollectRequest(dagster_partition_key(entry), entry.task_id))
+                report.collect.append(CollectRequest(entry.partition_key, entry.task_id))
         elif task.is_failed:
             code = str(task.error.code) if task.error and task.error.code else "unknown_error"
             message = (task.error.message if task.error else None) or "failed"
@@ -557,7 +314,7 @@ class TaskWatcher:
             extra={"collect_requested_at": now},
         )
         if updated is not None:
-            report.collect.append(CollectRequest(dagster_partition_key(entry), entry.task_id))
+            report.collect.append(CollectRequest(entry.partition_key, entry.task_id))
 
     async def _on_failed(
         self,
@@ -592,7 +349,7 @@ class TaskWatcher:
 
     def _failure(self, entry: LedgerEntry, code: str, message: str) -> PermanentFailure:
         return PermanentFailure(
-            dagster_partition_key(entry),
+            entry.partition_key,
             entry.task_id,
             code,
             message,
@@ -637,20 +394,15 @@ class TaskWatcher:
         try:
             task = await client.create_task(request)
         except ZImageError as exc:
-            code = (
-                "create_outcome_unknown"
-                if isinstance(exc, CreateOutcomeUnknownError)
-                else str(getattr(exc, "code", None) or type(exc).__name__)
-            )
             report.errors.append(f"{entry.task_id}: resubmission failed: {exc}")
-            if isinstance(exc, (CreateOutcomeUnknownError, ValueError)):
+            if not is_transient(exc):
                 # Do not try again blindly: report it (a task may exist; or the request is bad).
+                code = error_code(exc)
                 report.failures.append(self._failure(entry, code, str(exc)))
                 await self._mark_handled(entry, code, str(exc), status=entry.status)
             return None  # transient: the entry stays as it is, the next tick tries again
         extra: dict[str, Any] = {
             "deferred": True,
-            "partition_key": dagster_partition_key(entry),
             "resubmits": int(entry.extra.get("resubmits") or 0) + 1,
             "regenerated": regenerated or bool(entry.extra.get("regenerated")),
         }

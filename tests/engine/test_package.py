@@ -1,0 +1,114 @@
+"""The engine package: no Dagster import (by source and at run time), runnable docstrings, and
+the codec between partition keys and storage keys."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+import importlib
+import pkgutil
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zimage_dagster.engine as engine_pkg
+from zimage_dagster.engine.keys import partition_key, storage_key
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import ImageStore
+
+PACKAGE_DIR = Path(engine_pkg.__file__).parent
+MODULES = [
+    name for _, name, _ in pkgutil.iter_modules(engine_pkg.__path__, "zimage_dagster.engine.")
+]
+
+
+def _imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
+def test_no_dagster_import(path: Path) -> None:
+    for module in _imports(path):
+        assert module.split(".")[0] not in ("dagster", "dagster_shared"), f"{path.name}: {module}"
+        if module.startswith("zimage_dagster"):
+            # The engine reads the client and the dataset rows, never the Dagster layer.
+            allowed = module.startswith(("zimage_dagster.engine", "zimage_dagster.api"))
+            assert allowed or module == "zimage_dagster.prompts", f"{path.name} imports {module}"
+
+
+def test_importing_the_engine_loads_no_dagster() -> None:
+    code = (
+        "import sys\n"
+        + "".join(f"import {name}\n" for name in MODULES)
+        + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_shared')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout
+
+
+@pytest.mark.parametrize("name", ["zimage_dagster.engine", *MODULES])
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} doctest failure(s) in {name}"
+
+
+def test_the_codec_is_reversible_for_any_key() -> None:
+    rng = random.Random(11)
+    alphabet = "_|~a-:."
+    for _ in range(20_000):
+        key = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        assert partition_key(storage_key(key)) == key, key
+    # Dataset keys and dates are stored as they are; a date x prompt key keeps its readable form.
+    assert storage_key("hero_01") == "hero_01"
+    assert storage_key("2026-01-01|hero_01") == "2026-01-01__hero_01"
+    # Two different keys never share a file.
+    assert storage_key("a__b") != storage_key("a|b")
+
+
+def test_ledger_and_provenance_hold_the_partition_key_itself(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    ledger = TaskLedger(store)
+    key = "2026-01-01|a__b"
+    ledger.record_submitted(
+        "hero", key, task_id="task-unified-1-aaaaaaaa", request={"prompt": "p", "seed": 3}
+    )
+    record = ImageRecord(seed=3, task_id="task-unified-1-aaaaaaaa", prompt="p", partition_key=key)
+    store.save("hero", key, b"img", "png", to_provenance(record))
+
+    (entry,) = ledger.iter_entries("hero")
+    assert entry.partition_key == key
+    assert ledger.find_task("task-unified-1-aaaaaaaa") == entry
+    assert store.partitions("hero") == [key]
+    found = store.find("hero", key)
+    assert found is not None
+    assert found.provenance["partition_key"] == key
+    assert found.path.name == f"{storage_key(key)}.png"
+    assert sorted(p.name for p in (tmp_path / "hero").iterdir()) == [
+        "2026-01-01__a~__b.json",
+        "2026-01-01__a~__b.png",
+    ]
+
+
+def test_a_version_1_ledger_entry_reads_back_its_partition_key(tmp_path: Path) -> None:
+    ledger = TaskLedger(ImageStore(tmp_path))
+    entry = ledger.record_submitted(
+        "hero",
+        "2026-01-01|fox",
+        task_id="task-unified-1-bbbbbbbb",
+        request={"prompt": "p", "seed": 1},
+    )
+    old = {**entry.to_json(), "ledger_version": 1, "partition_key": "2026-01-01__fox"}
+    assert type(entry).from_json(old).partition_key == "2026-01-01|fox"

@@ -1,0 +1,105 @@
+"""One partition's work: :class:`ImageJob`, and :func:`plan_job`, the one way to make one.
+
+Assets, ops and sensors all plan a partition the same way: the dataset row (with the default
+size filled in), the seed from :func:`~zimage_dagster.engine.request.choose_seed` (a random seed is
+drawn once per request and then read back from the ledger), and the request that will be sent.
+
+>>> import tempfile
+>>> from zimage_dagster.engine.ledger import TaskLedger
+>>> from zimage_dagster.prompts import PromptRow
+>>> ledger = TaskLedger(tempfile.mkdtemp())
+>>> job = plan_job(ledger, ("hero",), "fox", PromptRow("fox", "a red fox", None, 7, None),
+...                default_size="16:9")
+>>> job.request.size, job.request.seed, job.partition_key
+('16:9', 7, 'fox')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from zimage_dagster.api import GenerationRequest
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.request import (
+    DEFAULT_SIZE,
+    SeedStrategy,
+    choose_seed,
+    request_fingerprint,
+)
+from zimage_dagster.prompts import PromptRow
+
+__all__ = ["ImageJob", "plan_job"]
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One partition to generate: its Dagster partition key, its dataset row and the seed sent.
+
+    >>> job = ImageJob.from_row(PromptRow("fox", "a red fox", "16:9", None, None), seed=7)
+    >>> job.request.size, job.request.seed, job.partition_key
+    ('16:9', 7, 'fox')
+    """
+
+    partition_key: str
+    row: PromptRow
+    seed: int
+
+    @classmethod
+    def from_row(cls, row: PromptRow, *, seed: int, partition_key: str | None = None) -> ImageJob:
+        """A job for ``row`` (the partition key defaults to the row's key)."""
+        return cls(partition_key=partition_key or row.key, row=row, seed=seed)
+
+    @property
+    def request(self) -> GenerationRequest:
+        """The request sent to the provider."""
+        return GenerationRequest(
+            prompt=self.row.prompt,
+            size=self.row.size or DEFAULT_SIZE,
+            seed=self.seed,
+            nsfw_check=bool(self.row.nsfw_check),
+        )
+
+    @property
+    def fingerprint(self) -> str:
+        """The request's identity (see :func:`~zimage_dagster.engine.request.request_fingerprint`)."""
+        return request_fingerprint(
+            self.row.prompt, self.row.size, self.seed, bool(self.row.nsfw_check)
+        )
+
+
+def plan_job(
+    ledger: TaskLedger,
+    asset: Sequence[str],
+    partition_key: str,
+    row: PromptRow,
+    *,
+    strategy: SeedStrategy = "derived",
+    default_size: str | None = None,
+) -> ImageJob:
+    """The job for one partition of ``asset`` (key parts) made from ``row``.
+
+    ``default_size`` fills a row without a size. With ``strategy="random"`` the seed of the
+    ledger's entry for the partition is kept while the request is otherwise unchanged, so a
+    resumed run re-attaches to its task, a re-run reuses the stored image and a rejected prompt
+    stays rejected, instead of paying for a new draw each time.
+    """
+    if default_size and not row.size:
+        row = replace(row, size=default_size)
+    kept: int | None = None
+    if row.seed is None and strategy == "random":
+        entry = ledger.get(asset, partition_key)
+        if entry is not None and entry.fingerprint == request_fingerprint(
+            row.prompt, row.size, entry.seed, bool(row.nsfw_check)
+        ):
+            kept = entry.seed
+    seed = choose_seed(
+        "/".join(asset),
+        partition_key,
+        row_key=row.key,
+        prompt=row.prompt,
+        row_seed=row.seed,
+        strategy=strategy,
+        kept=kept,
+    )
+    return ImageJob(partition_key=partition_key, row=row, seed=seed)

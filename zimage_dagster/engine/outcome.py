@@ -1,0 +1,253 @@
+"""One outcome model for blocking and deferred mode: results, errors, and the decisions on them.
+
+* :class:`ImageSuccess` / :class:`ImageFailure`: how one partition ended; :class:`BatchReport`:
+  the one report of a batch (blocking: stored and failed; deferred submit: also submitted and
+  skipped because a task is open).
+* :func:`failure_from_error`: the one classification of an error as retryable or not. A create
+  whose outcome is unknown (``create_outcome_unknown``) is *not* retryable anywhere: a task may
+  exist that we do not know of, and retrying blindly may pay twice.
+* :func:`rejected_before`: the ledger says the provider rejected this identical request with an
+  error the user must fix: fail at once, at no cost.
+* :func:`reusable_image`: an image stored for this identical request, intact (its sha256 matches
+  the provenance record): reuse it instead of paying again.
+
+>>> from zimage_dagster.api import CreateOutcomeUnknownError
+>>> from zimage_dagster.engine.jobs import ImageJob
+>>> from zimage_dagster.prompts import PromptRow
+>>> job = ImageJob.from_row(PromptRow("fox", "a fox", None, None, None), seed=7)
+>>> f = failure_from_error(job, CreateOutcomeUnknownError("no answer"))
+>>> (f.code, f.retryable)
+('create_outcome_unknown', False)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from zimage_dagster.api import (
+    AuthenticationError,
+    BadRequestError,
+    CreateOutcomeUnknownError,
+    InsufficientQuotaError,
+    NotAnImageError,
+    PermissionDeniedError,
+    RequestValidationError,
+    TaskFailedError,
+    ZImageError,
+    is_retryable_task_error_code,
+)
+from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.thumbnails import make_thumbnail
+
+__all__ = [
+    "BatchReport",
+    "ImageFailure",
+    "ImageSuccess",
+    "Log",
+    "SubmittedTask",
+    "error_code",
+    "failure_from_error",
+    "is_transient",
+    "rejected_before",
+    "reusable_image",
+]
+
+log = logging.getLogger(__name__)
+
+
+class Log(Protocol):
+    """What the engine logs through (a ``logging.Logger`` or Dagster's ``context.log``)."""
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> Any: ...
+
+
+@dataclass(frozen=True)
+class ImageSuccess:
+    """A stored image: its record (everything the metadata shows) and its thumbnail data URI."""
+
+    job: ImageJob
+    record: ImageRecord
+    thumbnail: str | None
+
+
+@dataclass(frozen=True)
+class ImageFailure:
+    """A partition that produced no image, with the provider's code and message.
+
+    ``retryable`` is False for errors the user must fix (content policy, invalid parameters) and
+    for a create whose outcome is unknown: retrying them as they are would fail, or may pay, again.
+
+    >>> from zimage_dagster.prompts import PromptRow
+    >>> job = ImageJob.from_row(PromptRow("fox", "a fox", None, None, None), seed=7)
+    >>> ImageFailure(job, "content_policy_violation", "no", False, "t-1").describe()
+    'fox: content_policy_violation: no (task t-1)'
+    """
+
+    job: ImageJob
+    code: str
+    message: str
+    retryable: bool
+    task_id: str | None = None
+
+    def describe(self) -> str:
+        """``<partition>: <code>: <message> (task <id>)``."""
+        task = f" (task {self.task_id})" if self.task_id else ""
+        return f"{self.job.partition_key}: {self.code}: {self.message}{task}"
+
+
+@dataclass(frozen=True)
+class SubmittedTask:
+    """A partition whose task was created (or found open) in deferred mode."""
+
+    job: ImageJob
+    task_id: str
+
+
+@dataclass
+class BatchReport:
+    """What a batch did, per partition, in the order partitions finished.
+
+    Blocking mode fills ``successes`` and ``failures``; a deferred submit also fills
+    ``submitted`` (tasks created) and ``open_task`` (a task for the identical request was
+    already open), and puts reused stored images in ``successes``.
+
+    >>> BatchReport().summary()
+    '0 stored, 0 failed in 0.0 s'
+    """
+
+    successes: list[ImageSuccess] = field(default_factory=list)
+    failures: list[ImageFailure] = field(default_factory=list)
+    submitted: list[SubmittedTask] = field(default_factory=list)
+    open_task: list[SubmittedTask] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def all_retryable(self) -> bool:
+        """True when running again (unchanged) may fix every failure."""
+        return all(f.retryable for f in self.failures)
+
+    def summary(self) -> str:
+        """One line: counts and elapsed time."""
+        deferred = (
+            f", {len(self.submitted)} submitted, {len(self.open_task)} skipped (open task)"
+            if self.submitted or self.open_task
+            else ""
+        )
+        return (
+            f"{len(self.successes)} stored, {len(self.failures)} failed{deferred} "
+            f"in {self.elapsed_s:.1f} s"
+        )
+
+    def failure_report(self) -> str:
+        """The failures, one a line."""
+        return "\n".join(f"- {f.describe()}" for f in self.failures)
+
+
+_PERMANENT = (
+    RequestValidationError,
+    BadRequestError,
+    AuthenticationError,
+    InsufficientQuotaError,
+    PermissionDeniedError,
+    NotAnImageError,
+    CreateOutcomeUnknownError,
+)
+
+
+def is_transient(exc: ZImageError) -> bool:
+    """Whether running again without changing anything may succeed (and cannot pay twice).
+
+    >>> from zimage_dagster.api import CreateOutcomeUnknownError, ZImageError
+    >>> is_transient(ZImageError("connection reset")), is_transient(CreateOutcomeUnknownError("?"))
+    (True, False)
+    """
+    if isinstance(exc, TaskFailedError):
+        return exc.retryable
+    return not isinstance(exc, _PERMANENT)
+
+
+def error_code(exc: ZImageError) -> str:
+    """The code reported for an error: the provider's, else the error's class name.
+
+    >>> from zimage_dagster.api import CreateOutcomeUnknownError
+    >>> error_code(CreateOutcomeUnknownError("no answer"))
+    'create_outcome_unknown'
+    """
+    if isinstance(exc, CreateOutcomeUnknownError):
+        return "create_outcome_unknown"
+    return str(getattr(exc, "code", None) or type(exc).__name__)
+
+
+def failure_from_error(job: ImageJob, exc: ZImageError) -> ImageFailure:
+    """The failure of ``job`` for an error of the client (the one classification)."""
+    task_id = getattr(exc, "task_id", None)
+    return ImageFailure(job, error_code(exc), str(exc), is_transient(exc), task_id)
+
+
+def rejected_before(
+    job: ImageJob, entry: LedgerEntry | None, *, retry_rejected: bool = False
+) -> ImageFailure | None:
+    """The failure to report at once when the ledger holds a fixable rejection of this request.
+
+    ``None`` when there is none, when the failure was retryable, or with ``retry_rejected``.
+    """
+    if (
+        retry_rejected
+        or entry is None
+        or entry.status != LedgerStatus.FAILED
+        or entry.fingerprint != job.fingerprint
+    ):
+        return None
+    code = entry.error_code or "unknown_error"
+    if is_retryable_task_error_code(code, attempt=entry.attempt):
+        return None
+    return ImageFailure(
+        job,
+        code,
+        f"{entry.error_message or 'rejected'} (rejected before; change the prompt, "
+        "or pass retry_rejected=True to submit it again)",
+        retryable=False,
+        task_id=entry.task_id,
+    )
+
+
+def reusable_image(
+    store: ImageStore,
+    ledger: TaskLedger,
+    asset: Sequence[str],
+    job: ImageJob,
+    logger: Log | None = None,
+) -> ImageSuccess | None:
+    """The stored image of ``job`` when it was made from the identical request and is intact.
+
+    A stored file whose sha256 differs from its provenance record (damaged, replaced by hand) is
+    not reused: the partition is generated again (same seed, so the same image). When the ledger
+    still shows the stored task open (the run stopped before it said so), it is marked collected.
+    """
+    found = store.find(asset, job.partition_key)
+    if found is None or found.provenance.get("fingerprint") != job.fingerprint:
+        return None
+    entry = ledger.get(asset, job.partition_key)
+    if entry is not None and entry.is_open and entry.fingerprint != job.fingerprint:
+        return None
+    data = store.read_bytes_or_none(found.path)
+    if data is None:
+        return None
+    if hashlib.sha256(data).hexdigest() != found.sha256:
+        (logger or log).warning(
+            f"partition {job.partition_key}: the stored file {found.path} differs from its "
+            "provenance record (sha256); generating it again"
+        )
+        return None
+    record = replace(from_provenance(found.provenance), reused=True, regenerated=False)
+    if entry is not None and entry.is_open and entry.task_id == record.task_id:
+        ledger.mark_collected(asset, job.partition_key, entry.task_id)
+    return ImageSuccess(job, record, make_thumbnail(data))

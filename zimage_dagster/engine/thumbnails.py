@@ -1,0 +1,78 @@
+"""Small thumbnails of generated images, as data URIs that Dagster's UI renders in markdown.
+
+>>> from PIL import Image
+>>> buf = io.BytesIO(); Image.new("RGB", (64, 48), "teal").save(buf, "PNG")
+>>> thumbnail_markdown(make_thumbnail(buf.getvalue()), "a teal card")[:30]
+'![a teal card](data:image/jpeg'
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+from PIL import Image, ImageOps
+
+__all__ = ["make_thumbnail", "thumbnail_markdown"]
+
+# Decompression-bomb guard for thumbnails: refuse images over this many pixels.
+_MAX_THUMB_SOURCE_PIXELS = 64_000_000
+
+
+def make_thumbnail(
+    image_bytes: bytes,
+    max_side: int = 160,
+    *,
+    max_uri_chars: int = 6000,
+    format: str = "JPEG",
+) -> str:
+    """A small ``data:image/jpeg;base64,...`` (or webp) URI of the image, a few KB at most.
+
+    The image is scaled to fit ``max_side`` (aspect kept), flattened onto white if it has alpha,
+    and encoded at decreasing quality (then decreasing size) until the URI fits ``max_uri_chars``.
+
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGB", (1024, 768), "teal").save(buf, "PNG")
+    >>> uri = make_thumbnail(buf.getvalue())
+    >>> uri.startswith("data:image/jpeg;base64,") and len(uri) < 8000
+    True
+    """
+    fmt = format.upper()
+    if fmt not in ("JPEG", "WEBP"):
+        raise ValueError("thumbnail format must be JPEG or WEBP")
+    with Image.open(io.BytesIO(image_bytes)) as src:
+        if src.width * src.height > _MAX_THUMB_SOURCE_PIXELS:
+            raise ValueError(f"image too large for a thumbnail: {src.width}x{src.height}")
+        src.draft("RGB", (max_side, max_side))  # fast JPEG downscale on decode
+        img = ImageOps.exif_transpose(src)
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            rgba = img.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, "white")
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            img = flat
+        else:
+            img = img.convert("RGB")
+    side = max_side
+    mime = "image/jpeg" if fmt == "JPEG" else "image/webp"
+    uri = ""
+    while side >= 16:
+        thumb = img.copy()
+        thumb.thumbnail((side, side), Image.Resampling.LANCZOS)
+        for quality in (80, 65, 50, 35, 20):
+            buf = io.BytesIO()
+            thumb.save(buf, fmt, quality=quality, optimize=fmt == "JPEG")
+            uri = f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+            if len(uri) <= max_uri_chars:
+                return uri
+        side = int(side * 0.75)
+    return uri
+
+
+def thumbnail_markdown(data_uri: str, alt: str = "thumbnail") -> str:
+    """Markdown showing the thumbnail; Dagster's UI renders it as an image.
+
+    >>> thumbnail_markdown("data:image/jpeg;base64,AAAA", "a [red] fox")
+    '![a red fox](data:image/jpeg;base64,AAAA)'
+    """
+    clean = " ".join(alt.replace("[", "").replace("]", "").split())[:100]
+    return f"![{clean}]({data_uri})"
