@@ -24,7 +24,6 @@ import dagster as dg
 import httpx
 
 from benchmarks._common import BenchResult, emulator, prompt_rows
-from zimage_dagster.assets import ImageAssetSpec
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.store import ImageStore
@@ -32,6 +31,7 @@ from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.sensors import build_task_status_sensor
+from zimage_dagster.spec import ImageAssetSpec
 
 NAME = "sensor"
 TITLE = "5. Sensor scale (one task-status tick over 5,000 pending tasks)"
@@ -64,7 +64,7 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
         emulator(latency_s=600.0, render_on_create=False) as emu,
     ):
         root = os.path.join(tmp, "images")
-        spec = ImageAssetSpec(name="sensor_images", prompts=rows, storage=root)
+        spec = ImageAssetSpec(asset_name="sensor_images", prompts=rows, storage=root)
         job_name = "sensor_images_job"
         resource = ZImageResource(api_key=emu.api_key, base_url=emu.url)
         store = ImageStore(root)

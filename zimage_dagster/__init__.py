@@ -20,8 +20,8 @@ from zimage_dagster._version import __version__
 # layer is imported on first use, so that `zimage_dagster.api` and the emulator (which know
 # nothing of Dagster) start fast.
 _EXPORTS: dict[str, str] = {
-    "DEFAULT_RETRY_POLICY": "assets",
-    "ImageAssetSpec": "assets",
+    "DEFAULT_RETRY_POLICY": "spec",
+    "ImageAssetSpec": "spec",
     "build_image_assets": "assets",
     "ZImageComponent": "component",
     "build_generate_images_op": "ops",
@@ -30,7 +30,7 @@ _EXPORTS: dict[str, str] = {
     "ZImageResource": "resource",
     "build_prompt_dataset_sensor": "sensors",
     "build_task_status_sensor": "sensors",
-    "deferred_definitions": "sensors",
+    "automation_definitions": "sensors",
     "image_metadata": "metadata",
     "ImageStoreIOManager": "storage",
     "submit_deferred": "step",

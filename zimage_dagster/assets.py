@@ -20,8 +20,7 @@ import hashlib
 import io
 import os
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -31,28 +30,19 @@ from zimage_dagster.api import parse_size
 from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
-from zimage_dagster.engine.request import SeedStrategy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.prompts import PromptDataset, load_prompts
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.sensors import automation_definitions
+from zimage_dagster.spec import ImageAssetSpec, PromptSource
 from zimage_dagster.step import generate_in_step, submit_in_step
 
 __all__ = [
     "CHECK_NAMES",
-    "DEFAULT_RETRY_POLICY",
-    "ImageAssetSpec",
     "build_image_assets",
+    "build_image_definitions",
 ]
-
-Partitioning = Literal["static", "dynamic", "daily"]
-PromptSource = str | os.PathLike[str] | PromptDataset | Sequence[Mapping[str, Any]]
-
-#: Whole-step retries: exponential backoff from 10 s with +/- jitter. Task-level failures are
-#: resubmitted inside the step first; fixable ones raise ``Failure(allow_retries=False)``.
-DEFAULT_RETRY_POLICY = dg.RetryPolicy(
-    max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS
-)
 
 #: The checks evaluated for the partitions a run stored.
 CHECK_NAMES = ("image_decodes", "dimensions_match_request", "sha256_matches")
@@ -61,147 +51,64 @@ _PROMPT_DIMENSION = "prompt"
 _DATE_DIMENSION = "date"
 
 
-@dataclass(frozen=True)
-class ImageAssetSpec:
-    """Everything :func:`build_image_assets` was given, resolved (also used by the component)."""
-
-    name: str
-    prompts: PromptSource
-    storage: str
-    storage_options: Mapping[str, Any] = field(default_factory=dict)
-    partitioning: Partitioning = "static"
-    key_prefix: tuple[str, ...] = ()
-    group_name: str | None = None
-    description: str | None = None
-    seed_strategy: SeedStrategy = "derived"
-    default_size: str | None = None
-    daily_start_date: str = "2026-01-01"
-    dynamic_partitions_name: str | None = None
-    pool: str | None = "zimage"
-    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY
-    max_partitions_per_run: int | None = None
-    reuse_stored: bool = True
-    retry_rejected: bool = False
-    resource_key: str = "zimage"
-    schedule_cron: str | None = None
-    schedule_timezone: str = "UTC"
-    deferred: bool = False
-
-    @property
-    def asset_key(self) -> dg.AssetKey:
-        return dg.AssetKey([*self.key_prefix, self.name])
-
-
 def build_image_assets(
-    name: str,
-    prompts: PromptSource,
-    *,
-    storage: str | os.PathLike[str] = "zimage_output",
-    storage_options: Mapping[str, Any] | None = None,
-    partitioning: Partitioning = "static",
-    key_prefix: Sequence[str] = (),
-    group_name: str | None = None,
-    description: str | None = None,
-    seed_strategy: SeedStrategy = "derived",
-    default_size: str | None = None,
-    daily_start_date: str = "2026-01-01",
-    dynamic_partitions_name: str | None = None,
-    pool: str | None = "zimage",
-    retry_policy: dg.RetryPolicy | None = DEFAULT_RETRY_POLICY,
-    max_partitions_per_run: int | None = None,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    resource_key: str = "zimage",
-    schedule_cron: str | None = None,
-    schedule_timezone: str = "UTC",
-    deferred: bool = False,
+    name: str, prompts: PromptSource | os.PathLike[str] | Sequence[Any], **options: Any
 ) -> dg.Definitions:
     """Definitions for a partitioned image asset generated from a prompt dataset.
 
-    Args:
-        name: the asset's name (also its folder under ``storage``).
-        prompts: a CSV / JSON Lines / JSON / Parquet path or URL, a loaded ``PromptDataset``, or a
-            list of dicts with ``prompt`` and optionally ``key``, ``size``, ``seed``, ``nsfw_check``.
-        storage: root folder or fsspec URL (``s3://bucket/prefix``) for images, provenance
-            records and the task ledger.
-        partitioning: ``"static"`` (one partition per dataset row), ``"dynamic"`` (keys added
-            at run time, e.g. by the prompt-dataset sensor; the dataset is re-read each run) or
-            ``"daily"`` (date x prompt, for recurring generation; seeds differ per day).
-        seed_strategy: ``"derived"`` (from asset, partition key and prompt: the same partition
-            gives the same request) or ``"random"``; a row's own ``seed`` always wins.
-        default_size: size for rows that have none (else the API's default, ``1:1``).
-        pool: Dagster concurrency pool of the step (limit it in the instance settings).
-        retry_policy: whole-step retries (default exponential backoff with jitter).
-        max_partitions_per_run: ``None`` lets one run cover any number of partitions.
-        reuse_stored: reuse an image already stored for the identical request.
-        retry_rejected: submit again a request the provider rejected with a fixable error.
-        resource_key: the key of the :class:`~zimage_dagster.ZImageResource`.
-        schedule_cron: with ``partitioning="daily"``, add a schedule (e.g. ``"0 6 * * *"``).
-        deferred: a materialization only submits the tasks (ledger first) and ends, holding no
-            worker while the provider works; the ``<name>_task_status`` sensor launches a short
-            collect run per finished task (run key = task ID). See :mod:`zimage_dagster.sensors`.
+    ``name`` is the asset's name (also its folder under the storage root) and ``prompts`` the
+    dataset: a CSV / JSON Lines / JSON / Parquet path or URL, a loaded ``PromptDataset``, or a list
+    of rows (strings, or dicts with ``prompt`` and optionally ``key``, ``size``, ``seed``,
+    ``nsfw_check``). The other options are the fields of :class:`ImageAssetSpec` (each described
+    there, validated there): ``storage`` (default ``$ZIMAGE_STORAGE_URL``, else
+    ``zimage_output``), ``partitioning`` (``static``, ``dynamic``, ``daily``), ``mode``
+    (``blocking``, ``deferred``), ``schedule``, ``seed_strategy``, ``default_size``, ``retry``,
+    ``deps``, ``tags``, ``owners``, ``kinds``, ``automation_condition``, ``code_version``,
+    ``op_tags``...
+
+    The definitions hold the asset (with its checks), the job ``<name>_job`` over it, and the
+    sensors and schedule :func:`~zimage_dagster.sensors.automation_definitions` decides for it.
 
     Example:
         >>> import dagster as dg
         >>> from zimage_dagster import ZImageResource, build_image_assets
-        >>> images = build_image_assets(
-        ...     "catalogue_images",
-        ...     [{"key": "fox", "prompt": "a red fox in the snow", "size": "16:9"}],
-        ...     storage="/tmp/zimage-doctest",
-        ... )
         >>> defs = dg.Definitions.merge(
-        ...     images, dg.Definitions(resources={"zimage": ZImageResource()})
+        ...     build_image_assets(
+        ...         "catalogue_images",
+        ...         [{"key": "fox", "prompt": "a red fox in the snow", "size": "16:9"}],
+        ...         storage="memory://zimage-doctest",
+        ...     ),
+        ...     dg.Definitions(resources={"zimage": ZImageResource()}),
         ... )
-        >>> images.resolve_asset_graph().get_partitions_def(dg.AssetKey("catalogue_images")).get_partition_keys()
+        >>> graph = defs.resolve_asset_graph()
+        >>> graph.get(dg.AssetKey("catalogue_images")).partitions_def.get_partition_keys()
         ['fox']
     """
-    spec = ImageAssetSpec(
-        name=name,
-        prompts=prompts,
-        storage=os.fspath(storage),
-        storage_options=dict(storage_options or {}),
-        partitioning=partitioning,
-        key_prefix=tuple(key_prefix),
-        group_name=group_name,
-        description=description,
-        seed_strategy=seed_strategy,
-        default_size=default_size,
-        daily_start_date=daily_start_date,
-        dynamic_partitions_name=dynamic_partitions_name,
-        pool=pool,
-        retry_policy=retry_policy,
-        max_partitions_per_run=max_partitions_per_run,
-        reuse_stored=reuse_stored,
-        retry_rejected=retry_rejected,
-        resource_key=resource_key,
-        schedule_cron=schedule_cron,
-        schedule_timezone=schedule_timezone,
-        deferred=deferred,
-    )
-    return build_image_definitions(spec)
+    return build_image_definitions(ImageAssetSpec(asset_name=name, prompts=prompts, **options))
 
 
-def build_image_definitions(spec: ImageAssetSpec) -> dg.Definitions:
-    """:func:`build_image_assets` for an already resolved :class:`ImageAssetSpec`."""
+def build_image_definitions(
+    spec: ImageAssetSpec,
+    *,
+    task_status_options: Mapping[str, Any] | None = None,
+    dataset_options: Mapping[str, Any] | None = None,
+) -> dg.Definitions:
+    """:func:`build_image_assets` for a spec: the one code path of the factory and the component.
+
+    The options go to the sensor builders (see :func:`~zimage_dagster.sensors.automation_definitions`).
+    """
     dataset = _load(spec.prompts)
     partitions_def = _partitions_def(spec, dataset)
     asset_def = _image_asset(spec, dataset, partitions_def)
     job = dg.define_asset_job(
-        f"{spec.name}_job", selection=dg.AssetSelection.assets(asset_def), partitions_def=None
+        spec.job_name, selection=dg.AssetSelection.assets(asset_def), partitions_def=None
     )
-    schedules: list[dg.ScheduleDefinition] = []
-    if spec.schedule_cron is not None:
-        if spec.partitioning != "daily":
-            raise dg.DagsterInvalidDefinitionError(
-                f"{spec.name}: schedule_cron needs partitioning='daily' (got {spec.partitioning!r})"
-            )
-        schedules.append(_daily_schedule(spec, job))
-    defs = dg.Definitions(assets=[asset_def], jobs=[job], schedules=schedules)
-    if spec.deferred:
-        from zimage_dagster.sensors import deferred_definitions
-
-        defs = dg.Definitions.merge(defs, deferred_definitions(spec, job.name))
-    return defs
+    return dg.Definitions.merge(
+        dg.Definitions(assets=[asset_def], jobs=[job]),
+        automation_definitions(
+            spec, job, task_status_options=task_status_options, dataset_options=dataset_options
+        ),
+    )
 
 
 # -- partitions ---------------------------------------------------------------------------------
@@ -217,9 +124,7 @@ def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Partitio
     if spec.partitioning == "static":
         return dg.StaticPartitionsDefinition(dataset.keys)
     if spec.partitioning == "dynamic":
-        return dg.DynamicPartitionsDefinition(
-            name=spec.dynamic_partitions_name or f"{spec.name}_prompts"
-        )
+        return dg.DynamicPartitionsDefinition(name=spec.partitions_name)
     if spec.partitioning == "daily":
         return dg.MultiPartitionsDefinition(
             {
@@ -227,7 +132,7 @@ def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Partitio
                 # schedule can ask for today's image (without it the newest is yesterday's).
                 _DATE_DIMENSION: dg.DailyPartitionsDefinition(
                     start_date=spec.daily_start_date,
-                    timezone=spec.schedule_timezone,
+                    timezone=spec.timezone,
                     end_offset=1,
                 ),
                 _PROMPT_DIMENSION: dg.StaticPartitionsDefinition(dataset.keys),
@@ -246,25 +151,6 @@ def _prompt_key(partition_key: str, partitions_def: dg.PartitionsDefinition) -> 
     return str(partition_key)
 
 
-def _daily_schedule(spec: ImageAssetSpec, job: Any) -> dg.ScheduleDefinition:
-    @dg.schedule(
-        name=f"{spec.name}_schedule",
-        cron_schedule=spec.schedule_cron or "0 6 * * *",
-        job=job,
-        execution_timezone=spec.schedule_timezone,
-        default_status=dg.DefaultScheduleStatus.STOPPED,
-        description="Generates today's image for every prompt, one run per prompt.",
-    )
-    def _schedule(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
-        tick = context.scheduled_execution_time
-        date = tick.strftime("%Y-%m-%d")
-        for key in _load(spec.prompts).keys:
-            partition = dg.MultiPartitionKey({_DATE_DIMENSION: date, _PROMPT_DIMENSION: key})
-            yield dg.RunRequest(run_key=f"{date}|{key}", partition_key=partition)
-
-    return _schedule
-
-
 # -- the asset ----------------------------------------------------------------------------------
 
 
@@ -280,7 +166,7 @@ def _image_asset(
         "dataset": dg.MetadataValue.text(_describe_source(spec.prompts, dataset)),
         "dataset_rows": dg.MetadataValue.int(len(dataset)),
         "dataset_problems": dg.MetadataValue.int(len(dataset.problems)),
-        "storage": dg.MetadataValue.text(spec.storage),
+        "storage": dg.MetadataValue.text(spec.storage_root),
         "seed_strategy": dg.MetadataValue.text(spec.seed_strategy),
     }
     if dataset.problems:
@@ -295,7 +181,7 @@ def _image_asset(
     ]
 
     @dg.asset(
-        name=spec.name,
+        name=spec.asset_name,
         key_prefix=list(spec.key_prefix) or None,
         group_name=spec.group_name,
         description=spec.description
@@ -304,11 +190,17 @@ def _image_asset(
         backfill_policy=backfill_policy,
         retry_policy=spec.retry_policy,
         pool=spec.pool,
-        kinds={"zimage", "image"},
+        kinds=set(spec.kinds),
         metadata=definition_metadata,
         output_required=False,
         check_specs=check_specs,
         required_resource_keys={spec.resource_key},
+        deps=[_dep(d) for d in spec.deps],
+        tags=dict(spec.tags) or None,
+        owners=list(spec.owners) or None,
+        automation_condition=spec.automation_condition,
+        code_version=spec.code_version,
+        op_tags=dict(spec.op_tags) or None,
     )
     def _asset(context: AssetExecutionContext) -> Iterator[Any]:
         resource: ZImageResource = getattr(context.resources, spec.resource_key)
@@ -370,9 +262,12 @@ _CHECK_DOCS = {
 
 
 def _describe_source(source: PromptSource, dataset: PromptDataset) -> str:
-    if isinstance(source, str | os.PathLike):
-        return os.fspath(source)
-    return dataset.source
+    return source if isinstance(source, str) else dataset.source
+
+
+def _dep(dep: Any) -> Any:
+    """A dependency as ``@dg.asset(deps=...)`` takes it; ``"a/b"`` names ``AssetKey(["a", "b"])``."""
+    return dg.AssetKey.from_user_string(dep) if isinstance(dep, str) else dep
 
 
 def _generate(
@@ -381,7 +276,7 @@ def _generate(
     resource: ZImageResource,
     dataset: PromptDataset,
 ) -> tuple[BatchReport, list[str]]:
-    store = ImageStore(spec.storage, spec.storage_options)
+    store = ImageStore(spec.storage_root, spec.storage_options)
     ledger = TaskLedger(store)
     jobs: list[ImageJob] = []
     missing: list[str] = []
@@ -468,7 +363,7 @@ def _check_results(spec: ImageAssetSpec, report: BatchReport) -> Iterator[dg.Ass
     """One evaluation per check over the partitions the run stored: the stored file is read back
     and hashed (what a downstream asset will load, not what was downloaded); a file whose sha256
     is the download's was fully decoded at download, any other one is decoded here."""
-    store = ImageStore(spec.storage, spec.storage_options)
+    store = ImageStore(spec.storage_root, spec.storage_options)
     problems: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
     for success in report.successes:
         record = success.record

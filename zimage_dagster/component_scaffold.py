@@ -161,7 +161,7 @@ class ZImageComponentScaffolder(Scaffolder[ZImageScaffoldParams]):
                 import dagster as dg
 
                 from {module} import {cls_name}
-                from zimage_dagster.component import ResourceSettings
+                from zimage_dagster import ZImageResource
 
 
                 @dg.component_instance
@@ -169,7 +169,7 @@ class ZImageComponentScaffolder(Scaffolder[ZImageScaffoldParams]):
                     return {cls_name}(
                         asset_name={json.dumps(asset_name)},
                         prompts={json.dumps(prompts)},
-                        resource=ResourceSettings(api_key_env="ZIMAGE_API_KEY"),
+                        resource=ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY")),
                     )
                 """
             ),

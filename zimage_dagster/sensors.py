@@ -11,16 +11,20 @@
   the regeneration of a key whose prompt changed, and reports keys that left the dataset (it
   never deletes a partition). Its cursor is a digest of the files' (path, size, mtime/etag):
   small however large the dataset; per-key state comes from storage (provenance, ledger).
-- :func:`deferred_definitions`: both, as ``dagster.Definitions`` to merge with the asset's.
+- :func:`automation_definitions`: the one function deciding which of them, and which schedule,
+  an image asset has: the task-status sensor in deferred mode, the prompt-dataset sensor for a
+  dynamic asset watching a file (in either mode, unless ``dataset_sensor`` is false), and for a
+  daily asset with a ``schedule``, a schedule built from the partitioned job the Dagster way
+  (``build_schedule_from_partitioned_job``: it requests the newest day's partitions known at
+  load, so a dataset changed after load never fails a tick).
 
-Example::
-
-    spec = ImageAssetSpec(name="catalogue", prompts="prompts.csv", storage="s3://bucket/images")
-    defs = dg.Definitions.merge(
-        build_image_definitions(spec),
-        deferred_definitions(spec, "catalogue_job"),
-        dg.Definitions(resources={"zimage": ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"))}),
-    )
+Example:
+    >>> from zimage_dagster.spec import ImageAssetSpec
+    >>> spec = ImageAssetSpec(asset_name="cards", prompts="cards.csv", partitioning="dynamic",
+    ...                       mode="deferred")
+    >>> defs = automation_definitions(spec, dg.define_asset_job("cards_job"))
+    >>> sorted(s.name for s in defs.sensors)
+    ['cards_prompt_dataset', 'cards_task_status']
 """
 
 from __future__ import annotations
@@ -42,20 +46,19 @@ from zimage_dagster.engine.request import DEFAULT_SIZE, request_fingerprint
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG, DEFAULT_RESULT_TTL_S, TaskWatcher, TickReport
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
+from zimage_dagster.spec import ImageAssetSpec
 
 if TYPE_CHECKING:
-    from zimage_dagster.assets import ImageAssetSpec
     from zimage_dagster.resource import ZImageResource
 
 __all__ = [
     "DATASET_SUFFIXES",
     "REASON_TAG",
+    "automation_definitions",
     "build_prompt_dataset_sensor",
     "build_task_status_sensor",
     "dataset_digest",
     "dataset_files",
-    "deferred_definitions",
-    "dynamic_partitions_name",
     "load_dataset",
 ]
 
@@ -66,7 +69,7 @@ DATASET_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".
 
 
 def _store(spec: ImageAssetSpec) -> ImageStore:
-    return ImageStore(spec.storage, spec.storage_options)
+    return ImageStore(spec.storage_root, spec.storage_options)
 
 
 # -- task status --------------------------------------------------------------------------------
@@ -206,19 +209,12 @@ def _task_status_result(
 # -- prompt dataset -----------------------------------------------------------------------------
 
 
-def dynamic_partitions_name(spec: ImageAssetSpec) -> str:
-    """The dynamic partitions definition's name, as the asset factory names it."""
-    return spec.dynamic_partitions_name or f"{spec.name}_prompts"
-
-
 def _dataset_root(spec: ImageAssetSpec) -> UPath:
     source = spec.prompts
-    if isinstance(source, UPath):
-        return source
-    if isinstance(source, str | os.PathLike):
-        return UPath(os.fspath(source), **dict(spec.storage_options or {}))
+    if isinstance(source, str):
+        return UPath(source, **dict(spec.storage_options or {}))
     raise dg.DagsterInvalidDefinitionError(
-        f"{spec.name}: the prompt-dataset sensor watches a file or folder (path or URL), "
+        f"{spec.asset_name}: the prompt-dataset sensor watches a file or folder (path or URL), "
         f"not a {type(source).__name__}"
     )
 
@@ -345,11 +341,11 @@ def build_prompt_dataset_sensor(
     """
     if spec.partitioning != "dynamic":
         raise dg.DagsterInvalidDefinitionError(
-            f"{spec.name}: the prompt-dataset sensor needs partitioning='dynamic' "
+            f"{spec.asset_name}: the prompt-dataset sensor needs partitioning='dynamic' "
             f"(got {spec.partitioning!r})"
         )
     root = _dataset_root(spec)
-    partitions_name = dynamic_partitions_name(spec)
+    partitions_name = spec.partitions_name
     sensor_name = name or f"{_safe_name(spec)}_prompt_dataset"
 
     @dg.sensor(
@@ -408,36 +404,13 @@ def _evaluate_dataset(
     existing = set(context.instance.get_dynamic_partitions(partitions_name))
     store = _store(spec)
     ledger = TaskLedger(store)
-    provenance = _read_provenance(store, spec)
     entries = {e.partition_key: e for e in ledger.iter_entries(spec.asset_key.path)}
 
     new_keys = [k for k in rows if k not in existing]
-    wanted: list[tuple[str, str, str]] = []  # key, reason, run key
-    for key, row in rows.items():
-        explicit = row.seed is not None
-        expected = _row_content(spec, row)
-        fp = request_fingerprint(*_fp_args(expected))
-        entry = entries.get(key)
-        record = provenance.get(key)
-        if (
-            entry is not None
-            and (entry.is_open or entry.status == LedgerStatus.FAILED)
-            and _entry_content(entry, explicit) == expected
-        ):
-            continue  # being generated, or rejected as it is (the user must change it)
-        if record is not None and _provenance_content(record, explicit) == expected:
-            continue  # generated from this very row
-        if record is None and entry is None:
-            reason, basis = "new", "new"
-        else:
-            reason = "changed"
-            basis = str((record or {}).get("task_id") or (entry.task_id if entry else "new"))
-            context.log.info(f"key {key!r}: the dataset row changed; requesting regeneration")
-        wanted.append((key, reason, f"{key}:{fp}:{basis}"))
+    wanted = _runs_wanted(spec, rows, entries, _read_provenance(store, spec), context)
 
     # A backlog larger than one tick's share goes on after the last key requested (the cursor
     # holds that one key, not the set): already requested runs are not requested again.
-    wanted.sort(key=lambda w: w[0])
     after = previous_after if isinstance(previous_after, str) else None
     remaining = [w for w in wanted if after is None or w[0] > after]
     picked = remaining[:max_run_requests]
@@ -466,6 +439,40 @@ def _evaluate_dataset(
         asset_events=events,
         cursor=cursor,
     )
+
+
+def _runs_wanted(
+    spec: ImageAssetSpec,
+    rows: Mapping[str, PromptRow],
+    entries: Mapping[str, LedgerEntry],
+    provenance: Mapping[str, Mapping[str, Any]],
+    context: dg.SensorEvaluationContext,
+) -> list[tuple[str, str, str]]:
+    """``(key, reason, run key)`` of each row not generated (nor being generated, nor rejected)
+    as it is now, sorted by key; ``reason`` is ``new`` or ``changed``."""
+    wanted: list[tuple[str, str, str]] = []
+    for key, row in rows.items():
+        explicit = row.seed is not None
+        expected = _row_content(spec, row)
+        entry = entries.get(key)
+        record = provenance.get(key)
+        if (
+            entry is not None
+            and (entry.is_open or entry.status == LedgerStatus.FAILED)
+            and _entry_content(entry, explicit) == expected
+        ):
+            continue  # being generated, or rejected as it is (the user must change it)
+        if record is not None and _provenance_content(record, explicit) == expected:
+            continue  # generated from this very row
+        if record is None and entry is None:
+            reason, basis = "new", "new"
+        else:
+            reason = "changed"
+            basis = str((record or {}).get("task_id") or (entry.task_id if entry else "new"))
+            context.log.info(f"key {key!r}: the dataset row changed; requesting regeneration")
+        fp = request_fingerprint(*_fp_args(expected))
+        wanted.append((key, reason, f"{key}:{fp}:{basis}"))
+    return sorted(wanted, key=lambda w: w[0])
 
 
 def _fp_args(content: tuple[Any, ...]) -> tuple[Any, Any, Any, Any]:
@@ -505,29 +512,45 @@ def _removed_keys(
 # -- bundle -------------------------------------------------------------------------------------
 
 
-def deferred_definitions(
+def automation_definitions(
     spec: ImageAssetSpec,
-    job_name: str | None = None,
+    job: dg.UnresolvedAssetJobDefinition,
     *,
-    dataset_sensor: bool | None = None,
     task_status_options: Mapping[str, Any] | None = None,
     dataset_options: Mapping[str, Any] | None = None,
 ) -> dg.Definitions:
-    """The task-status sensor, and for ``partitioning="dynamic"`` the prompt-dataset sensor.
+    """The sensors and schedule of an image asset, decided here and nowhere else.
 
-    ``job_name`` defaults to the factory's ``<name>_job``. ``dataset_sensor`` defaults to True
-    for a dynamic asset whose prompts are a path or URL. The options are passed to
-    :func:`build_task_status_sensor` / :func:`build_prompt_dataset_sensor`.
+    - deferred mode: the task-status sensor (:func:`build_task_status_sensor`);
+    - ``spec.wants_dataset_sensor`` (dynamic partitions fed by a file or URL, unless
+      ``dataset_sensor`` is false), in either mode: the prompt-dataset sensor;
+    - ``schedule`` (daily partitioning): ``<asset>_schedule``, built from the job by
+      ``dagster.build_schedule_from_partitioned_job`` at the schedule's hour and minute, in the
+      partitions' time zone, stopped by default.
+
+    The options are passed to the sensor builders (intervals, budgets, default status).
     """
-    job = job_name or f"{spec.name}_job"
-    sensors = [build_task_status_sensor(spec, job, **dict(task_status_options or {}))]
-    if dataset_sensor is None:
-        dataset_sensor = spec.partitioning == "dynamic" and isinstance(
-            spec.prompts, str | os.PathLike
+    sensors: list[dg.SensorDefinition] = []
+    if spec.deferred:
+        sensors.append(build_task_status_sensor(spec, job.name, **dict(task_status_options or {})))
+    if spec.wants_dataset_sensor:
+        sensors.append(build_prompt_dataset_sensor(spec, job.name, **dict(dataset_options or {})))
+    schedules: list[Any] = []
+    if spec.schedule is not None:
+        hour, minute = spec.schedule.hour_and_minute
+        schedules.append(
+            dg.build_schedule_from_partitioned_job(
+                job,
+                name=f"{spec.asset_name}_schedule",
+                hour_of_day=hour,
+                minute_of_hour=minute,
+                description=(
+                    "Generates the day's image of every prompt (one run per prompt, run key = "
+                    "partition key)."
+                ),
+            )
         )
-    if dataset_sensor:
-        sensors.append(build_prompt_dataset_sensor(spec, job, **dict(dataset_options or {})))
-    return dg.Definitions(sensors=sensors)
+    return dg.Definitions(sensors=sensors, schedules=schedules)
 
 
 def _safe_name(spec: ImageAssetSpec) -> str:

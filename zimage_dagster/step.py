@@ -23,6 +23,10 @@ import asyncio
 from collections.abc import Sequence
 
 import dagster as dg
+from dagster._core.definitions.data_version import (
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+)
 
 from zimage_dagster.engine.batch import BatchGenerator
 from zimage_dagster.engine.jobs import ImageJob
@@ -39,11 +43,17 @@ StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
 
 
 def _record(context: StepContext, asset_key: dg.AssetKey, success: ImageSuccess) -> None:
+    """Materialize the partition, with its data version: the request's fingerprint, so a
+    partition whose prompt, size or seed changed shows as changed."""
     context.log_event(
         dg.AssetMaterialization(
             asset_key=asset_key,
             partition=success.job.partition_key,
             metadata=image_metadata(success.record, success.thumbnail),
+            tags={
+                DATA_VERSION_TAG: success.job.fingerprint,
+                DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+            },
         )
     )
 

@@ -3,7 +3,7 @@ image store in :mod:`zimage_dagster.engine.store`).
 
 Example:
     >>> import tempfile
-    >>> from zimage_dagster.engine.store import ImageStore
+    >>> from zimage_dagster.engine.store import ImageStore, resolve_storage
     >>> root = tempfile.mkdtemp()
     >>> _ = ImageStore(root).save("hero", "2026-01-01|fox", b"img", "png", {"sha256": "ab"})
     >>> ImageStoreIOManager(root=root)._store().find("hero", "2026-01-01|fox").path.name
@@ -22,7 +22,7 @@ from PIL import Image
 from pydantic import Field
 from upath import UPath
 
-from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.store import ImageStore, resolve_storage
 
 __all__ = ["ImageStoreIOManager"]
 
@@ -81,9 +81,12 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
         >>> io_manager = ImageStoreIOManager(root="memory://doctest-io")
     """
 
-    root: str = Field(
-        default="zimage_output",
-        description="Folder or fsspec URL of the image store (s3://bucket/prefix, memory://x).",
+    root: str | None = Field(
+        default=None,
+        description=(
+            "Folder or fsspec URL of the image store (s3://bucket/prefix, memory://x). Unset: "
+            "$ZIMAGE_STORAGE_URL, else zimage_output (as the image assets)."
+        ),
     )
     storage_options: dict[str, Any] | None = Field(
         default=None,
@@ -91,7 +94,7 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
     )
 
     def _store(self) -> ImageStore:
-        return ImageStore(self.root, self.storage_options)
+        return ImageStore(resolve_storage(self.root), self.storage_options)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         """Accept ``None`` only: images are written by the asset through :class:`ImageStore`."""

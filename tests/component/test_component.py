@@ -4,7 +4,6 @@ emulator in a real run on a real instance."""
 
 from __future__ import annotations
 
-import dataclasses
 import doctest
 import subprocess
 import sys
@@ -31,9 +30,9 @@ from tests.component._support import (
     write_component,
 )
 from zimage_dagster import ImageAssetSpec, ZImageComponent, ZImageResource
-from zimage_dagster.assets import DEFAULT_RETRY_POLICY
-from zimage_dagster.component import ResourceSettings, RetrySettings, ScheduleSettings
+from zimage_dagster.component import _resolve_resource, _ResourceSection
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.spec import DEFAULT_RETRY_POLICY, RetrySettings, ScheduleSettings
 
 SECRET = "sk-evo-component-test-secret-0042"
 # A resource section so that the definitions validate (without one, the project binds it).
@@ -94,8 +93,8 @@ def test_every_attribute_resolves_including_env_templates(
         with loaded(sandbox, path) as (component, defs):
             assert component.group_name == "marketing_posters"
             assert component.storage == str(tmp_path / "images")
-            assert component.retry == RetrySettings(
-                max_retries=5, delay=2.5, backoff="linear", jitter="full"
+            assert component.retry_policy == dg.RetryPolicy(
+                max_retries=5, delay=2.5, backoff=dg.Backoff.LINEAR, jitter=dg.Jitter.FULL
             )
             assert component.schedule == ScheduleSettings(
                 cron="30 5 * * *", timezone="Europe/Paris"
@@ -103,7 +102,8 @@ def test_every_attribute_resolves_including_env_templates(
             assert component.resource is not None
             assert component.resource.concurrency == 3
             assert component.resource.request_timeout == 12.5
-            assert component.resource.api_key_env == "ZIMAGE_API_KEY"
+            assert isinstance(component.resource.api_key, dg.EnvVar)
+            assert component.resource.api_key == "ZIMAGE_API_KEY"
 
             key = dg.AssetKey(["marketing", "print", "posters"])
             asset = defs.resolve_assets_def(key)
@@ -152,48 +152,36 @@ def sandbox_context(sandbox: Any, path: Path) -> dg.ComponentLoadContext:
         return tree.load_context.for_path(path)
 
 
-def test_defaults_match_the_asset_factory() -> None:
-    """The component's defaults are the factory's (ImageAssetSpec, DEFAULT_RETRY_POLICY)."""
+def test_the_component_is_the_spec_and_its_yaml_schema_is_derived() -> None:
+    """One declaration: the component's attributes are ImageAssetSpec's fields (same defaults),
+    plus resource; the YAML schema lists each of them (retry_policy is written retry)."""
     component = ZImageComponent(asset_name="posters", prompts=["a fox"])
-    assert component.retry is not None
-    assert component.retry.to_policy() == DEFAULT_RETRY_POLICY
-    spec_defaults = {
-        f.name: f.default
-        for f in dataclasses.fields(ImageAssetSpec)
-        if f.default is not dataclasses.MISSING
-    }
-    assert component.storage == "zimage_output"  # the factory's default folder
-    for name, spec_name in [
-        ("partitioning", "partitioning"),
-        ("group_name", "group_name"),
-        ("description", "description"),
-        ("seed_strategy", "seed_strategy"),
-        ("default_size", "default_size"),
-        ("daily_start_date", "daily_start_date"),
-        ("dynamic_partitions_name", "dynamic_partitions_name"),
-        ("pool", "pool"),
-        ("max_partitions_per_run", "max_partitions_per_run"),
-        ("reuse_stored", "reuse_stored"),
-        ("retry_rejected", "retry_rejected"),
-        ("resource_key", "resource_key"),
-    ]:
-        assert getattr(component, name) == spec_defaults[spec_name], name
+    assert component.retry_policy == DEFAULT_RETRY_POLICY
+    assert issubclass(ZImageComponent, ImageAssetSpec)
+    assert set(ZImageComponent.model_fields) == {*ImageAssetSpec.model_fields, "resource"}
+    yaml_fields = set(ZImageComponent.model().model_fields)
+    assert yaml_fields == {*ImageAssetSpec.model_fields, "resource"} - {"retry_policy"} | {"retry"}
+    spec = ImageAssetSpec(asset_name="posters", prompts=["a fox"])
+    assert {n: getattr(component, n) for n in ImageAssetSpec.model_fields} == dict(spec)
 
 
-def test_resource_section_mirrors_every_resource_field() -> None:
-    """A field added to ZImageResource must be configurable from defs.yaml too."""
-    resource_fields = set(ZImageResource.model_fields)
-    settings_fields = set(ResourceSettings.model_fields) - {"api_key_env"} | {"api_key"}
-    assert settings_fields == resource_fields
-    for name, field in ResourceSettings.model_fields.items():
+def test_resource_section_is_the_resource_s_own_fields() -> None:
+    """A field added to ZImageResource is configurable from defs.yaml at once, described."""
+    assert set(_ResourceSection.model_fields) == set(ZImageResource.model_fields)
+    for name, field in _ResourceSection.model_fields.items():
         assert field.description, name
     for model in (ZImageComponent, RetrySettings, ScheduleSettings):
         for name, field in model.model_fields.items():
-            assert field.description, f"{model.__name__}.{name}"
+            resolver = next((m for m in field.metadata if isinstance(m, dg.Resolver)), None)
+            described = field.description or (resolver is not None and resolver.description)
+            assert described, f"{model.__name__}.{name}"
 
 
 def test_unset_resource_fields_keep_the_resource_defaults() -> None:
-    resource = ResourceSettings(concurrency=2).build_resource()
+    resource = _resolve_resource(
+        dg.ResolutionContext.default(), _ResourceSection.model_validate({"concurrency": 2})
+    )
+    assert resource is not None
     assert resource.concurrency == 2
     assert resource.api_key is None
     assert resource.base_url is None
@@ -225,7 +213,7 @@ def test_retry_null_turns_step_retries_off() -> None:
     with create_defs_folder_sandbox() as sandbox:
         path = write_component(sandbox, {**BASE, "retry": None})
         with loaded(sandbox, path) as (component, defs):
-            assert component.retry is None
+            assert component.retry_policy is None
             node = defs.resolve_assets_def("posters").node_def
             assert isinstance(node, dg.OpDefinition)
             assert node.retry_policy is None
@@ -319,7 +307,7 @@ def test_relative_storage_is_under_the_project_root() -> None:
         ({"schedule": {"cron": "0 6 * * *"}}, ["schedule needs partitioning: daily"]),
         (
             {"partitioning": "daily", "schedule": {"cron": "every morning"}},
-            ["schedule", "cron", "not a valid cron expression"],
+            ["schedule", "cron", "not a daily cron expression"],
         ),
         (
             {
@@ -330,13 +318,12 @@ def test_relative_storage_is_under_the_project_root() -> None:
         ),
         ({"default_size": "9999x1"}, ["default_size", "9999"]),
         ({"daily_start_date": "yesterday"}, ["daily_start_date", "YYYY-MM-DD"]),
-        ({"max_partitions_per_run": 0}, ["max_partitions_per_run", "1 or more"]),
+        ({"max_partitions_per_run": 0}, ["max_partitions_per_run", "greater than or equal to 1"]),
         ({"asset_name": "my posters"}, ["asset_name", "letters, digits and '_'"]),
         ({"key_prefix": ["ok", "not/ok"]}, ["key_prefix", "not/ok"]),
         ({"dynamic_partitions_name": "x"}, ["dynamic_partitions_name needs partitioning: dynamic"]),
-        ({"resource": {"concurrency": 0}}, ["resource", "concurrency", "must be 1 or more"]),
-        ({"resource": {"request_timeout": 0}}, ["resource", "request_timeout", "more than 0"]),
-        ({"resource": {"base_url": "ftp://x"}}, ["resource", "base_url", "http(s) URL"]),
+        ({"resource": {"concurrency": 0}}, ["resource.concurrency", "greater than or equal to 1"]),
+        ({"resource": {"request_timeout": 0}}, ["resource.request_timeout", "greater than 0"]),
         ({"resource": {"apikey": "x"}}, ["attributes.resource", "apikey", "Extra inputs"]),
         ({"mode": "later"}, ["mode", "'blocking' or 'deferred'"]),
     ],
@@ -380,7 +367,8 @@ def test_api_key_reference_becomes_an_envvar_and_the_key_reaches_no_snapshot(
         path = write_component(sandbox, {**BASE, "resource": {"api_key": reference}})
         with loaded(sandbox, path) as (component, defs):
             assert component.resource is not None
-            assert component.resource.api_key_env == "ZIMAGE_API_KEY"
+            assert isinstance(component.resource.api_key, dg.EnvVar)
+            assert component.resource.api_key == "ZIMAGE_API_KEY"
             resource = (defs.resources or {})["zimage"]
             assert isinstance(resource, ZImageResource)
             assert isinstance(resource.api_key, dg.EnvVar)

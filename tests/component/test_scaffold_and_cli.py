@@ -44,7 +44,8 @@ def test_scaffolded_defs_yaml_loads_without_the_key_set(monkeypatch: pytest.Monk
         assert attributes["resource"]["api_key"] == "{{ env.ZIMAGE_API_KEY }}"
         with loaded(sandbox, path) as (component, defs):
             assert component.resource is not None
-            assert component.resource.api_key_env == "ZIMAGE_API_KEY"
+            assert isinstance(component.resource.api_key, dg.EnvVar)
+            assert component.resource.api_key == "ZIMAGE_API_KEY"
             asset = defs.resolve_assets_def("hero_shots")
             assert asset.partitions_def is not None
             keys = asset.partitions_def.get_partition_keys()

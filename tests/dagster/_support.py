@@ -150,3 +150,15 @@ def seed_failing_then_passing(rate: float, draws: Sequence[bool]) -> int:
         if all((rng.random() < rate) == fail for fail in draws):
             return candidate
     raise AssertionError("no seed found")  # pragma: no cover
+
+
+def schedule_requests(defs: dg.Definitions, name: str, when: Any) -> list[dg.RunRequest]:
+    """The run requests of one tick of the schedule ``name`` at ``when`` (a datetime)."""
+    schedule = defs.resolve_schedule_def(name)
+    with dg.DagsterInstance.ephemeral() as instance:
+        context = dg.build_schedule_context(
+            instance=instance,
+            scheduled_execution_time=when,
+            repository_def=defs.get_repository_def(),
+        )
+        return list(schedule.evaluate_tick(context).run_requests or [])

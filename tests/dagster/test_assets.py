@@ -34,6 +34,7 @@ from tests.dagster._support import (
     rows,
     run_one,
     run_range,
+    schedule_requests,
     seed_failing_then_passing,
     step_failure,
     values,
@@ -41,7 +42,6 @@ from tests.dagster._support import (
 from zimage_dagster.api import AsyncZImageClient, GenerationRequest, PollPolicy, ZImageClient
 from zimage_dagster.assets import (
     CHECK_NAMES,
-    ImageAssetSpec,
     _check_results,
     _dimension_mismatch,
     build_image_assets,
@@ -54,6 +54,7 @@ from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow, derive_seed, request_fingerprint
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.spec import ImageAssetSpec
 
 METADATA_FIELDS = (
     "seed",
@@ -589,7 +590,7 @@ def test_checks_fail_for_files_changed_after_they_were_stored(
     (folder / "swapped.png").write_bytes(other.getvalue())  # a valid image, not ours
     (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
 
-    spec = ImageAssetSpec(name="imgs", prompts=[], storage=str(tmp_path))
+    spec = ImageAssetSpec(asset_name="imgs", prompts=[], storage=str(tmp_path))
     results = {r.check_name: r for r in _check_results(spec, report)}
     assert set(results) == set(CHECK_NAMES)
     assert all(r.metadata["partitions_checked"].value == 3 for r in results.values())
@@ -765,22 +766,15 @@ def test_daily_by_prompt_partitions_store_per_day_with_per_day_seeds(
 
 def test_daily_schedule_requests_one_run_per_prompt_for_the_ticks_date(tmp_path: Path) -> None:
     images = build_image_assets(
-        "daily", rows(3), storage=tmp_path, partitioning="daily", schedule_cron="0 6 * * *"
+        "daily", rows(3), storage=tmp_path, partitioning="daily", schedule={"cron": "0 6 * * *"}
     )
     defs = dg.Definitions.merge(images, dg.Definitions(resources={"zimage": ZImageResource()}))
-    schedule = defs.get_schedule_def("daily_schedule")
     tick = dt.datetime(2026, 3, 4, 6, 0, tzinfo=dt.timezone.utc)
-    with dg.DagsterInstance.ephemeral() as instance:
-        context = dg.build_schedule_context(
-            instance=instance,
-            scheduled_execution_time=tick,
-            repository_def=defs.get_repository_def(),
-        )
-        requests = list(schedule.evaluate_tick(context).run_requests or [])
+    requests = schedule_requests(defs, "daily_schedule", tick)
     assert [str(r.partition_key) for r in requests] == [f"2026-03-04|p{i}" for i in range(3)]
     assert len({r.run_key for r in requests}) == 3
 
 
 def test_schedule_needs_daily_partitions(tmp_path: Path) -> None:
-    with pytest.raises(dg.DagsterInvalidDefinitionError, match="partitioning='daily'"):
-        build_image_assets("imgs", rows(1), storage=tmp_path, schedule_cron="0 6 * * *")
+    with pytest.raises(ValueError, match="schedule needs partitioning: daily"):
+        build_image_assets("imgs", rows(1), storage=tmp_path, schedule={"cron": "0 6 * * *"})

@@ -383,7 +383,12 @@ def test_io_manager_bad_as_value(tmp_path: Path) -> None:
         )
 
 
-def test_io_manager_config_fields() -> None:
+def test_io_manager_config_fields(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     manager = ImageStoreIOManager(root="memory://x", storage_options={"skip_instance_cache": True})
     assert manager.root == "memory://x"
-    assert ImageStoreIOManager().root == "zimage_output"
+    # Unset: the image assets' default, $ZIMAGE_STORAGE_URL else zimage_output.
+    assert ImageStoreIOManager().root is None
+    monkeypatch.setenv("ZIMAGE_STORAGE_URL", str(tmp_path))
+    assert ImageStoreIOManager()._store().root.path == str(tmp_path)
+    monkeypatch.delenv("ZIMAGE_STORAGE_URL")
+    assert ImageStoreIOManager()._store().root.name == "zimage_output"

@@ -1,11 +1,9 @@
-"""The engine package: no Dagster import (by source and at run time), runnable docstrings, and
-the codec between partition keys and storage keys."""
+"""The engine package: no Dagster import (by source and at run time), and the codec between
+partition keys and storage keys. (Its docstring examples run in `make doctest`.)"""
 
 from __future__ import annotations
 
 import ast
-import doctest
-import importlib
 import pkgutil
 import random
 import subprocess
@@ -56,13 +54,6 @@ def test_importing_the_engine_loads_no_dagster() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
-
-
-@pytest.mark.parametrize("name", ["zimage_dagster.engine", *MODULES])
-def test_docstring_examples_run(name: str) -> None:
-    module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0, f"{result.failed} doctest failure(s) in {name}"
 
 
 def test_the_codec_is_reversible_for_any_key() -> None:

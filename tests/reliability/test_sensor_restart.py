@@ -18,11 +18,12 @@ import pytest
 
 from tests.sensors._support import tick, wait_for, wait_terminal
 from zimage_dagster import ZImageResource
-from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
+from zimage_dagster.assets import build_image_definitions
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.sensors import build_task_status_sensor
+from zimage_dagster.spec import ImageAssetSpec
 
 ROWS = [
     {"key": f"card-{i:02d}", "prompt": f"a paper lantern number {i}", "size": "376x376"}
@@ -44,7 +45,7 @@ def test_a_restarted_sensor_collects_everything_once_without_new_tasks(
     resource = ZImageResource(
         api_key=emulator.api_key, base_url=emulator.url, max_poll_interval=0.2
     )
-    spec = ImageAssetSpec(name="cards", prompts=ROWS, storage=str(tmp_path), deferred=True)
+    spec = ImageAssetSpec(asset_name="cards", prompts=ROWS, storage=str(tmp_path), mode="deferred")
     images = build_image_definitions(spec)
     defs = dg.Definitions.merge(images, dg.Definitions(resources={"zimage": resource}))
     job = defs.resolve_job_def("cards_job")

@@ -10,13 +10,14 @@ from typing import Any
 
 import dagster as dg
 
-from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
+from zimage_dagster.assets import build_image_definitions
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.spec import ImageAssetSpec
 
 ROWS: list[dict[str, Any]] = [
     {"key": "fox", "prompt": "a red fox in the snow", "size": "1:1", "seed": 11},
@@ -28,7 +29,9 @@ ROWS: list[dict[str, Any]] = [
 def make_spec(
     storage: Path | str, rows: Sequence[dict[str, Any]] | str = ROWS, **kw: Any
 ) -> ImageAssetSpec:
-    return ImageAssetSpec(name=kw.pop("name", "cards"), prompts=rows, storage=str(storage), **kw)
+    return ImageAssetSpec(
+        asset_name=kw.pop("name", "cards"), prompts=rows, storage=str(storage), **kw
+    )
 
 
 def make_resource(emulator: EmulatorServer, **kw: Any) -> ZImageResource:
@@ -57,7 +60,7 @@ def jobs_for(rows: Sequence[dict[str, Any]] = ROWS) -> list[ImageJob]:
 
 
 def ledger_of(spec: ImageAssetSpec) -> TaskLedger:
-    return TaskLedger(ImageStore(spec.storage))
+    return TaskLedger(ImageStore(spec.storage_root))
 
 
 @dataclass

@@ -1,7 +1,6 @@
 """A small project for the `dagster dev` end-to-end test of deferred mode.
 
-The image asset is built in blocking mode (the normal engine); the deferred pieces are added by
-hand: the test submits through ``submit_deferred`` and the task-status sensor (RUNNING by default,
+The image asset is built in deferred mode; the test submits through ``submit_deferred`` and the task-status sensor (RUNNING by default,
 1 s interval) launches the collect runs. Configured by environment variables so that the same file
 can later be swapped for the example project's ``definitions.py``.
 """
@@ -12,19 +11,19 @@ import os
 
 import dagster as dg
 
-from zimage_dagster.assets import ImageAssetSpec, build_image_definitions
+from zimage_dagster.assets import build_image_definitions
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.sensors import deferred_definitions
+from zimage_dagster.spec import ImageAssetSpec
 
 spec = ImageAssetSpec(
-    name="cards",
+    asset_name="cards",
     prompts=os.environ["ZIMAGE_TEST_PROMPTS"],
     storage=os.environ["ZIMAGE_TEST_STORAGE"],
+    mode="deferred",
 )
 
 defs = dg.Definitions.merge(
-    build_image_definitions(spec),
-    deferred_definitions(
+    build_image_definitions(
         spec,
         task_status_options={
             "minimum_interval_seconds": 1,

@@ -13,7 +13,7 @@ import dagster as dg
 import pytest
 
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.sensors import REASON_TAG, build_prompt_dataset_sensor, dynamic_partitions_name
+from zimage_dagster.sensors import REASON_TAG, build_prompt_dataset_sensor
 
 from ._support import Tick, make_defs, make_resource, make_spec, tick
 
@@ -55,7 +55,7 @@ def test_new_changed_and_removed_keys(
     write_csv(data, ROWS)
     spec = make_spec(tmp_path / "out", str(data), partitioning="dynamic")
     sensor = build_prompt_dataset_sensor(spec, "cards_job")
-    name = dynamic_partitions_name(spec)
+    name = spec.partitions_name
 
     first = tick(sensor, instance)
     [add] = first.dynamic_partitions_requests

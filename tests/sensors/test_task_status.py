@@ -12,7 +12,7 @@ import pytest
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import LedgerStatus
 from zimage_dagster.engine.watcher import COLLECT_TAG
-from zimage_dagster.sensors import build_task_status_sensor, deferred_definitions
+from zimage_dagster.sensors import build_task_status_sensor
 from zimage_dagster.step import submit_deferred
 
 from ._support import (
@@ -67,9 +67,9 @@ def test_completed_tasks_get_one_collect_run_each(
 def test_collect_run_materializes_without_a_new_task(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
-    spec = make_spec(tmp_path)
+    spec = make_spec(tmp_path, mode="deferred")
     resource = make_resource(emulator)
-    defs = make_defs(spec, resource, deferred_definitions(spec))
+    defs = make_defs(spec, resource)
     ledger = ledger_of(spec)
     submit_deferred(resource, ledger, spec.asset_key.path, jobs_for())
     wait_terminal(emulator, 3)

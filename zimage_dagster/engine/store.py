@@ -59,8 +59,10 @@ from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.keys import storage_key
 
 __all__ = [
+    "DEFAULT_STORAGE",
     "IMAGE_EXTENSIONS",
     "LEDGER_DIR",
+    "STORAGE_URL_ENV",
     "AssetLike",
     "ImageStore",
     "StoredImage",
@@ -69,6 +71,7 @@ __all__ = [
     "check_path_component",
     "extension_for_format",
     "file_stem",
+    "resolve_storage",
 ]
 
 
@@ -81,6 +84,11 @@ class _HasPath(Protocol):
 
 #: An asset named by a Dagster ``AssetKey``, a sequence of path parts, or a single-part name.
 AssetLike = _HasPath | Sequence[str] | str
+
+#: Environment variable naming the default storage root (a folder or an fsspec URL).
+STORAGE_URL_ENV = "ZIMAGE_STORAGE_URL"
+#: The default storage root when neither an argument nor the variable names one.
+DEFAULT_STORAGE = "zimage_output"
 
 #: Reserved first-level folder under the root holding the task ledger.
 LEDGER_DIR = "_ledger"
@@ -95,6 +103,19 @@ _MAX_COMPONENT_BYTES = 200
 
 class UnsafePathError(ValueError):
     """An asset name or partition key that could escape the store's root or break a filesystem."""
+
+
+def resolve_storage(storage: str | os.PathLike[str] | None = None) -> str:
+    """The storage root: ``storage`` if given, else ``$ZIMAGE_STORAGE_URL``, else ``zimage_output``.
+
+    >>> resolve_storage("s3://bucket/images")
+    's3://bucket/images'
+    >>> resolve_storage() == (os.environ.get(STORAGE_URL_ENV) or "zimage_output")
+    True
+    """
+    if storage is not None and os.fspath(storage) != "":
+        return os.fspath(storage)
+    return os.environ.get(STORAGE_URL_ENV) or DEFAULT_STORAGE
 
 
 def extension_for_format(fmt: str) -> str:
