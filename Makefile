@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 CONSTRAINTS := requirements/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format typecheck pytest test demo dev emulator bench soak lock clean
+.PHONY: help install lint format typecheck doctest pytest test demo dev emulator bench soak lock clean
 
 help:
 	@echo "make test   - install (first time) then ruff, mypy and pytest"
@@ -37,10 +37,14 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# Every public example in the package's docstrings runs (none is skipped without a reason).
+doctest: $(STAMP)
+	$(BIN)/pytest --doctest-modules zimage_dagster -q -p no:cacheprovider
+
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck pytest
+test: lint typecheck doctest pytest
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo

@@ -6,7 +6,13 @@
   or the ``contact_sheet_automation`` sensor (running by default under ``make dev``), which
   redraws it after new catalogue images are materialized.
 * ``daily_hero``: date x prompt over ``examples/daily_prompts.csv``, with a schedule (stopped by
-  default) generating each day's images at 06:00 UTC.
+  default) generating each day's images at 06:00 UTC: ``daily_hero_schedule``.
+* ``dynamic_images``: dynamic partitions fed by ``examples/dynamic_prompts.csv``: its
+  ``dynamic_images_prompt_dataset`` sensor (stopped by default: turning it on starts generation)
+  adds a partition, and requests its run, for each row added to the file.
+* ``deferred_images``: deferred mode over ``examples/deferred_prompts.csv``: a materialization only
+  submits the tasks; the ``deferred_images_task_status`` sensor (running) launches a short collect
+  run per finished task.
 * ``zimage_ops_job``: the same thing with ops (load -> generate -> contact sheet), recording the
   ``ops_images`` asset.
 
@@ -38,6 +44,8 @@ __all__ = [
     "CATALOGUE_PROMPTS",
     "DAILY_PROMPTS",
     "DEFAULT_BASE_URL",
+    "DEFERRED_PROMPTS",
+    "DYNAMIC_PROMPTS",
     "REPO_ROOT",
     "base_url",
     "build_defs",
@@ -47,11 +55,15 @@ __all__ = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CATALOGUE_PROMPTS = REPO_ROOT / "examples" / "prompts.csv"
 DAILY_PROMPTS = REPO_ROOT / "examples" / "daily_prompts.csv"
+DYNAMIC_PROMPTS = REPO_ROOT / "examples" / "dynamic_prompts.csv"
+DEFERRED_PROMPTS = REPO_ROOT / "examples" / "deferred_prompts.csv"
 DEFAULT_BASE_URL = "https://api.evolink.ai"
 
 CATALOGUE = "catalogue_images"
 CONTACT_SHEET = "contact_sheet"
 DAILY = "daily_hero"
+DYNAMIC = "dynamic_images"
+DEFERRED = "deferred_images"
 OPS_IMAGES = "ops_images"
 
 
@@ -89,12 +101,30 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         partitioning="daily",
         daily_start_date="2026-11-01",
         group_name="daily",
-        schedule_cron="0 6 * * *",
+        schedule={"cron": "0 6 * * *"},
         description="A fresh hero image per prompt of examples/daily_prompts.csv, every day.",
+    )
+    dynamic = build_image_assets(
+        DYNAMIC,
+        DYNAMIC_PROMPTS,
+        storage=root,
+        partitioning="dynamic",
+        group_name="dynamic",
+        description="One partition per row of examples/dynamic_prompts.csv, added by its sensor.",
+    )
+    deferred = build_image_assets(
+        DEFERRED,
+        DEFERRED_PROMPTS,
+        storage=root,
+        mode="deferred",
+        group_name="deferred",
+        description="Submitted by the step, collected by the task-status sensor.",
     )
     return dg.Definitions.merge(
         catalogue,
         daily,
+        dynamic,
+        deferred,
         dg.Definitions(
             assets=[contact_sheet, _ops_images_spec()],
             jobs=[

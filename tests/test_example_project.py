@@ -38,6 +38,18 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _dagster(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `dagster` CLI on the repository's project, in a child environment."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), *args],
+        cwd=REPO_ROOT,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.fixture
 def project_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ZIMAGE_STORAGE_URL", str(tmp_path / "zimage_output"))
@@ -53,7 +65,14 @@ def test_definitions_load_with_every_part(project_env: Path) -> None:
     dg.Definitions.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert {"catalogue_images", "contact_sheet", "daily_hero", "ops_images"} <= keys
+    assert {
+        "catalogue_images",
+        "contact_sheet",
+        "daily_hero",
+        "ops_images",
+        "dynamic_images",
+        "deferred_images",
+    } <= keys
     catalogue = graph.get(dg.AssetKey("catalogue_images")).partitions_def
     assert catalogue is not None
     assert catalogue.get_partition_keys() == CATALOGUE_KEYS
@@ -66,6 +85,21 @@ def test_definitions_load_with_every_part(project_env: Path) -> None:
     resources = defs.resources or {}
     assert resources["zimage"].base_url == "http://127.0.0.1:9"
     assert resources["zimage_images"].root == str(project_env)
+
+
+def test_dagster_lists_every_sensor_and_schedule_the_example_shows(tmp_path: Path) -> None:
+    """`make dev` shows each capability: the dynamic asset's dataset sensor, the deferred asset's
+    task-status sensor, the daily schedule (and the contact sheet's automation sensor)."""
+
+    def listed(kind: str) -> str:
+        proc = _dagster(tmp_path, kind, "list", "-f", "definitions.py")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc.stdout
+
+    sensors = listed("sensor")
+    for name in ("dynamic_images_prompt_dataset", "deferred_images_task_status"):
+        assert f"Sensor: {name}" in sensors, sensors
+    assert "Schedule: daily_hero_schedule" in listed("schedule")
 
 
 def test_base_url_defaults_to_the_real_api(
@@ -83,15 +117,7 @@ def test_base_url_defaults_to_the_real_api(
     "target", [["-w", "workspace.yaml"], ["-f", "definitions.py"]], ids=["workspace", "file"]
 )
 def test_dagster_definitions_validate_passes(tmp_path: Path, target: list[str]) -> None:
-    dagster = Path(sys.executable).parent / "dagster"
-    proc = subprocess.run(
-        [str(dagster), "definitions", "validate", *target],
-        cwd=REPO_ROOT,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _dagster(tmp_path, "definitions", "validate", *target)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "All code locations passed validation" in proc.stdout + proc.stderr
 
