@@ -1,0 +1,77 @@
+"""Workers for the race tests: real processes (spawned, so nothing is shared but the storage)
+acting on the same files at the same moment, lined up by a barrier."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from upath import UPath
+
+from zimage_dagster.engine.atomic import PreconditionFailedError, conditional_files
+from zimage_dagster.engine.claims import ClaimBook, Owner
+
+
+def root_path(root: str, storage_options: Mapping[str, Any]) -> UPath:
+    # Each process has its own filesystem object and no listing cache, like separate pods.
+    return (
+        UPath(root, **{**storage_options, "skip_instance_cache": True})
+        if storage_options
+        else UPath(root)
+    )
+
+
+def claim_race(
+    root: str,
+    storage_options: Mapping[str, Any],
+    keys: list[str],
+    trials: int,
+    name: str,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """Each trial: wait for everyone, then try to claim every key; report which ones we got."""
+    base = root_path(root, storage_options)
+    book = ClaimBook(conditional_files(base), lease_s=300)
+    owner = Owner.here(run_id=name)
+    for trial in range(trials):
+        barrier.wait()
+        won = [k for k in keys if book.acquire(base / f"t{trial}" / f"{k}.claim", owner).acquired]
+        out.put((name, trial, won))
+
+
+def counter_race(
+    root: str,
+    storage_options: Mapping[str, Any],
+    increments: int,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """Read-modify-write a shared counter ``increments`` times with compare-and-set."""
+    base = root_path(root, storage_options)
+    files = conditional_files(base)
+    path = base / "counter.json"
+    conflicts = 0
+    barrier.wait()
+    for _ in range(increments):
+        while True:
+            current = files.read(path)
+            assert current is not None
+            value = json.loads(current.data)["n"]
+            try:
+                files.replace(path, json.dumps({"n": value + 1}).encode(), current.version)
+                break
+            except PreconditionFailedError:
+                conflicts += 1
+    out.put(conflicts)
+
+
+def hold_claim(root: str, storage_options: Mapping[str, Any], key: str, ready: Any) -> None:
+    """Take a claim, say so, then keep working (renewing nothing) until killed."""
+    base = root_path(root, storage_options)
+    book = ClaimBook(conditional_files(base), lease_s=300)
+    attempt = book.acquire(base / f"{key}.claim", Owner.here(run_id="holder-run"))
+    ready.put(attempt.acquired)
+    time.sleep(600)
