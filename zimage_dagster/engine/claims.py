@@ -61,6 +61,7 @@ __all__ = [
     "ClaimLostError",
     "Owner",
     "PartitionClaim",
+    "PartitionGate",
     "RunAliveFn",
 ]
 
@@ -428,3 +429,95 @@ class ClaimKeeper:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.renew_all()
+
+
+class PartitionGate:
+    """The claims one worker takes on one asset's partitions before creating their tasks.
+
+    ``path_for(partition_key)`` is where a partition's claim lives (next to its ledger entry).
+    Claims taken through the gate are renewed in the background until released; use the gate as
+    a context manager (leaving it releases what is still held).
+
+    >>> import asyncio, tempfile
+    >>> from upath import UPath
+    >>> from zimage_dagster.engine.atomic import conditional_files
+    >>> root = UPath(tempfile.mkdtemp())
+    >>> book = ClaimBook(conditional_files(root), lease_s=30)
+    >>> path_for = lambda key: root / f"{key}.claim"
+    >>> with PartitionGate(book, path_for, Owner.here("run-1")) as mine:
+    ...     mine.try_take("p1").acquired
+    ...     with PartitionGate(book, path_for, Owner.here("run-2")) as theirs:
+    ...         theirs.try_take("p1").claim.owner.run_id
+    True
+    'run-1'
+    """
+
+    def __init__(
+        self,
+        book: ClaimBook,
+        path_for: Callable[[str], UPath],
+        owner: Owner,
+        *,
+        poll_s: float = 0.25,
+        max_poll_s: float = 2.0,
+    ) -> None:
+        self.book = book
+        self.path_for = path_for
+        self.owner = owner
+        self.poll_s = poll_s
+        self.max_poll_s = max_poll_s
+        self.keeper = ClaimKeeper(book)
+
+    def __enter__(self) -> PartitionGate:
+        self.keeper.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.keeper.__exit__(*exc)
+
+    def try_take(self, partition_key: str) -> ClaimAttempt:
+        """Take the partition's claim now, or report its live holder (no waiting)."""
+        attempt = self.book.acquire(self.path_for(partition_key), self.owner, subject=partition_key)
+        if attempt.acquired:
+            self.keeper.add(attempt.claim)
+            if attempt.took_over is not None:
+                log.warning(
+                    "partition %s: took over the claim of %s (%s)",
+                    partition_key,
+                    attempt.took_over.owner.describe(),
+                    attempt.reason,
+                )
+        return attempt
+
+    async def take(
+        self,
+        partition_key: str,
+        on_wait: Callable[[PartitionClaim], object] | None = None,
+    ) -> bool:
+        """Take the partition's claim, waiting while someone else holds it; ``True`` if we waited.
+
+        ``on_wait(holder)`` is called once per holder we wait for. The holder finishes (and
+        releases), dies (its claim goes stale and is taken over) or stops renewing.
+        """
+        import asyncio
+
+        waited_for: set[str] = set()
+        delay = self.poll_s
+        while True:
+            attempt = await asyncio.to_thread(self.try_take, partition_key)
+            if attempt.acquired:
+                return bool(waited_for)
+            if attempt.claim.token not in waited_for:
+                waited_for.add(attempt.claim.token)
+                if on_wait is not None:
+                    on_wait(attempt.claim)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.max_poll_s)
+
+    def check(self, partition_key: str) -> None:
+        """Raise :class:`ClaimLostError` unless we still hold the partition's claim."""
+        self.keeper.check(self.path_for(partition_key))
+
+    def release(self, partition_key: str) -> None:
+        """Release the partition's claim (if we hold it)."""
+        self.keeper.release(self.path_for(partition_key))
