@@ -75,3 +75,29 @@ def hold_claim(root: str, storage_options: Mapping[str, Any], key: str, ready: A
     attempt = book.acquire(base / f"{key}.claim", Owner.here(run_id="holder-run"))
     ready.put(attempt.acquired)
     time.sleep(600)
+
+
+def mark_race(
+    root: str,
+    storage_options: Mapping[str, Any],
+    keys: list[str],
+    status: str,
+    barrier: Any,
+    out: Any,
+) -> None:
+    """Set ``status`` on every key's entry, 5 times over; report ``(key, before, after)``."""
+    from zimage_dagster.engine.ledger import TaskLedger
+    from zimage_dagster.engine.store import ImageStore
+
+    options = {**storage_options, "skip_instance_cache": True} if storage_options else None
+    ledger = TaskLedger(ImageStore(root, options))
+    seen = []
+    barrier.wait()
+    for _ in range(5):
+        for key in keys:
+            before = ledger.get("imgs", key)
+            entry = before
+            assert entry is not None
+            after = ledger.update("imgs", key, entry.task_id, status)
+            seen.append((key, before.status.value if before else None, after.status.value))
+    out.put(seen)
