@@ -291,8 +291,7 @@ class ClaimBook:
             if held is not None and held.token == token:
                 return ClaimAttempt(True, held)  # our create landed; its answer was lost
             reason = "unreadable claim file" if held is None else self.stale_reason(held, owner)
-            if reason is None:
-                assert held is not None
+            if reason is None and held is not None:
                 return ClaimAttempt(False, held)
             try:
                 version = self.files.replace(path, mine.to_bytes(), current.version)
@@ -460,8 +459,10 @@ class PartitionGate:
         *,
         poll_s: float = 0.25,
         max_poll_s: float = 2.0,
+        logger: Any = None,
     ) -> None:
         self.book = book
+        self.log = logger or log
         self.path_for = path_for
         self.owner = owner
         self.poll_s = poll_s
@@ -481,11 +482,9 @@ class PartitionGate:
         if attempt.acquired:
             self.keeper.add(attempt.claim)
             if attempt.took_over is not None:
-                log.warning(
-                    "partition %s: took over the claim of %s (%s)",
-                    partition_key,
-                    attempt.took_over.owner.describe(),
-                    attempt.reason,
+                self.log.warning(
+                    f"partition {partition_key}: took over the claim of "
+                    f"{attempt.took_over.owner.describe()} ({attempt.reason})"
                 )
         return attempt
 
