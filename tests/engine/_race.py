@@ -4,6 +4,7 @@ acting on the same files at the same moment, lined up by a barrier."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -101,3 +102,49 @@ def mark_race(
             after = ledger.update("imgs", key, entry.task_id, status)
             seen.append((key, before.status.value if before else None, after.status.value))
     out.put(seen)
+
+
+def _jobs(keys: list[str]) -> list[Any]:
+    from zimage_dagster.engine.jobs import ImageJob
+    from zimage_dagster.prompts import PromptRow
+
+    return [
+        ImageJob.from_row(
+            PromptRow(k, f"a small red fox, study {k}", "376x376", i + 1, None), seed=i + 1
+        )
+        for i, k in enumerate(keys)
+    ]
+
+
+def create_race(
+    root: str, url: str, api_key: str, keys: list[str], mode: str, barrier: Any, out: Any
+) -> None:
+    run_id = f"{mode}-{os.getpid()}"  # each racer is a run of its own
+    """One creator of the mixed create race: ``submit`` (deferred), ``blocking`` (the batch
+    generator) or ``tick`` (the task-status sensor's watcher); reports what it did."""
+    import asyncio
+
+    from zimage_dagster.api import AsyncZImageClient
+    from zimage_dagster.engine.batch import BatchGenerator
+    from zimage_dagster.engine.ledger import TaskLedger
+    from zimage_dagster.engine.store import ImageStore
+    from zimage_dagster.engine.submit import submit_jobs
+    from zimage_dagster.engine.watcher import TaskWatcher
+
+    ledger = TaskLedger(ImageStore(root))
+
+    async def main() -> str:
+        async with AsyncZImageClient(api_key=api_key, base_url=url) as c:
+            barrier.wait()
+            if mode == "submit":
+                report = await submit_jobs(c, ledger, ("imgs",), _jobs(keys), run_id=run_id)
+            elif mode == "blocking":
+                engine = BatchGenerator(
+                    c, ledger.store, ledger, ("imgs",), run_id=run_id, progress_interval=0
+                )
+                report = await engine.run(_jobs(keys))
+            else:
+                return (await TaskWatcher(ledger, ("imgs",), max_resubmits=5).tick(c)).summary()
+            return report.summary()
+
+    out.put((mode, asyncio.run(main())))
