@@ -25,7 +25,7 @@ from typing import Any
 from upath import UPath
 
 from benchmarks._common import BenchResult
-from zimage_dagster.engine.atomic import conditional_files
+from zimage_dagster.engine.atomic import conditional_files, replace_file
 from zimage_dagster.engine.claims import ClaimBook, Owner
 
 NAME = "claims"
@@ -50,10 +50,7 @@ def _measure(root: UPath, n: int) -> dict[str, float]:
     def ledger_write(i: int) -> None:
         path = root / "ledger" / f"p{i}.json"
         if _is_local(root):
-            from zimage_dagster.engine.atomic import write_temp_file
-
-            tmp = write_temp_file(os.path.dirname(path.path), path.name, data)
-            os.replace(tmp, path.path)
+            replace_file(path.path, data)  # what ImageStore.write_atomic does locally
         else:
             path.fs.pipe_file(path.path, data)
 

@@ -16,36 +16,19 @@ import time
 
 import dagster as dg
 
-from zimage_dagster.assets import build_image_assets
-from zimage_dagster.resource import ZImageResource
+from tests.dagster._support import run_range
+from tests.reliability._child_run import asset_and_resource
 
 
 def main(argv: list[str]) -> int:
     spec = json.loads(argv[1])
-    defs = build_image_assets(
-        "imgs",
-        spec["rows"],
-        storage=spec["storage"],
-        storage_options=spec.get("storage_options") or None,
-        retry_policy=None,
-    )
-    (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
-    resource = ZImageResource(api_key=spec["key"], base_url=spec["url"], **spec.get("resource", {}))
+    asset, resource = asset_and_resource(spec)
     runs = []
     with dg.DagsterInstance.get() as instance:
         while not os.path.exists(spec["go"]):
             time.sleep(0.01)
         for start, end in spec["ranges"]:
-            result = dg.materialize(
-                [asset],
-                instance=instance,
-                resources={"zimage": resource},
-                tags={
-                    "dagster/asset_partition_range_start": start,
-                    "dagster/asset_partition_range_end": end,
-                },
-                raise_on_error=False,
-            )
+            result = run_range(asset, instance, resource, start, end)
             runs.append({"run_id": result.run_id, "success": result.success, "range": [start, end]})
     with open(spec["out"], "w") as fh:
         json.dump(runs, fh)

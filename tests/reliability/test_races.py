@@ -155,6 +155,12 @@ def trials(
     return figures
 
 
+def _postgres_home(tmp_path: Path, postgres: Postgres) -> Path:
+    return write_dagster_home(
+        tmp_path / "home", yaml=postgres.dagster_yaml(postgres.create_database())
+    )
+
+
 @pytest.mark.slow
 def test_racing_runs_pay_once_local(emulator_proc: EmulatorProcess, tmp_path: Path) -> None:
     trials(emulator_proc, tmp_path, n=8, counts=(2, 4), repeat=1, name="races_local")
@@ -164,42 +170,26 @@ def test_racing_runs_pay_once_local(emulator_proc: EmulatorProcess, tmp_path: Pa
 def test_racing_runs_pay_once_on_s3_and_postgres(
     emulator_proc: EmulatorProcess, s3: S3, postgres: Postgres, tmp_path: Path
 ) -> None:
-    home = write_dagster_home(
-        tmp_path / "home", yaml=postgres.dagster_yaml(postgres.create_database())
-    )
+    home = _postgres_home(tmp_path, postgres)
     trials(
         emulator_proc, tmp_path, n=8, counts=(3,), repeat=1, name="races_s3_pg", home=home, s3=s3
     )
 
 
 @pytest.mark.soak
-def test_soak_racing_runs_pay_once(emulator_proc: EmulatorProcess, tmp_path: Path) -> None:
-    trials(
-        emulator_proc,
-        tmp_path,
-        n=20,
-        counts=(2, 3, 4),
-        repeat=20,
-        name="soak_races_local",
-        singles=20,
-    )
-
-
-@pytest.mark.soak
-def test_soak_racing_runs_pay_once_on_s3_and_postgres(
-    emulator_proc: EmulatorProcess, s3: S3, postgres: Postgres, tmp_path: Path
+@pytest.mark.parametrize("backend", ["local", "s3_postgres"])
+def test_soak_racing_runs_pay_once(
+    emulator_proc: EmulatorProcess, tmp_path: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
-    home = write_dagster_home(
-        tmp_path / "home", yaml=postgres.dagster_yaml(postgres.create_database())
-    )
+    remote = backend == "s3_postgres"
     trials(
         emulator_proc,
         tmp_path,
         n=20,
         counts=(2, 3, 4),
         repeat=20,
-        name="soak_races_s3_pg",
-        home=home,
-        s3=s3,
+        name=f"soak_races_{backend}",
         singles=20,
+        home=_postgres_home(tmp_path, request.getfixturevalue("postgres")) if remote else None,
+        s3=request.getfixturevalue("s3") if remote else None,
     )

@@ -75,6 +75,7 @@ __all__ = [
     "Versioned",
     "conditional_files",
     "remove_stale_temp_files",
+    "replace_file",
     "write_temp_file",
 ]
 
@@ -129,6 +130,26 @@ def write_temp_file(folder: str, name: str, data: bytes, *, fsync: bool = True) 
             os.unlink(tmp)
         raise
     return tmp
+
+
+def replace_file(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Atomically (over)write a local file: temp file beside it, then ``os.replace``; readers
+    see the old content or the new, never a part.
+
+    >>> import tempfile
+    >>> target = os.path.join(tempfile.mkdtemp(), "a.json")
+    >>> replace_file(target, b"{}")
+    >>> open(target, "rb").read()
+    b'{}'
+    """
+    folder, name = os.path.split(path)
+    tmp = write_temp_file(folder, name, data, fsync=fsync)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def remove_stale_temp_files(folder: str, *, older_than_s: float = STALE_TEMP_AGE_S) -> list[str]:
@@ -231,18 +252,12 @@ class _LocalFiles(ConditionalFiles):
         return _digest(data)
 
     def replace(self, path: UPath, data: bytes, version: str) -> str:
-        folder, name = os.path.split(path.path)
+        folder = os.path.dirname(path.path)
         with _folder_lock(folder):
             current = self.read(path)
             if current is None or current.version != version:
                 raise PreconditionFailedError(f"{path} changed since version {version}")
-            tmp = write_temp_file(folder, name, data)
-            try:
-                os.replace(tmp, path.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            replace_file(path.path, data)
         return _digest(data)
 
     def delete(self, path: UPath, version: str) -> bool:

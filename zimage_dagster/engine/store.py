@@ -56,7 +56,7 @@ from PIL import Image
 from upath import UPath
 from upath.implementations.local import LocalPath
 
-from zimage_dagster.engine.atomic import write_temp_file
+from zimage_dagster.engine.atomic import replace_file
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.keys import storage_key
 
@@ -292,13 +292,7 @@ class ImageStore:
         if self._is_local:
             # The temp file honours the umask (not mkstemp's 0600); a killed writer's leftovers
             # are removed by remove_stale_temp_files.
-            tmp = write_temp_file(os.path.dirname(path.path), path.name, data, fsync=fsync)
-            try:
-                os.replace(tmp, path.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            replace_file(path.path, data, fsync=fsync)
         else:
             # One put: atomic on object stores (S3, GCS, Azure) and in memory://.
             with contextlib.suppress(OSError, NotImplementedError):
