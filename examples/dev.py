@@ -3,7 +3,9 @@
 With no ``ZIMAGE_API_KEY`` the local emulator runs in this process for as long as the UI does,
 and ``ZIMAGE_API_KEY`` / ``ZIMAGE_BASE_URL`` are exported to ``dagster dev`` (and so to its code
 server and runs); with the key set, the real API is used. ``DAGSTER_HOME`` defaults to
-``<repo>/.dagster_home``, the instance ``make demo`` records its runs in. Ctrl-C stops the UI,
+``<repo>/.dagster_home``, the instance ``make demo`` records its runs in; when it has no
+``dagster.yaml``, ``examples/dagster.yaml`` is copied there (run monitoring, so that a killed run
+is marked failed and frees its pool slot, and the pool limit). Ctrl-C stops the UI,
 then the emulator.
 
 Options: ``--port`` (default 3000, or ``DAGSTER_PORT``); the UI only listens on 127.0.0.1.
@@ -42,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     home = Path(env.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():  # run monitoring and pool limits (see the file)
+        shutil.copy(REPO_ROOT / "examples" / "dagster.yaml", home / "dagster.yaml")
     env["DAGSTER_HOME"] = str(home)
     env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
     command = [

@@ -11,7 +11,9 @@ after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
 - looks the task up in the ledger's task-ID index (O(1); an unknown task: 200, nothing done,
   no API call), then re-reads the task from the API with its own client, and records what the
   API says: ``completed`` (with ``extra.completed_at``) or ``failed`` (code and message), marked
-  ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing;
+  ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing; an entry
+  that moved on meanwhile (a collect run marked it ``collected`` during the re-read) is left as it
+  is: ledger states only move forward (a compare-and-set, see :mod:`zimage_dagster.engine.ledger`);
 - answers at once (2xx) unless the API could not be read, in which case 503 lets the provider
   retry. The task-status sensor launches the collect run (or resubmits) on its next tick without
   polling the task.
@@ -192,7 +194,7 @@ async def _record(
     now = time.time()
     try:
         if task.is_completed:
-            await asyncio.to_thread(
+            written = await asyncio.to_thread(
                 ledger.update,
                 entry.asset,
                 entry.partition_key,
@@ -202,7 +204,7 @@ async def _record(
             )
         elif task.is_failed:
             code = str(task.error.code) if task.error and task.error.code else "unknown_error"
-            await asyncio.to_thread(
+            written = await asyncio.to_thread(
                 ledger.update,
                 entry.asset,
                 entry.partition_key,
@@ -218,6 +220,9 @@ async def _record(
             )
     except (LedgerConflictError, KeyError):
         return JSONResponse({"recorded": False, "reason": "the partition moved on"})
+    if written.status not in (LedgerStatus.COMPLETED, LedgerStatus.FAILED):
+        # A collect run stored the image while we re-read the task: states only move forward.
+        return JSONResponse({"recorded": False, "reason": f"already {written.status.value}"})
     return JSONResponse({"recorded": True, "status": str(task.status)})
 
 

@@ -20,7 +20,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -29,6 +31,7 @@ from dagster._core.definitions.data_version import (
 )
 
 from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.claims import RunAliveFn
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
@@ -56,6 +59,42 @@ def _record(context: StepContext, asset_key: dg.AssetKey, success: ImageSuccess)
             },
         )
     )
+
+
+class _ToRunLog(logging.Handler):
+    """Forwards the engine's own warnings (a damaged file moved aside, a claim taken over) to
+    the run's log, where the user looks."""
+
+    def __init__(self, context: StepContext) -> None:
+        super().__init__(logging.WARNING)
+        self.context = context
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.context.log.warning(record.getMessage())
+
+
+@contextlib.contextmanager
+def engine_warnings_in_run_log(context: StepContext) -> Iterator[None]:
+    """While the step runs, warnings of ``zimage_dagster.engine`` also go to its run log."""
+    engine_log = logging.getLogger("zimage_dagster.engine")
+    handler = _ToRunLog(context)
+    engine_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        engine_log.removeHandler(handler)
+
+
+def run_alive_fn(instance: dg.DagsterInstance) -> RunAliveFn:
+    """``run_id -> alive?`` from the instance's run storage, for the partition claims: a claim
+    of a finished run (failed, canceled, or marked failed by run monitoring after a kill) is
+    taken over at once; a run this instance does not know is left to the claim's lease."""
+
+    def is_run_alive(run_id: str) -> bool | None:
+        run = instance.get_run_by_id(run_id)
+        return None if run is None else not run.is_finished
+
+    return is_run_alive
 
 
 def generate_in_step(
@@ -86,6 +125,8 @@ def generate_in_step(
                 on_success=lambda success: _record(context, asset_key, success),
                 run_id=context.run.run_id,
                 logger=context.log,
+                step=asset_key.to_user_string(),
+                is_run_alive=run_alive_fn(context.instance),
             )
             return await engine.run(jobs)
 
@@ -93,7 +134,8 @@ def generate_in_step(
         f"generating {len(jobs)} image(s) of {asset_key.to_user_string()} with up to "
         f"{resource.concurrency} task(s) in flight"
     )
-    return asyncio.run(run())
+    with engine_warnings_in_run_log(context):
+        return asyncio.run(run())
 
 
 def submit_deferred(
@@ -108,6 +150,7 @@ def submit_deferred(
     callback_url: str | None = None,
     run_id: str | None = None,
     logger: Log | None = None,
+    is_run_alive: RunAliveFn | None = None,
 ) -> BatchReport:
     """:func:`~zimage_dagster.engine.submit.submit_jobs` from synchronous code, with the
     resource's async client (``concurrency`` defaults to the resource's)."""
@@ -125,6 +168,7 @@ def submit_deferred(
                 callback_url=callback_url,
                 run_id=run_id,
                 logger=logger,
+                is_run_alive=is_run_alive,
             )
 
     return asyncio.run(run())
@@ -142,16 +186,18 @@ def submit_in_step(
 ) -> BatchReport:
     """Deferred mode's step: :func:`submit_deferred`, then the partitions whose identical image
     was already stored are materialized at once."""
-    report = submit_deferred(
-        resource,
-        ledger,
-        asset_key.path,
-        jobs,
-        reuse_stored=reuse_stored,
-        retry_rejected=retry_rejected,
-        run_id=context.run.run_id,
-        logger=context.log,
-    )
+    with engine_warnings_in_run_log(context):
+        report = submit_deferred(
+            resource,
+            ledger,
+            asset_key.path,
+            jobs,
+            reuse_stored=reuse_stored,
+            retry_rejected=retry_rejected,
+            run_id=context.run.run_id,
+            logger=context.log,
+            is_run_alive=run_alive_fn(context.instance),
+        )
     for success in report.successes:
         _record(context, asset_key, success)
     return report

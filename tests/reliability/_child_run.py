@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import dagster as dg
 
+from tests.dagster._support import image_asset, run_range
 from zimage_dagster.assets import build_image_assets
 from zimage_dagster.resource import ZImageResource
 
 
-def main(argv: list[str]) -> int:
-    spec = json.loads(argv[1])
+def asset_and_resource(spec: dict[str, Any]) -> tuple[dg.AssetsDefinition, ZImageResource]:
+    """The image asset and the resource a child run's ``spec`` describes."""
     defs = build_image_assets(
         spec.get("asset", "imgs"),
         spec["rows"],
@@ -25,18 +27,14 @@ def main(argv: list[str]) -> int:
         storage_options=spec.get("storage_options") or None,
         retry_policy=None,
     )
-    (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
     resource = ZImageResource(api_key=spec["key"], base_url=spec["url"], **spec.get("resource", {}))
-    result = dg.materialize(
-        [asset],
-        instance=dg.DagsterInstance.get(),
-        resources={"zimage": resource},
-        tags={
-            "dagster/asset_partition_range_start": spec["start"],
-            "dagster/asset_partition_range_end": spec["end"],
-        },
-        raise_on_error=False,
-    )
+    return image_asset(defs), resource
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(argv[1])
+    asset, resource = asset_and_resource(spec)
+    result = run_range(asset, dg.DagsterInstance.get(), resource, spec["start"], spec["end"])
     return 0 if result.success else 1
 
 

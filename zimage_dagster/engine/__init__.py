@@ -8,6 +8,9 @@ IO manager, the component) reads these modules; they never read it.
 - :mod:`~zimage_dagster.engine.jobs`: one partition's work (:class:`ImageJob`), planned one way.
 - :mod:`~zimage_dagster.engine.store`: the image store (local folder or fsspec URL).
 - :mod:`~zimage_dagster.engine.ledger`: every task created, written before any wait.
+- :mod:`~zimage_dagster.engine.atomic` and :mod:`~zimage_dagster.engine.claims`: each storage's
+  own atomic create and compare-and-set, and on them the partition claims that let overlapping
+  runs agree on who creates a task.
 - :mod:`~zimage_dagster.engine.provenance` and :mod:`~zimage_dagster.engine.thumbnails`: the
   record stored beside each image, and its small preview.
 - :mod:`~zimage_dagster.engine.outcome`: one report, one error classification, one reuse and

@@ -24,12 +24,23 @@ It is written right after the entry by :meth:`TaskLedger.record_submitted` (a cr
 only costs the O(1) lookup: the sensor still polls the task). ``_by_task`` and ``_state`` (small
 state files of the sensors) are reserved: no asset key may start with them, and scans skip them.
 
-Concurrency: two steps working on different partitions never touch the same file. Two writers
-on the *same* partition are not expected (Dagster runs one step per partition at a time); if it
-happens the last complete write wins, files are never torn, and the ``mark_*`` methods take the
-``task_id`` they are about and raise :class:`LedgerConflictError` when the entry has since moved
-to another task (e.g. a collector for an old task after a resubmission), so a stale writer cannot
-overwrite a newer attempt's state. (On object stores the check-then-write is not a lock.)
+Concurrency: two runs (or a run, the sensor and the callback receiver) may act on the same
+partition at once. Every write is a compare-and-set on the entry (the storage's own conditional
+write, see :mod:`zimage_dagster.engine.atomic`): read it with its version, decide, write only if
+it is still that version, else read again. So statuses only move forward (``submitted`` ->
+``completed`` -> ``failed``/``expired``/``abandoned`` -> ``collected``; a new attempt is a new
+task via :meth:`TaskLedger.record_submitted`): a writer that would move an entry back (the receiver
+marking ``completed`` an entry a collect run already marked ``collected``) leaves it as it is. The
+``mark_*`` methods take the ``task_id`` they are about and raise :class:`LedgerConflictError` when
+the entry has since moved to another task. Who may *create* a partition's task is decided by its
+claim (:mod:`zimage_dagster.engine.claims`), which lives next to the entry (:meth:`claim_path`).
+
+Self-repair: an entry that cannot be read (truncated, garbage, ``{}``, binary) is moved aside to
+``<storage key>.json.unreadable-<time>-<random>`` with a warning naming both files, and the partition is
+rebuilt: when a task ID can be recovered (from the damaged bytes or the task-ID index), the entry
+is re-made for that task (``extra["recovered_from"]``) so the run re-attaches to it instead of
+paying again; otherwise the partition has no entry and is generated again with its same seed.
+Scans of one asset never see the entries of another (``a`` does not see ``a/b``).
 
 Statuses: ``submitted`` (task created, not finished as far as we know), ``completed`` (the
 provider reports it completed; the image is not stored yet), ``collected`` (image stored),
@@ -58,17 +69,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from upath import UPath
 
+from zimage_dagster.engine.atomic import (
+    ConditionalFiles,
+    PreconditionFailedError,
+    conditional_files,
+)
+from zimage_dagster.engine.claims import ClaimBook, RunAliveFn
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.request import request_fingerprint
 from zimage_dagster.engine.store import (
@@ -91,6 +110,7 @@ __all__ = [
     "LedgerStatus",
     "PreviousAttempt",
     "TaskLedger",
+    "moves_forward",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +142,30 @@ class LedgerStatus(str, Enum):
 
 #: Statuses of tasks still worth watching or collecting (the sensor scans these).
 OPEN_STATUSES: frozenset[LedgerStatus] = frozenset({LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED})
+
+
+#: How far along a task's life each status is; an update may not lower it (see ``moves_forward``).
+_STAGE: dict[LedgerStatus, int] = {
+    LedgerStatus.SUBMITTED: 0,
+    LedgerStatus.COMPLETED: 1,
+    LedgerStatus.FAILED: 2,
+    LedgerStatus.EXPIRED: 2,
+    LedgerStatus.ABANDONED: 2,
+    LedgerStatus.COLLECTED: 3,
+}
+
+
+def moves_forward(old: LedgerStatus, new: LedgerStatus) -> bool:
+    """Whether one task's entry may go from ``old`` to ``new``: never back, never past collected.
+
+    >>> moves_forward(LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED)
+    True
+    >>> moves_forward(LedgerStatus.COLLECTED, LedgerStatus.COMPLETED)  # the receiver, too late
+    False
+    >>> moves_forward(LedgerStatus.EXPIRED, LedgerStatus.COLLECTED)  # stored before it expired
+    True
+    """
+    return _STAGE[new] >= _STAGE[old]
 
 
 class LedgerConflictError(RuntimeError):
@@ -253,6 +297,14 @@ def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
     return parts
 
 
+_TASK_ID_IN_JSON = re.compile(rb'"task_id"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"')
+_CAS_ROUNDS = 32
+
+
+def _encode(entry: LedgerEntry) -> bytes:
+    return json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
+
+
 def _clip(message: str | None) -> str | None:
     if message is None:
         return None
@@ -275,6 +327,23 @@ class TaskLedger:
     ) -> None:
         self.store = store if isinstance(store, ImageStore) else ImageStore(store)
         self._clock = clock
+        self._files: ConditionalFiles | None = None
+
+    @property
+    def files(self) -> ConditionalFiles:
+        """The storage's conditional writes (raises ``AtomicWritesUnsupportedError`` for a
+        storage without them: the ledger refuses to pretend two writers cannot collide)."""
+        if self._files is None:
+            self._files = conditional_files(self.store.root)
+        return self._files
+
+    def claim_book(
+        self, *, lease_s: float | None = None, is_run_alive: RunAliveFn | None = None
+    ) -> ClaimBook:
+        """A :class:`~zimage_dagster.engine.claims.ClaimBook` on this ledger's storage."""
+        if lease_s is None:
+            return ClaimBook(self.files, clock=self._clock, is_run_alive=is_run_alive)
+        return ClaimBook(self.files, lease_s=lease_s, clock=self._clock, is_run_alive=is_run_alive)
 
     def __repr__(self) -> str:
         return f"TaskLedger({self.store.root!s})"
@@ -292,6 +361,11 @@ class TaskLedger:
         stem = file_stem(partition_key)
         return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset), f"{stem}.json")
 
+    def claim_path(self, asset: AssetLike, partition_key: str) -> UPath:
+        """``<root>/_ledger/<asset path...>/<storage key>.claim``: who may create its task."""
+        stem = file_stem(partition_key)
+        return self.store.join(LEDGER_DIR, *_ledger_asset_parts(asset), f"{stem}.claim")
+
     def index_path(self, task_id: str) -> UPath:
         """``<root>/_ledger/_by_task/<task_id>.json`` (raises ``UnsafePathError`` for a bad ID)."""
         check_path_component(task_id, "task ID")
@@ -305,11 +379,91 @@ class TaskLedger:
     # -- reading -------------------------------------------------------------------------------
 
     def get(self, asset: AssetLike, partition_key: str) -> LedgerEntry | None:
-        """The partition's entry, or ``None``."""
-        data = self.store.read_bytes_or_none(self.path(asset, partition_key))
-        if data is None:
-            return None
-        return LedgerEntry.from_json(json.loads(data))
+        """The partition's entry, or ``None`` (an unreadable one is repaired: see the module doc)."""
+        return self._read(asset, partition_key)[0]
+
+    def _read(self, asset: AssetLike, partition_key: str) -> tuple[LedgerEntry | None, str | None]:
+        """The entry and its storage version; repairs an unreadable file first."""
+        path = self.path(asset, partition_key)
+        for _ in range(_CAS_ROUNDS):
+            current = self.files.read(path)
+            if current is None:
+                return None, None
+            try:
+                return LedgerEntry.from_json(json.loads(current.data)), current.version
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                if self._repair(asset, partition_key, path, current.data, current.version, exc):
+                    continue  # read what the repair left (a recovered entry, or nothing)
+        raise LedgerConflictError(f"ledger entry {path} kept changing while being repaired")
+
+    def _repair(
+        self,
+        asset: AssetLike,
+        partition_key: str,
+        path: UPath,
+        data: bytes,
+        version: str,
+        error: Exception,
+    ) -> bool:
+        """Move an unreadable entry aside and re-make it for its task if the ID is recoverable."""
+        aside = self.store.aside_path(path)
+        self.store.write_atomic(aside, data)
+        try:
+            self.files.delete(path, version)
+        except PreconditionFailedError:
+            self.store.delete_file(aside)  # someone rewrote it meanwhile: nothing to repair
+            return True
+        task_id = self._recover_task_id(asset, partition_key, data)
+        log.warning(
+            "unreadable ledger entry %s (%s: %s) moved aside to %s; %s",
+            path,
+            type(error).__name__,
+            error,
+            aside.name,
+            f"re-attaching the partition to task {task_id}"
+            if task_id
+            else "no task ID recoverable: the partition will be generated again with its seed",
+        )
+        if task_id is None:
+            return True
+        now = float(self._clock())
+        entry = LedgerEntry(
+            asset=_ledger_asset_parts(asset),
+            partition_key=partition_key,
+            task_id=task_id,
+            seed=0,
+            fingerprint="",
+            request={},
+            status=LedgerStatus.SUBMITTED,
+            submitted_at=now,
+            updated_at=now,
+            extra={"recovered_from": aside.name},
+        )
+        with contextlib.suppress(FileExistsError):
+            self.files.create(path, _encode(entry))
+        return True
+
+    def _recover_task_id(self, asset: AssetLike, partition_key: str, data: bytes) -> str | None:
+        """The task ID in damaged entry bytes, else the newest index file naming this partition."""
+        found = _TASK_ID_IN_JSON.search(data)
+        if found:
+            return found.group(1).decode()
+        parts = list(_ledger_asset_parts(asset))
+        best: tuple[str, str] | None = None
+        for key, raw in self.store.read_all(
+            self.store.join(LEDGER_DIR, INDEX_DIR), ".json"
+        ).items():
+            try:
+                ref = json.loads(raw)
+                if ref["asset"] != parts or ref["partition_key"] != partition_key:
+                    continue
+            except (ValueError, KeyError, TypeError):
+                continue
+            task_id = key.replace("\\", "/").rsplit("/", 1)[-1][: -len(".json")]
+            order = task_id.split("-")[2] if task_id.count("-") >= 3 else task_id  # created at
+            if best is None or order > best[0]:
+                best = (order, task_id)
+        return best[1] if best else None
 
     def iter_entries(
         self,
@@ -319,20 +473,37 @@ class TaskLedger:
         """Every entry (of one asset, or all), optionally only those with the given statuses.
 
         One listing plus one read per file (a single concurrent ``cat`` on object stores).
-        Unreadable files are logged and skipped. Order: by path.
+        The entries of one asset exclude those of assets nested under its key (``a`` does not
+        list ``a/b``). Unreadable files are repaired (see the module doc). Order: by path.
         """
         wanted = None if statuses is None else {LedgerStatus(s) for s in statuses}
-        reserved = tuple(f"{self.folder()}/{name}/".replace("\\", "/") for name in _RESERVED)
+        root = str(self.folder()).replace("\\", "/")
+        reserved = tuple(f"{root}/{name}/" for name in _RESERVED)
+        folder = str(self.folder(asset)).replace("\\", "/").rstrip("/") + "/"
         for key, raw in sorted(self.store.read_all(self.folder(asset), ".json").items()):
-            if asset is None and key.replace("\\", "/").startswith(reserved):
+            norm = key.replace("\\", "/")
+            if asset is None and norm.startswith(reserved):
                 continue
+            if asset is not None and "/" in norm[len(folder) :]:
+                continue  # a nested asset's entry
+            entry: LedgerEntry | None
             try:
                 entry = LedgerEntry.from_json(json.loads(raw))
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("skipping unreadable ledger file %s: %s", key, exc)
-                continue
-            if wanted is None or entry.status in wanted:
+            except (ValueError, KeyError, TypeError, AttributeError):
+                entry = self._entry_of_file(norm[len(root) + 1 :])
+            if entry is not None and (wanted is None or entry.status in wanted):
                 yield entry
+
+    def _entry_of_file(self, relative: str) -> LedgerEntry | None:
+        """Re-read (and so repair) the entry at ``<asset...>/<stem>.json`` under the ledger."""
+        *parts, name = relative.split("/")
+        if not parts:
+            return None
+        try:
+            return self.get(tuple(parts), decode_key(name[: -len(".json")]))
+        except (ValueError, LedgerConflictError) as exc:
+            log.warning("skipping ledger file %s: %s", relative, exc)
+            return None
 
     def find_task(self, task_id: str) -> LedgerEntry | None:
         """The entry whose *current* task is ``task_id``, through the index: O(1) reads.
@@ -368,10 +539,29 @@ class TaskLedger:
         ref = {"asset": list(entry.asset), "partition_key": entry.partition_key}
         self.store.write_atomic(path, json.dumps(ref, separators=(",", ":")).encode(), fsync=False)
 
-    def _write(self, entry: LedgerEntry) -> LedgerEntry:
-        data = json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
-        self.store.write_atomic(self.path(entry.asset, entry.partition_key), data)
-        return entry
+    def _change(
+        self,
+        asset: AssetLike,
+        partition_key: str,
+        decide: Any,
+    ) -> LedgerEntry | None:
+        """Compare-and-set: ``decide(current entry or None)`` returns the entry to write (or the
+        current one / ``None`` to write nothing); retried on a lost race with a fresh read."""
+        path = self.path(asset, partition_key)
+        for _ in range(_CAS_ROUNDS):
+            old, version = self._read(asset, partition_key)
+            new = decide(old)
+            if new is None or new is old:
+                return old
+            try:
+                if version is None:
+                    self.files.create(path, _encode(new))
+                else:
+                    self.files.replace(path, _encode(new), version)
+            except (FileExistsError, PreconditionFailedError):
+                continue  # someone wrote first: decide again on what they wrote
+            return cast(LedgerEntry, new)
+        raise LedgerConflictError(f"ledger entry {path} kept changing ({_CAS_ROUNDS} tries)")
 
     def record_submitted(
         self,
@@ -402,42 +592,45 @@ class TaskLedger:
         fp = fingerprint or request_fingerprint(
             kept["prompt"], kept.get("size"), seed, kept.get("nsfw_check")
         )
-        now = float(self._clock())
-        old = self.get(parts, partition_key)
-        if old is not None and old.task_id == task_id:
-            return old
-        previous: tuple[PreviousAttempt, ...] = ()
-        attempt = 1
-        if old is not None:
-            ended = LedgerStatus.ABANDONED if old.is_open else old.status
-            previous = (
-                *old.previous,
-                PreviousAttempt(
-                    old.task_id,
-                    ended,
-                    old.submitted_at,
-                    now,
-                    old.error_code,
-                    old.error_message,
-                ),
+
+        def decide(old: LedgerEntry | None) -> LedgerEntry:
+            if old is not None and old.task_id == task_id:
+                return old
+            now = float(self._clock())
+            previous: tuple[PreviousAttempt, ...] = ()
+            attempt = 1
+            if old is not None:
+                ended = LedgerStatus.ABANDONED if old.is_open else old.status
+                previous = (
+                    *old.previous,
+                    PreviousAttempt(
+                        old.task_id,
+                        ended,
+                        old.submitted_at,
+                        now,
+                        old.error_code,
+                        old.error_message,
+                    ),
+                )
+                attempt = old.attempt + 1
+            return LedgerEntry(
+                asset=parts,
+                partition_key=partition_key,
+                task_id=task_id,
+                seed=seed,
+                fingerprint=fp,
+                request=kept,
+                status=LedgerStatus.SUBMITTED,
+                submitted_at=now,
+                updated_at=now,
+                attempt=attempt,
+                previous=previous,
+                run_id=run_id,
+                extra=dict(extra or {}),
             )
-            attempt = old.attempt + 1
-        entry = LedgerEntry(
-            asset=parts,
-            partition_key=partition_key,
-            task_id=task_id,
-            seed=seed,
-            fingerprint=fp,
-            request=kept,
-            status=LedgerStatus.SUBMITTED,
-            submitted_at=now,
-            updated_at=now,
-            attempt=attempt,
-            previous=previous,
-            run_id=run_id,
-            extra=dict(extra or {}),
-        )
-        self._write(entry)
+
+        entry = self._change(parts, partition_key, decide)
+        assert entry is not None
         self._write_index(entry)
         return entry
 
@@ -452,28 +645,71 @@ class TaskLedger:
         error_message: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> LedgerEntry:
-        """Set the status of the partition's current task ``task_id``.
+        """Set the status of the partition's current task ``task_id`` (a compare-and-set).
 
         Raises ``KeyError`` when there is no entry and :class:`LedgerConflictError` when the
-        entry's current task is another one. ``extra`` is merged into the entry's ``extra``.
+        entry's current task is another one. ``extra`` is merged into the entry's ``extra``. A
+        status that would move the entry back (:func:`moves_forward`) leaves it unchanged and
+        returns it as it is.
         """
-        old = self.get(asset, partition_key)
-        if old is None:
-            raise KeyError(f"no ledger entry for {asset_parts(asset)} partition {partition_key!r}")
-        if old.task_id != task_id:
-            raise LedgerConflictError(
-                f"ledger entry for partition {partition_key!r} is now task {old.task_id}, "
-                f"not {task_id}"
+        new_status = LedgerStatus(status)
+
+        def decide(old: LedgerEntry | None) -> LedgerEntry:
+            if old is None:
+                raise KeyError(
+                    f"no ledger entry for {asset_parts(asset)} partition {partition_key!r}"
+                )
+            if old.task_id != task_id:
+                raise LedgerConflictError(
+                    f"ledger entry for partition {partition_key!r} is now task {old.task_id}, "
+                    f"not {task_id}"
+                )
+            if not moves_forward(old.status, new_status):
+                log.info(
+                    "ledger entry for partition %r stays %s (not moved back to %s)",
+                    partition_key,
+                    old.status.value,
+                    new_status.value,
+                )
+                return old
+            return replace(
+                old,
+                status=new_status,
+                updated_at=float(self._clock()),
+                error_code=error_code,
+                error_message=_clip(error_message),
+                extra={**old.extra, **(extra or {})},
             )
-        entry = replace(
-            old,
-            status=LedgerStatus(status),
-            updated_at=float(self._clock()),
-            error_code=error_code,
-            error_message=_clip(error_message),
-            extra={**old.extra, **(extra or {})},
-        )
-        return self._write(entry)
+
+        entry = self._change(asset, partition_key, decide)
+        assert entry is not None
+        return entry
+
+    def restore_request(
+        self,
+        asset: AssetLike,
+        partition_key: str,
+        task_id: str,
+        *,
+        request: Mapping[str, Any],
+        fingerprint: str,
+    ) -> LedgerEntry:
+        """Give an entry recovered from a damaged file (``extra["recovered_from"]``, no
+        fingerprint) the request of the job that re-attaches to its task."""
+        kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
+
+        def decide(old: LedgerEntry | None) -> LedgerEntry:
+            if old is None:
+                raise KeyError(f"no ledger entry for partition {partition_key!r}")
+            if old.task_id != task_id:
+                raise LedgerConflictError(f"ledger entry for {partition_key!r} moved on")
+            if old.fingerprint:
+                return old
+            return replace(old, seed=int(kept["seed"]), fingerprint=fingerprint, request=kept)
+
+        entry = self._change(asset, partition_key, decide)
+        assert entry is not None
+        return entry
 
     def mark_completed(self, asset: AssetLike, partition_key: str, task_id: str) -> LedgerEntry:
         """The provider reports the task completed (image not stored yet)."""

@@ -44,8 +44,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
-import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath, PureWindowsPath
@@ -55,6 +56,7 @@ from PIL import Image
 from upath import UPath
 from upath.implementations.local import LocalPath
 
+from zimage_dagster.engine.atomic import replace_file
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.keys import storage_key
 
@@ -73,6 +75,8 @@ __all__ = [
     "file_stem",
     "resolve_storage",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class _HasPath(Protocol):
@@ -307,20 +311,9 @@ class ImageStore:
         if not str(path).startswith(self._root_str + "/"):
             raise UnsafePathError(f"path {path} is outside the root {self._root_str}")
         if self._is_local:
-            folder = os.path.dirname(path.path)
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    if fsync:
-                        fh.flush()
-                        os.fsync(fh.fileno())
-                os.replace(tmp, path.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            # The temp file honours the umask (not mkstemp's 0600); a killed writer's leftovers
+            # are removed by remove_stale_temp_files.
+            replace_file(path.path, data, fsync=fsync)
         else:
             # One put: atomic on object stores (S3, GCS, Azure) and in memory://.
             with contextlib.suppress(OSError, NotImplementedError):
@@ -462,12 +455,44 @@ class ImageStore:
         return StoredImage(path, fmt, str(sha) if sha else None, dict(provenance))
 
     def read_provenance(self, asset: AssetLike, partition_key: str) -> dict[str, Any] | None:
-        """The provenance record, or ``None`` if there is none."""
-        data = self.read_bytes_or_none(self.provenance_path(asset, partition_key))
+        """The provenance record, or ``None`` if there is none.
+
+        An unreadable record (truncated, garbage, not a JSON object, empty object) is moved aside
+        to ``<storage key>.json.unreadable-<time>`` with a warning naming both files, and ``None``
+        is returned: the partition is then rebuilt from its ledger entry (re-attaching to its
+        task) instead of failing on every run.
+        """
+        path = self.provenance_path(asset, partition_key)
+        data = self.read_bytes_or_none(path)
         if data is None:
             return None
-        record = json.loads(data)
-        return record if isinstance(record, dict) else None
+        try:
+            record = json.loads(data)
+        except ValueError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if isinstance(record, dict) and record:
+                return record
+            problem = f"not a provenance record: {type(record).__name__} {str(record)[:40]}"
+        self.move_aside(path, problem)
+        return None
+
+    @staticmethod
+    def aside_path(path: UPath) -> UPath:
+        """Where an unreadable file is kept: ``<name>.unreadable-<UTC time>-<random>`` beside it
+        (no scan reads it: it does not end with ``.json``)."""
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        return path.with_name(f"{path.name}.unreadable-{stamp}-{os.urandom(3).hex()}")
+
+    def move_aside(self, path: UPath, problem: str) -> UPath:
+        """Keep an unreadable file under :meth:`aside_path` (never read again) and log it."""
+        aside = self.aside_path(path)
+        data = self.read_bytes_or_none(path)
+        if data is not None:
+            self.write_atomic(aside, data)
+            self.delete_file(path)
+            log.warning("unreadable file %s (%s) moved aside to %s", path, problem, aside.name)
+        return aside
 
     def find(self, asset: AssetLike, partition_key: str) -> StoredImage | None:
         """The stored image for a partition, or ``None``.
