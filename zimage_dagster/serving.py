@@ -20,7 +20,7 @@ from typing import TypeVar
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["ServerError", "Service", "ThreadedServer", "bind_socket", "socket_url"]
+__all__ = ["ServerError", "Service", "ThreadedServer", "bind_socket", "socket_port", "socket_url"]
 
 _S = TypeVar("_S", bound="Service")
 
@@ -61,23 +61,44 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def socket_url(sock: socket.socket) -> str:
-    """``http://host:port`` of a bound socket (IPv6 hosts in brackets)."""
-    host, port = sock.getsockname()[:2]
+def socket_url(sock: socket.socket, *, scheme: str = "http", host: str | None = None) -> str:
+    """``http://host:port`` of a bound socket (IPv6 hosts in brackets); ``host`` names it
+    otherwise (e.g. ``localhost`` for a socket bound to 127.0.0.1)."""
+    bound, port = sock.getsockname()[:2]
+    host = host or bound
     host = f"[{host}]" if ":" in host else host
-    return f"http://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def socket_port(sock: socket.socket) -> int:
+    port: int = sock.getsockname()[1]
+    return port
 
 
 class ThreadedServer(Service):
-    """uvicorn serving ``app`` in a background thread, for the life of a ``with`` block."""
+    """uvicorn serving ``app`` in a background thread, for the life of a ``with`` block.
+
+    ``sockets``: sockets already bound (``bind_socket``) to serve on besides the one it binds
+    itself, so one server can answer on several origins (the app tells them apart by
+    ``scope["server"]``). ``ssl``: ``(certfile, keyfile)`` to serve https.
+    """
 
     def __init__(
-        self, app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0, name: str = "asgi-server"
+        self,
+        app: ASGIApp,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        name: str = "asgi-server",
+        sockets: list[socket.socket] | None = None,
+        ssl: tuple[str, str] | None = None,
     ) -> None:
         self.app = app
         self._host = host
         self._port = port
         self._name = name
+        self._extra = list(sockets or [])
+        self._ssl = ssl
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -91,18 +112,20 @@ class ThreadedServer(Service):
         if self._thread is not None:
             raise ServerError(f"{self._name} already started")
         self._socket = bind_socket(self._host, self._port)
-        self.url = socket_url(self._socket)
+        self.url = socket_url(self._socket, scheme="https" if self._ssl else "http")
         config = uvicorn.Config(
             self.app,
             log_level="warning",
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            ssl_certfile=self._ssl[0] if self._ssl else None,
+            ssl_keyfile=self._ssl[1] if self._ssl else None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run,
-            kwargs={"sockets": [self._socket]},
+            kwargs={"sockets": [self._socket, *self._extra]},
             name=self._name,
             daemon=True,
         )
@@ -121,8 +144,10 @@ class ThreadedServer(Service):
         thread = self._thread
         if thread is not None:
             thread.join(timeout=timeout)
-        if self._socket is not None:
-            self._socket.close()
+        for sock in [self._socket, *self._extra]:
+            if sock is not None:
+                sock.close()
+        self._extra = []
         self._server = self._thread = self._socket = None
         if thread is not None and thread.is_alive():
             raise ServerError(f"{self._name} thread did not stop")

@@ -58,8 +58,8 @@ def test_served_images_have_the_requested_dimensions(
 ) -> None:
     data, content_type = _download(api, _result_url(api, emulator, size=size))
     image = Image.open(io.BytesIO(data))
-    assert content_type == "image/png"
-    assert image.format == "PNG"
+    assert content_type == "image/webp"  # the provider's format, the default
+    assert image.format == "WEBP"
     expected = RATIO_DIMENSIONS.get(size) or tuple(int(x) for x in size.split("x"))
     assert image.size == expected
 
@@ -85,7 +85,7 @@ def test_same_request_same_bytes_and_seeds_differ(
     again, _ = _download(api, _result_url(api, emulator, size="640x480", seed=7))
     assert first == again
     assert (
-        render_image("a cute cat", 7, 640, 480, "png") == first
+        render_image("a cute cat", 7, 640, 480, "webp") == first
     )  # deterministic across processes too
     other, _ = _download(api, _result_url(api, emulator, size="640x480", seed=8))
     a = Image.open(io.BytesIO(first)).convert("RGB")
@@ -115,13 +115,13 @@ def test_links_expire_after_the_ttl(api: SpecClient, emulator: EmulatorServer) -
 
 
 def test_unknown_and_unfinished_links_are_404(api: SpecClient, emulator: EmulatorServer) -> None:
-    assert api.get("/_files/0123456789abcdef.png").status_code == 404
+    assert api.get(f"{emulator.files_url}/_files/0123456789abcdef.webp").status_code == 404
     emulator.configure(latency_s=60)
     task = api.post("/v1/images/generations", json=VALID).json()
-    name = emulator.tasks()[0]["file"]
+    name = emulator.files_url + emulator.tasks()[0]["file"]
     assert api.get(name).status_code == 404
     emulator.advance_clock(61)
-    assert api.get(f"/v1/tasks/{task['id']}").json()["results"][0].endswith(name)
+    assert api.get(f"/v1/tasks/{task['id']}").json()["results"][0] == name
     assert api.get(name).status_code == 200
 
 

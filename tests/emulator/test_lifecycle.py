@@ -82,8 +82,11 @@ def test_completed_task_has_one_result_link(api: SpecClient, emulator: EmulatorS
     assert body["status"] == "completed"
     assert body["progress"] == 100
     (url,) = body["results"]
-    assert url.startswith(f"{emulator.url}/_files/")
-    assert url.endswith(".png")
+    # files come from their own origin (another host name and port), in WebP
+    assert url.startswith(f"{emulator.files_url}/_files/")
+    assert emulator.files_url.startswith("http://localhost:")
+    assert emulator.files_url.rsplit(":", 1)[1] != emulator.url.rsplit(":", 1)[1]
+    assert url.endswith(".webp")
 
 
 def test_latency_range_is_seeded(emulator: EmulatorServer, api: SpecClient) -> None:

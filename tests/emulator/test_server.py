@@ -29,7 +29,7 @@ def _port_open(url: str) -> bool:
 @pytest.mark.skipif(not SCRIPT.exists(), reason=f"console script not installed at {SCRIPT}")
 def test_cli_prints_its_url_first_and_serves_it() -> None:
     command = [str(SCRIPT), "--host", "127.0.0.1", "--port", "0", "--latency", "0.05", "--api-key", "sk-cli-key",
-               "--image-format", "webp", "--config", '{"concurrency_cap": 3}']  # fmt: skip
+               "--image-format", "png", "--config", '{"concurrency_cap": 3}']  # fmt: skip
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout is not None
@@ -43,7 +43,7 @@ def test_cli_prints_its_url_first_and_serves_it() -> None:
         config = httpx.get(f"{url}/_emulator/config", trust_env=False).json()
         assert (config["latency_s"], config["image_format"], config["concurrency_cap"]) == (
             0.05,
-            "webp",
+            "png",
             3,
         )
     finally:
@@ -97,7 +97,7 @@ def test_emulator_process_has_the_same_handle_api() -> None:
         assert emu.stats()["tasks_created"] == 1
         emu.reset()
         assert emu.tasks() == []
-        assert emu.config()["image_format"] == "png"
+        assert emu.config()["image_format"] == "webp"
         pid = emu.pid
         assert pid is not None
     assert emu.pid is None

@@ -1,4 +1,9 @@
-"""The emulator as an ASGI app (Starlette): the provider's routes plus `/_emulator/*` and `/_files/*`.
+"""The emulator as ASGI apps (Starlette): the provider's routes plus `/_emulator/*`, and a file
+origin serving the result links (`/_files/*`).
+
+A server runs them on two origins (`create_app(config, serve_files=False)` for the API,
+`create_files_app(state)` for the files, see `OriginRouter`); in-process use (an
+`httpx.ASGITransport`) may keep both on one app, the default.
 
 >>> import httpx, asyncio
 >>> async def demo():
@@ -14,7 +19,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -23,9 +29,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
-from zimage_dagster.emulator.config import ConfigError, EmulatorConfig
+from zimage_dagster.emulator.config import MAX_CLOCK_SHIFT_S, ConfigError, EmulatorConfig
 from zimage_dagster.emulator.errors import ApiError
 from zimage_dagster.emulator.middleware import EmulatorMiddleware, route_of
 from zimage_dagster.emulator.render import CONTENT_TYPES
@@ -41,20 +47,39 @@ def _state(request: Request) -> EmulatorState:
     return state
 
 
-def _base_url(request: Request) -> str:
-    return str(request.base_url).rstrip("/")
+def _too_large() -> ApiError:
+    return ApiError(
+        413, "request_too_large", f"Request body must be at most {MAX_BODY_BYTES} bytes",
+        type_="invalid_request_error",
+    )  # fmt: skip
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused as soon as it is known to exceed `MAX_BODY_BYTES`: by its declared
+    length, else while reading (a 60 MB body is never held whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise _too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise _too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise ApiError(
-            400, "invalid_request", f"Request body must be at most {MAX_BODY_BYTES} bytes"
-        )
+    raw = await _read_body(request)
     if not raw.strip():
         raise ApiError(400, "invalid_request", "Request body is required (a JSON object)")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_request", "Request body must be valid JSON") from None
 
@@ -68,7 +93,7 @@ async def create_generation(request: Request) -> Response:
     state.check_rate_limit()
     body = await _json_body(request)
     create = validate_create(body, allow_loopback_callbacks=state.config.allow_loopback_callbacks)
-    task = state.create_task(create, _base_url(request))
+    task = state.create_task(create)
     return JSONResponse(task.view(None))
 
 
@@ -77,7 +102,7 @@ async def get_task(request: Request) -> Response:
     state.authenticate(request.headers.get("authorization"))
     state.check_rate_limit()
     task = state.get_task(request.path_params["task_id"])
-    return JSONResponse(task.view(state.now(), _base_url(request)))
+    return JSONResponse(task.view(state.now()))
 
 
 async def get_credits(request: Request) -> Response:
@@ -129,9 +154,17 @@ async def control_clock(request: Request) -> Response:
     state = _state(request)
     body = await _json_body(request)
     advance = body.get("advance_s") if isinstance(body, dict) else None
-    if isinstance(advance, bool) or not isinstance(advance, (int, float)):
+    if (
+        isinstance(advance, bool)
+        or not isinstance(advance, (int, float))
+        or not math.isfinite(advance)
+        or abs(advance) > MAX_CLOCK_SHIFT_S
+    ):
         raise ApiError(
-            400, "invalid_request", "advance_s (a number of seconds) is required", param="advance_s"
+            400,
+            "invalid_request",
+            f"advance_s must be a finite number of seconds, at most {MAX_CLOCK_SHIFT_S:.0f} either way",
+            param="advance_s",
         )
     state.clock.advance(float(advance))
     return JSONResponse({"now": state.now(), "skew_s": state.clock.skew_s})
@@ -159,7 +192,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
         # An ID the route's pattern cannot hold (a line break...): still just a malformed ID.
         return await _api_error(request, _invalid_task_id(path[len("/v1/tasks/") :]))
     message = "No such route" if exc.status_code == 404 else str(exc.detail)
-    return await _api_error(request, ApiError(exc.status_code, None, message))
+    response = await _api_error(request, ApiError(exc.status_code, None, message))
+    response.headers.update(exc.headers or {})  # e.g. `Allow` on a 405
+    return response
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
@@ -181,8 +216,31 @@ class EmulatorApp(Starlette):
         return EmulatorMiddleware(super().build_middleware_stack(), self.state.emulator)
 
 
-def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
-    """A fresh emulator app; its `EmulatorState` is `app.state.emulator`."""
+_EXCEPTION_HANDLERS: Mapping[Any, Any] = {
+    ApiError: _api_error,
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
+
+
+def _build(routes: list[Route], state: EmulatorState, lifespan: Any = None) -> EmulatorApp:
+    app = EmulatorApp(
+        routes=routes, lifespan=lifespan, exception_handlers=dict(_EXCEPTION_HANDLERS)
+    )
+    # The provider's routes answer in JSON, never with a redirect.
+    app.router.redirect_slashes = False
+    app.state.emulator = state
+    return app
+
+
+def _files_route() -> Route:
+    return Route(FILES_PREFIX + "{name}", get_file, methods=["GET", "HEAD"])
+
+
+def create_app(config: EmulatorConfig | None = None, *, serve_files: bool = True) -> EmulatorApp:
+    """A fresh emulator API app; its `EmulatorState` is `app.state.emulator`. With `serve_files`
+    it also answers the result links itself (in-process use); a server gives them their own
+    origin instead (`create_files_app`)."""
     state = EmulatorState(config)
 
     @asynccontextmanager
@@ -195,23 +253,36 @@ def create_app(config: EmulatorConfig | None = None) -> EmulatorApp:
         Route("/v1/images/generations", create_generation, methods=["POST"]),
         Route("/v1/tasks/{task_id:path}", get_task, methods=["GET"]),
         Route("/v1/credits", get_credits, methods=["GET"]),
-        Route(FILES_PREFIX + "{name}", get_file, methods=["GET", "HEAD"]),
         Route("/_emulator/reset", control_reset, methods=["POST"]),
         Route("/_emulator/stats", control_stats, methods=["GET"]),
         Route("/_emulator/config", control_config, methods=["GET", "POST"]),
         Route("/_emulator/clock", control_clock, methods=["POST"]),
         Route("/_emulator/tasks", control_tasks, methods=["GET"]),
     ]
-    app = EmulatorApp(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={
-            ApiError: _api_error,
-            HTTPException: _http_error,
-            Exception: _server_error,
-        },
-    )
-    # The provider's routes answer in JSON, never with a redirect.
-    app.router.redirect_slashes = False
-    app.state.emulator = state
-    return app
+    if serve_files:
+        routes.append(_files_route())
+    return _build(routes, state, lifespan)
+
+
+def create_files_app(state: EmulatorState) -> EmulatorApp:
+    """The file origin of an emulator: only `/_files/*`, over the same state as its API app.
+
+    >>> api = create_app(serve_files=False)
+    >>> create_files_app(api.state.emulator).state.emulator is api.state.emulator
+    True
+    """
+    return _build([_files_route()], state)
+
+
+class OriginRouter:
+    """One ASGI app for a server listening on several sockets: a request goes to the app of the
+    port it arrived on (`scope["server"]`), else to `default`; lifespan events go to `default`."""
+
+    def __init__(self, default: ASGIApp, by_port: Mapping[int, ASGIApp]) -> None:
+        self.default = default
+        self.by_port = dict(by_port)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        server = scope.get("server") if scope["type"] != "lifespan" else None
+        app = self.by_port.get(server[1], self.default) if server else self.default
+        await app(scope, receive, send)

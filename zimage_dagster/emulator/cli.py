@@ -1,6 +1,8 @@
-"""`zimage-emulator`: run the emulator; the first line on stdout is its base URL.
+"""`zimage-emulator`: run the emulator. It prints its API base URL on the first line of stdout,
+the file origin's URL (where result links point) on the second and, with `--tls`, the path of
+the throwaway CA certificate to trust on the third (`curl --cacert PATH`, httpx `verify=`).
 
-    zimage-emulator --host 127.0.0.1 --port 0 --latency 2 --image-format webp
+    zimage-emulator --host 127.0.0.1 --port 0 --latency 2 --image-format png --tls
 
 >>> config = build_config(parse_args(["--latency-range", "1", "3", "--failure-rate", "service_error=0.1"]))
 >>> config.latency_range_s, config.failure_rates
@@ -17,8 +19,9 @@ from typing import Any
 
 import uvicorn
 
-from zimage_dagster.emulator.app import create_app
 from zimage_dagster.emulator.config import IMAGE_FORMATS, ConfigError, EmulatorConfig
+from zimage_dagster.emulator.server import plan_origins
+from zimage_dagster.emulator.tls import ThrowawayCA
 from zimage_dagster.serving import bind_socket, socket_url
 
 
@@ -93,7 +96,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         dest="result_ttl_s",
         help="result link lifetime in seconds (default 86400)",
     )
-    p.add_argument("--image-format", choices=IMAGE_FORMATS, dest="image_format")
+    p.add_argument(
+        "--files-port", type=int, default=0, help="port of the file origin (0: a free one)"
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="serve both origins over https with a throwaway CA (its path is printed third)",
+    )
+    p.add_argument(
+        "--image-format", choices=IMAGE_FORMATS, dest="image_format", help="default webp"
+    )
     p.add_argument(
         "--concurrency-cap",
         type=int,
@@ -142,20 +155,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zimage-emulator: {exc}", file=sys.stderr)
         return 2
-    sock = bind_socket(args.host, args.port)
-    print(socket_url(sock), flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            log_level=args.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=2,
-        )
-    )
+    ca = ThrowawayCA() if args.tls else None
     try:
-        server.run(sockets=[sock])
+        origins = plan_origins(config, args.host, tls=args.tls, files_port=args.files_port)
+        sock = bind_socket(args.host, args.port)
+        print(socket_url(sock, scheme="https" if ca else "http"), flush=True)
+        print(origins.files_url, flush=True)
+        if ca is not None:
+            print(ca.ca_path, flush=True)
+        server = uvicorn.Server(
+            uvicorn.Config(
+                origins.app,
+                log_level=args.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=2,
+                ssl_certfile=ca.cert_path if ca else None,
+                ssl_keyfile=ca.key_path if ca else None,
+            )
+        )
+        try:
+            server.run(sockets=[sock, origins.files_socket])
+        finally:
+            sock.close()
+            origins.files_socket.close()
     finally:
-        sock.close()
+        if ca is not None:
+            ca.close()
     return 0
 
 

@@ -4,8 +4,8 @@ The same field names are used by the Python handle (`EmulatorServer.configure(**
 control route (`POST /_emulator/config` with a partial JSON object) and by the CLI (`--config JSON`).
 
 >>> cfg = EmulatorConfig(latency_s=0.5)
->>> cfg.updated({"image_format": "webp"}).image_format
-'webp'
+>>> cfg.image_format, cfg.updated({"image_format": "png"}).image_format
+('webp', 'png')
 >>> EmulatorConfig.from_dict(cfg.to_dict()) == cfg
 True
 >>> EmulatorConfig().updated({"latency_s": -1})
@@ -17,15 +17,24 @@ zimage_dagster.emulator.config.ConfigError: latency_s: must be >= 0
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 ROUTES = ("create", "task", "credits", "files", "*")
 FAULT_ACTIONS = ("status", "drop", "truncate", "slow")
 IMAGE_FORMATS = ("png", "jpeg", "webp")
+#: The terminal statuses a failure rule can end a task in (the provider spells "cancelled" both ways).
+FAILURE_STATUSES = ("failed", "cancelled", "canceled")
+#: A failure rule's regex is searched in every prompt on the event loop: keep it short and
+#: free of the shapes that backtrack exponentially.
+MAX_PATTERN_LENGTH = 256
+#: Clock offsets and advances beyond a century are refused (they overflow dates, not tests).
+MAX_CLOCK_SHIFT_S = 100 * 365 * 86400.0
 DEFAULT_API_KEY = "sk-evo-emulator-local"
 
 
@@ -76,15 +85,25 @@ class FaultRule:
 
 @dataclass(frozen=True)
 class FailureRule:
-    """A task whose prompt matches `pattern` (a regex, searched) fails with `code`.
+    """A task whose prompt matches `pattern` (a regex, searched) fails with `code`, ending in
+    `status` (`failed`, or `cancelled` / `canceled` as the provider reports a cancelled task).
+
+    Patterns are bounded: at most `MAX_PATTERN_LENGTH` characters, no backreferences, and no
+    repeat around something that itself repeats or branches (`(a+)+`, `(a|aa)*`: the shapes
+    that make a regex engine backtrack for ever).
 
     >>> FailureRule.from_dict({"pattern": "(?i)broken", "code": "service_error"}).code
     'service_error'
+    >>> FailureRule.from_dict({"pattern": "(a+)+$", "code": "service_error"})
+    Traceback (most recent call last):
+    ...
+    zimage_dagster.emulator.config.ConfigError: failure_rules.pattern: regex too costly: a repeat inside a repeat
     """
 
     pattern: str
     code: str
     message: str | None = None
+    status: str = "failed"
 
     @classmethod
     def from_dict(cls, data: Any, param: str = "failure_rules") -> FailureRule:
@@ -134,7 +153,10 @@ class EmulatorConfig:
     unlimited_credits: bool = False
     # results
     result_ttl_s: float = 86400.0
-    image_format: str = "png"
+    image_format: str = "webp"
+    # The origin result links point at (the file host), e.g. "https://localhost:8443". The
+    # servers set it to their file origin; None: "http://localhost" (in-process apps only).
+    public_files_url: str | None = None
     render_on_create: bool = True
     # clock
     clock_offset_s: float = 0.0
@@ -239,7 +261,19 @@ def _boolean(value: Any, name: str) -> bool:
 def _string(value: Any, name: str) -> str:
     if not isinstance(value, str):
         raise ConfigError(name, "must be a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigError(name, f"has a lone surrogate at index {exc.start}") from None
     return value
+
+
+def _url(value: Any, name: str) -> str:
+    text = _string(value, name)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+        raise ConfigError(name, "must be an http(s) origin such as https://localhost:8443")
+    return text.rstrip("/")
 
 
 def _one_of(choices: tuple[str, ...]) -> Check:
@@ -269,11 +303,55 @@ def _list_of(inner: Check) -> Check:
 
 def _regex(value: Any, name: str) -> str:
     text = _string(value, name)
+    if len(text) > MAX_PATTERN_LENGTH:
+        raise ConfigError(name, f"regex longer than {MAX_PATTERN_LENGTH} characters")
     try:
-        re.compile(text)
-    except re.error as exc:
+        parsed = _sre_parse(text)
+    except (re.error, RecursionError, OverflowError) as exc:
         raise ConfigError(name, f"bad regex: {exc}") from None
+    problem = _costly(parsed, inside_repeat=False)
+    if problem:
+        raise ConfigError(name, f"regex too costly: {problem}")
     return text
+
+
+# The stdlib's own regex parser (Python 3.11+; `sre_parse` before), to look at a pattern's shape.
+_sre_parser: Any = importlib.import_module("re._parser")
+sre_constants: Any = importlib.import_module("re._constants")
+_REPEATS = {sre_constants.MAX_REPEAT, sre_constants.MIN_REPEAT, sre_constants.POSSESSIVE_REPEAT}
+
+
+def _sre_parse(text: str) -> Any:
+    return _sre_parser.parse(text)
+
+
+def _costly(items: Any, *, inside_repeat: bool) -> str | None:
+    """Why a parsed pattern can backtrack exponentially, or None: a backreference, or a repeat
+    (of more than one item) around another repeat or around a branch."""
+    for op, arg in items:
+        if op in (sre_constants.GROUPREF, sre_constants.GROUPREF_EXISTS):
+            return "backreferences are not allowed"
+        if op in _REPEATS:
+            _low, high, sub = arg
+            repeats = high is sre_constants.MAXREPEAT or high > 1
+            if repeats and inside_repeat:
+                return "a repeat inside a repeat"
+            found = _costly(sub, inside_repeat=inside_repeat or repeats)
+        elif op is sre_constants.BRANCH:
+            if inside_repeat:
+                return "a branch inside a repeat"
+            found = next((p for p in (_costly(b, inside_repeat=False) for b in arg[1]) if p), None)
+        elif op is sre_constants.SUBPATTERN:
+            found = _costly(arg[-1], inside_repeat=inside_repeat)
+        elif op in (sre_constants.ASSERT, sre_constants.ASSERT_NOT):
+            found = _costly(arg[1], inside_repeat=inside_repeat)
+        elif op is sre_constants.ATOMIC_GROUP:
+            found = _costly(arg, inside_repeat=inside_repeat)
+        else:
+            found = None
+        if found:
+            return found
+    return None
 
 
 def _latency_range(value: Any, name: str) -> tuple[float, float]:
@@ -349,6 +427,7 @@ _FAILURE_RULE_CHECKS: dict[str, Check] = {
     "pattern": _regex,
     "code": _string,
     "message": _optional(_string),
+    "status": _one_of(FAILURE_STATUSES),
 }
 
 _CONFIG_CHECKS: dict[str, Check] = {
@@ -373,8 +452,9 @@ _CONFIG_CHECKS: dict[str, Check] = {
     "unlimited_credits": _boolean,
     "result_ttl_s": _number(0.0),
     "image_format": _one_of(IMAGE_FORMATS),
+    "public_files_url": _optional(_url),
     "render_on_create": _boolean,
-    "clock_offset_s": _number(),
+    "clock_offset_s": _number(-MAX_CLOCK_SHIFT_S, MAX_CLOCK_SHIFT_S),
     "callback_timeout_s": _number(0.001),
     "callback_retry_delays_s": _list_of(_number(0.0)),
     "allow_loopback_callbacks": _boolean,

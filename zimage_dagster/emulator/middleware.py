@@ -1,4 +1,5 @@
-"""The outermost ASGI layer: per-route accounting and HTTP fault injection.
+"""The outermost ASGI layer: a request ID on every answer, per-route accounting and HTTP
+fault injection.
 
 It sits outside Starlette's own middleware so that, under uvicorn, it holds the server's real
 `send` (needed to drop a connection without an answer).
@@ -10,6 +11,7 @@ It sits outside Starlette's own middleware so that, under uvicorn, it holds the 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -37,13 +39,42 @@ def route_of(path: str) -> str | None:
     return None
 
 
+def new_request_id() -> str:
+    """A fresh request ID, as the provider's gateway returns in `x-request-id`.
+
+    >>> len(new_request_id()), new_request_id() != new_request_id()
+    (32, True)
+    """
+    return secrets.token_hex(16)
+
+
+def with_request_id(send: Send) -> Send:
+    """`send` that adds an `x-request-id` header to the answer (faults included). Keeps the
+    server's bound method reachable (`__self__`), which dropping a connection needs."""
+    request_id = new_request_id().encode()
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            headers.append((b"x-request-id", request_id))
+            message = {**message, "headers": headers}
+        await send(message)
+
+    sending.__self__ = getattr(send, "__self__", None)  # type: ignore[attr-defined]
+    return sending
+
+
 class EmulatorMiddleware:
     def __init__(self, app: ASGIApp, state: EmulatorState) -> None:
         self.app = app
         self.state = state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = route_of(scope["path"]) if scope["type"] == "http" else None
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = with_request_id(send)
+        route = route_of(scope["path"])
         if route is None:
             await self.app(scope, receive, send)
             return

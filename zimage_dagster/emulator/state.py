@@ -6,7 +6,7 @@ All of it lives on the server's event loop (no locks): handlers call these metho
 >>> from zimage_dagster.emulator.validation import validate_create
 >>> async def demo():
 ...     state = EmulatorState(EmulatorConfig(latency_s=0.0, render_on_create=False))
-...     task = state.create_task(validate_create({"model": "z-image-turbo", "prompt": "a cat", "seed": 5}), "http://h")
+...     task = state.create_task(validate_create({"model": "z-image-turbo", "prompt": "a cat", "seed": 5}))
 ...     return state.get_task(task.id).state_at(state.now())[0], state.credits()["data"]["token"]["used_credits"]
 >>> asyncio.run(demo())
 ('completed', 0.026)
@@ -30,7 +30,13 @@ from zimage_dagster.emulator.limits import ActiveTasks, TokenBucket
 from zimage_dagster.emulator.render import RenderCache
 from zimage_dagster.emulator.spec import CREATE_RULES
 from zimage_dagster.emulator.stats import Stats
-from zimage_dagster.emulator.tasks import TASK_ERROR_MESSAGES, Task, TaskFailure, new_task_id
+from zimage_dagster.emulator.tasks import (
+    DEFAULT_FILES_URL,
+    TASK_ERROR_MESSAGES,
+    Task,
+    TaskFailure,
+    new_task_id,
+)
 from zimage_dagster.emulator.validation import CreateRequest, check_task_id
 
 
@@ -133,7 +139,10 @@ class EmulatorState:
             if pattern.search(request.prompt):
                 message = rule.message or TASK_ERROR_MESSAGES.get(rule.code, "The task failed.")
                 return TaskFailure(
-                    rule.code, message, early=rule.code == "content_policy_violation"
+                    rule.code,
+                    message,
+                    early=rule.code == "content_policy_violation",
+                    status=rule.status,
                 )
         if self.config.failure_rates:
             draw = self.rng.random()
@@ -147,7 +156,7 @@ class EmulatorState:
         refunded = sum(t.credits for t in self._failing if t.end_at <= now)
         return round(self._reserved - refunded, 6)
 
-    def create_task(self, request: CreateRequest, base_url: str) -> Task:
+    def create_task(self, request: CreateRequest) -> Task:
         """Bill, throttle, decide the outcome, start rendering and schedule the callback."""
         config = self.config
         now = self.now()
@@ -187,7 +196,7 @@ class EmulatorState:
             credits=cost,
             image_format=config.image_format,
             file_token=secrets.token_hex(16),
-            base_url=base_url,
+            files_url=config.public_files_url or DEFAULT_FILES_URL,
             estimated_time=config.estimated_time,
             can_cancel=config.can_cancel,
         )

@@ -3,16 +3,19 @@
 A task is `pending` for the first `pending_s` seconds, then `processing` with progress rising
 linearly towards 100, then `completed` (progress 100, `results`) or `failed` (`error`) at `end_at`.
 A task refused by moderation fails when its pending phase ends; other failures at `end_at`.
+A failure may end in `cancelled` (or `canceled`) instead of `failed`, as the provider reports
+cancelled tasks. Result links point at the file origin the task was made under (`files_url`),
+never at the host a request named.
 
 >>> from zimage_dagster.emulator.validation import validate_create
 >>> req = validate_create({"model": "z-image-turbo", "prompt": "a cute cat"})
 >>> t = Task(id="task-unified-100-abcdefgh", created_at=100.0, latency_s=10.0, pending_s=1.5,
 ...          request=req, seed=7, failure=None, credits=0.026, image_format="png",
-...          file_token="tok", base_url="http://127.0.0.1:1", estimated_time=10, can_cancel=False)
+...          file_token="tok", files_url="https://localhost:8443", estimated_time=10, can_cancel=False)
 >>> t.state_at(101.0), t.state_at(105.0), t.state_at(111.0)
 (('pending', 0), ('processing', 41), ('completed', 100))
 >>> t.view(111.0)["results"]
-['http://127.0.0.1:1/_files/tok.png']
+['https://localhost:8443/_files/tok.png']
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from zimage_dagster.emulator.render import EXTENSIONS, RenderKey
 from zimage_dagster.emulator.validation import CreateRequest
 
 FILES_PREFIX = "/_files/"
+#: The file origin of an emulator app used in-process (no server bound a file port for it).
+DEFAULT_FILES_URL = "http://localhost"
 
 TASK_ERROR_MESSAGES: dict[str, str] = {
     "content_policy_violation": "Content policy violation.\nYour request was blocked by safety filters.",
@@ -61,6 +66,7 @@ class TaskFailure:
     code: str
     message: str
     early: bool = False  # fails when the pending phase ends (moderation), not at end of latency
+    status: str = "failed"  # or "cancelled" / "canceled"
 
 
 @dataclass
@@ -93,7 +99,7 @@ class Task:
     credits: float
     image_format: str
     file_token: str
-    base_url: str
+    files_url: str
     estimated_time: int
     can_cancel: bool
     callback: CallbackLog | None = None
@@ -136,12 +142,15 @@ class Task:
             if self.failure is None:
                 return ("completed", 100)
             # progress stays where it was when the task failed
-            return ("failed", 0 if self.failure.early else self._progress(self.end_at - 1e-9))
+            return (
+                self.failure.status,
+                0 if self.failure.early else self._progress(self.end_at - 1e-9),
+            )
         if now - self.created_at < self.pending_s:
             return ("pending", 0)
         return ("processing", self._progress(now))
 
-    def view(self, now: float | None, base_url: str | None = None) -> dict[str, Any]:
+    def view(self, now: float | None) -> dict[str, Any]:
         """The query-shaped JSON at `now` (`None`: the create answer, pending with progress 0)."""
         status, progress = ("pending", 0) if now is None else self.state_at(now)
         out: dict[str, Any] = {
@@ -163,8 +172,8 @@ class Task:
             },
         }
         if status == "completed":
-            out["results"] = [f"{base_url or self.base_url}{FILES_PREFIX}{self.file_name}"]
-        elif status == "failed" and self.failure is not None:
+            out["results"] = [f"{self.files_url}{FILES_PREFIX}{self.file_name}"]
+        elif self.failure is not None and status == self.failure.status:
             out["error"] = {
                 "code": self.failure.code,
                 "message": self.failure.message,

@@ -15,6 +15,10 @@ JSON `null` for an optional field means "absent".
 Traceback (most recent call last):
 ...
 zimage_dagster.emulator.errors.ApiError: 400 invalid_request: prompt must not be empty
+>>> validate_create({"model": "z-image-turbo", "prompt": "a \\ud800 cat"})
+Traceback (most recent call last):
+...
+zimage_dagster.emulator.errors.ApiError: 400 invalid_request: prompt contains a lone surrogate (U+D800) at index 2
 >>> parse_size("1024x768")
 (1024, 768)
 """
@@ -67,6 +71,19 @@ def _invalid(param: str | None, message: str) -> ApiError:
     return ApiError(400, "invalid_request", message, param=param)
 
 
+def _check_text(value: str, param: str) -> str:
+    """A string that encodes as UTF-8: JSON can carry a lone surrogate (`"\\ud800"`), which no
+    image, log or answer can hold, so it is refused here, naming where it is."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = f"U+{ord(value[exc.start]):04X}"
+        raise _invalid(
+            param, f"{param} contains a lone surrogate ({char}) at index {exc.start}"
+        ) from None
+    return value
+
+
 def parse_size(size: str) -> tuple[int, int] | None:
     """(width, height) of a `WxH` size, or None when `size` is not of that form."""
     match = _WXH_RE.fullmatch(size)
@@ -99,6 +116,7 @@ def check_callback_url(url: Any, *, allow_loopback: bool = False) -> str:
     """
     if not isinstance(url, str):
         raise _invalid("callback_url", "callback_url must be a string")
+    _check_text(url, "callback_url")
     if len(url) > CREATE_RULES.max_callback_length:
         limit = CREATE_RULES.max_callback_length
         raise _invalid("callback_url", f"callback_url must be at most {limit} characters")
@@ -143,6 +161,7 @@ def validate_create(body: Any, *, allow_loopback_callbacks: bool = False) -> Cre
         raise _invalid("prompt", "prompt is required")
     if not isinstance(prompt, str):
         raise _invalid("prompt", "prompt must be a string")
+    _check_text(prompt, "prompt")
     if not prompt.strip():
         raise _invalid("prompt", "prompt must not be empty")
     if len(prompt) > CREATE_RULES.max_prompt_length:
