@@ -106,7 +106,7 @@ def test_create_get_wait_download(client: ZImageClient, emu: Any) -> None:
     assert outcome.task.result_url is not None
     image = client.download(outcome.task.result_url, task_id=task.id)
     assert (image.width, image.height) == (1024, 768)
-    assert image.format == "PNG"
+    assert image.format == "WEBP"
     stats = emu.stats()
     assert stats["file_requests"] == 1
     assert stats["file_requests_with_authorization"] == 0
@@ -217,7 +217,7 @@ def test_query_faults_are_retried(client: ZImageClient, emu: Any) -> None:
 def test_truncated_download_is_retried(client: ZImageClient, emu: Any) -> None:
     emu.configure(http_faults=[{"route": "files", "action": "truncate", "count": 1}])
     result = client.generate(GenerationRequest(prompt="a cat", seed=1))
-    assert result.image.format == "PNG"
+    assert result.image.format == "WEBP"
     assert emu.stats()["file_requests"] == 2
 
 

@@ -220,7 +220,6 @@ def test_provider_code_lists_are_exact() -> None:
         "invalid_parameters",
         "image_processing_error",
         "image_dimension_mismatch",
-        "request_cancelled",
     } == FIXABLE_TASK_ERROR_CODES
     assert {
         "generation_failed_no_content",
@@ -231,6 +230,7 @@ def test_provider_code_lists_are_exact() -> None:
         "service_unavailable",
         "resource_not_found",
         "unknown_error",
+        "request_cancelled",  # the provider's advice: resubmit
     } == RETRYABLE_TASK_ERROR_CODES
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 
 import pytest
 
@@ -37,58 +38,114 @@ def run_wait(api: FakeAPI, **wait_kw: object) -> tuple[Task, int, float]:
 LATENCIES = [6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5, 10.0]
 
 
-@pytest.mark.parametrize("latency", LATENCIES)
+def run_sequence(
+    latencies: list[float], pending_share: float, **client_kw: object
+) -> list[tuple[int, float]]:
+    """One client waits on tasks of these latencies, one after the other; (polls, lag) of each."""
+    api = FakeAPI(FakeClock())
+    out: list[tuple[int, float]] = []
+    with client_for(api, **client_kw) as client:
+        for latency in latencies:
+            api.pending_s, api.processing_s = latency * pending_share, latency * (1 - pending_share)
+            task = client.create_task(REQ)
+            outcome = client.wait(task)
+            assert outcome.task.is_completed
+            out.append((outcome.polls, api.clock.now - api.tasks[task.id].finishes_at))
+        assert api.count("GET") == sum(polls for polls, _ in out)
+    return out
+
+
+def shuffled(values: list[float], seed: int, times: int = 2) -> list[float]:
+    out = values * times
+    random.Random(seed).shuffle(out)
+    return out
+
+
 @pytest.mark.parametrize("pending_share", [0.0, 0.15, 0.3])
-def test_typical_tasks_cost_two_or_three_polls_and_little_lag(
-    latency: float, pending_share: float
+def test_a_client_that_has_seen_tasks_finds_typical_ones_in_two_or_three_polls(
+    pending_share: float,
 ) -> None:
-    api = FakeAPI(
-        FakeClock(), pending_s=latency * pending_share, processing_s=latency * (1 - pending_share)
-    )
-    task, polls, lag = run_wait(api)
-    assert task.is_completed
-    assert 1 <= polls <= 3, polls
-    assert 0 <= lag < 0.1 * latency, lag
-    assert api.count("GET") == polls
+    latencies = shuffled(LATENCIES, seed=3)
+    results = run_sequence(latencies, pending_share)
+    cold_polls, cold_lag = results[0]
+    assert cold_polls <= 5  # nothing learned yet: seeded by the announced 10 s
+    assert 0 <= cold_lag < 0.1 * latencies[0]
+    for (polls, lag), latency in zip(results[3:], latencies[3:], strict=True):
+        assert 1 <= polls <= 3, (latency, polls)
+        assert 0 <= lag < 0.05 * latency, (latency, lag)
+    late = results[len(results) // 2 :]
+    assert sum(lag for _, lag in late) / len(late) < 0.1
 
 
 def test_benchmark_figures_over_the_range() -> None:
-    """Mean over the 6-10 s range: about 2-3 status requests, lag well under 10 %."""
-    polls_total, lag_share = 0, 0.0
-    cases = [(lat, share) for lat in LATENCIES for share in (0.0, 0.1, 0.15, 0.2, 0.3)]
-    for latency, share in cases:
-        api = FakeAPI(FakeClock(), pending_s=latency * share, processing_s=latency * (1 - share))
-        _, polls, lag = run_wait(api)
-        polls_total += polls
-        lag_share += lag / latency
-    assert 2.0 <= polls_total / len(cases) <= 3.0
-    assert lag_share / len(cases) < 0.05
+    """Mean over the 6-10 s range, once learned: about 2 status requests, lag about 1 %."""
+    polls_total, lag_share, count = 0, 0.0, 0
+    for share in (0.0, 0.1, 0.15, 0.2, 0.3):
+        latencies = shuffled(LATENCIES, seed=int(share * 100))
+        for (polls, lag), latency in list(
+            zip(run_sequence(latencies, share), latencies, strict=True)
+        )[3:]:
+            polls_total += polls
+            lag_share += lag / latency
+            count += 1
+    assert 1.5 <= polls_total / count <= 2.5
+    assert lag_share / count < 0.02
 
 
-def test_first_poll_is_a_fraction_of_the_estimated_time_after_create() -> None:
-    api = FakeAPI(FakeClock(), pending_s=1.0, processing_s=8.0)
+def test_fast_tasks_are_found_fast_though_the_estimate_says_10_s() -> None:
+    """Tasks of 1.5-3 s announced as 10 s: seen finished within ~0.1 s once a few were seen."""
+    rng = random.Random(7)
+    latencies = [rng.uniform(1.5, 3.0) for _ in range(30)]
+    results = run_sequence(latencies, 0.15)
+    assert results[0][1] < 0.5  # the first, cold, is looked at after 1 s (0.1 x 10 s)
+    warm = results[3:]
+    assert max(lag for _, lag in warm) < 0.15
+    assert sum(polls for polls, _ in warm) / len(warm) <= 2.5
+
+
+def test_first_poll_is_seeded_by_the_estimate_then_placed_by_what_was_seen() -> None:
+    api = FakeAPI(FakeClock(), pending_s=1.0, processing_s=7.0)
     seen: list[float] = []
     with client_for(api) as client:
-        task = client.create_task(REQ)
-        created = api.clock.now
-        client.wait(task, on_poll=lambda t: seen.append(api.clock.now))
-    assert seen[0] - created == pytest.approx(6.0)  # 0.6 x estimated_time (10 s)
+        for i in range(10):
+            seen.clear()
+            task = client.create_task(REQ)
+            created = api.clock.now
+            client.wait(task, on_poll=lambda t, c=created: seen.append(api.clock.now - c))  # type: ignore[misc]
+            if i == 0:
+                assert seen[0] == pytest.approx(1.0)  # 0.1 x estimated_time (10 s)
+    # learned from 9 tasks of 8 s: the first look at 0.9 x 8 s (x 9/10, few samples), then done
+    assert seen[0] == pytest.approx(0.9 * 8.0 * 9 / 10, abs=0.1)
+    assert len(seen) == 2
     policy = PollPolicy(first_wait_fraction=0.3)
     api = FakeAPI(FakeClock(), pending_s=1.0, processing_s=8.0)
     seen.clear()
     with client_for(api, poll=policy) as client:
         task = client.create_task(REQ)
         created = api.clock.now
-        client.wait(task, on_poll=lambda t: seen.append(api.clock.now))
-    assert seen[0] - created == pytest.approx(3.0)
+        client.wait(task, on_poll=lambda t: seen.append(api.clock.now - created))
+    assert seen[0] == pytest.approx(3.0)
+
+
+def test_a_policy_that_does_not_learn_keeps_the_seeded_first_poll() -> None:
+    api = FakeAPI(FakeClock(), pending_s=1.0, processing_s=7.0)
+    firsts: list[float] = []
+    with client_for(api, poll=PollPolicy(learn=False, first_wait_fraction=0.6)) as client:
+        for _ in range(3):
+            task = client.create_task(REQ)
+            created = api.clock.now
+            polls: list[float] = []
+            client.wait(task, on_poll=lambda t, c=created, p=polls: p.append(api.clock.now - c))  # type: ignore[misc]
+            firsts.append(polls[0])
+    assert firsts == pytest.approx([6.0, 6.0, 6.0])
 
 
 def test_first_wait_reads_estimated_time_from_the_task() -> None:
     clock = FakeClock()
     schedule = PollSchedule(PollPolicy(), estimated_time=20, origin=clock())
-    assert schedule.next_delay(clock()) == pytest.approx(12.0)
+    assert schedule.next_delay(clock()) == pytest.approx(2.0)
     schedule = PollSchedule(PollPolicy(), estimated_time=None, origin=clock())
-    assert schedule.next_delay(clock()) == pytest.approx(6.0)
+    assert schedule.next_delay(clock()) == pytest.approx(1.0)
 
 
 def test_without_progress_the_interval_grows_by_half_under_the_cap() -> None:
@@ -99,19 +156,33 @@ def test_without_progress_the_interval_grows_by_half_under_the_cap() -> None:
         start = api.clock.now
         client.wait(task, on_poll=lambda t: times.append(api.clock.now - start))
     gaps = [round(b - a, 3) for a, b in itertools.pairwise(times)]
-    assert times[0] == pytest.approx(6.0)
+    assert times[0] == pytest.approx(1.0)
     assert gaps[:5] == [1.0, 1.5, 2.25, 3.375, 5.0]
     assert set(gaps[5:]) == {5.0}
     assert times[-1] - 40.0 <= 5.0
+
+
+def test_without_progress_learned_durations_place_the_next_look() -> None:
+    """A server that reports no progress: the durations seen still tell when to look."""
+    api = FakeAPI(FakeClock(), pending_s=0.0, processing_s=12.0, report_progress=False)
+    results: list[tuple[int, float]] = []
+    with client_for(api) as client:
+        for _ in range(4):
+            task = client.create_task(REQ)
+            outcome = client.wait(task)
+            results.append((outcome.polls, api.clock.now - api.tasks[task.id].finishes_at))
+    cold_lag, learned_lag = results[0][1], results[-1][1]
+    assert results[-1][0] <= 4  # the first look near 12 s, then the usual durations
+    assert learned_lag < 1.0 < cold_lag
 
 
 def test_long_task_costs_bounded_polls() -> None:
     api = FakeAPI(FakeClock(), pending_s=5.0, processing_s=115.0)
     task, polls, lag = run_wait(api)
     assert task.is_completed
-    assert (
-        polls <= 120 / PollPolicy().max_interval + 3
-    )  # never more often than the cap once it is far
+    # never more often than the cap once it is far (a cold client also looks at 1, 2 and 3.5 s,
+    # and once more within the last point of progress)
+    assert polls <= 120 / PollPolicy().max_interval + 5
     assert lag <= 1.0
 
 

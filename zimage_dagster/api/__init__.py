@@ -13,7 +13,7 @@ from zimage_dagster.api._core import (
     DEFAULT_BASE_URL,
     ENV_API_KEY,
     ENV_BASE_URL,
-    PollSchedule,
+    USER_AGENT,
     backoff_delay,
     parse_retry_after,
     retry_delay,
@@ -31,6 +31,7 @@ from zimage_dagster.api.errors import (
     ConfigurationError,
     CreateOutcomeUnknownError,
     DownloadError,
+    DownloadTimeoutError,
     ImageTooLargeError,
     InsufficientQuotaError,
     InternalServerError,
@@ -66,6 +67,7 @@ from zimage_dagster.api.models import (
     Usage,
 )
 from zimage_dagster.api.policies import CREATE_SAFE_EXCEPTIONS, PollPolicy, RetryPolicy
+from zimage_dagster.api.polling import LatencyModel, PollSchedule
 from zimage_dagster.api.results import GenerationFailure, GenerationResult, Timings, WaitOutcome
 from zimage_dagster.api.validation import (
     MAX_CALLBACK_URL_LENGTH,
@@ -103,6 +105,7 @@ __all__ = [
     "RETRYABLE_TASK_ERROR_CODES",
     "SUPPORTED_RATIOS",
     "TERMINAL_STATUSES",
+    "USER_AGENT",
     "APIConnectionError",
     "APIResponseValidationError",
     "APIStatusError",
@@ -114,6 +117,7 @@ __all__ = [
     "CreateOutcomeUnknownError",
     "Credits",
     "DownloadError",
+    "DownloadTimeoutError",
     "DownloadedImage",
     "ErrorBody",
     "ErrorEnvelope",
@@ -123,6 +127,7 @@ __all__ = [
     "ImageTooLargeError",
     "InsufficientQuotaError",
     "InternalServerError",
+    "LatencyModel",
     "NotAnImageError",
     "NotFoundError",
     "PermissionDeniedError",

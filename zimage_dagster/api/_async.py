@@ -57,6 +57,8 @@ class AsyncZImageClient:
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         http_client: httpx.AsyncClient | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        verify: _core.Verify = True,
+        allow_internal_redirects: bool = False,
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -70,12 +72,13 @@ class AsyncZImageClient:
             max_download_bytes=max_download_bytes,
             max_image_pixels=max_image_pixels,
             clock=clock,
+            allow_internal_redirects=allow_internal_redirects,
             injected_client=http_client is not None,
             injected_transport=transport is not None,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(
-            transport=transport, **_core.http_client_options(timeout)
+            transport=transport, **_core.http_client_options(timeout, verify)
         )
         self._sleep = sleep or asyncio.sleep
 
@@ -111,6 +114,16 @@ class AsyncZImageClient:
             if action.seconds > 0:
                 await self._sleep(action.seconds)
             return None
+        guard = action.guard
+        remaining = guard.remaining_s() if guard is not None else None
+        if guard is None or remaining is None:
+            return await self._exchange(action)
+        try:  # the whole download, however slowly its bytes come, within the deadline
+            return await asyncio.wait_for(self._exchange(action), timeout=max(0.0, remaining))
+        except asyncio.TimeoutError:
+            raise guard.deadline_error() from None
+
+    async def _exchange(self, action: _core.Send) -> _core.Outcome:
         try:
             response = await self._http.send(
                 action.request, stream=True, auth=None, follow_redirects=action.follow_redirects
@@ -120,12 +133,13 @@ class AsyncZImageClient:
         try:
             guard = action.guard
             if guard is not None and response.is_success:
+                # raw chunks: the guard decodes them itself, bounded, and watches the clock
                 guard.check_headers(response.headers)
-                chunks = []
-                async for chunk in response.aiter_bytes():
-                    guard.feed(chunk)
-                    chunks.append(chunk)
-                content = b"".join(chunks)
+                if response.is_stream_consumed:  # an in-memory response, already whole
+                    content = guard.feed_whole(response.content)
+                else:
+                    chunks = [guard.feed(chunk) async for chunk in response.aiter_raw()]
+                    content = b"".join([*chunks, guard.finish()])
             elif guard is not None:
                 content = b""
             else:

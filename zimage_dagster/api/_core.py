@@ -17,7 +17,9 @@ import math
 import os
 import random
 import secrets
+import ssl
 import time
+import zlib
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -36,6 +38,7 @@ from zimage_dagster.api.errors import (
     ConfigurationError,
     CreateOutcomeUnknownError,
     DownloadError,
+    DownloadTimeoutError,
     ImageTooLargeError,
     RequestValidationError,
     ResultExpiredError,
@@ -47,9 +50,11 @@ from zimage_dagster.api.errors import (
     status_error_class,
 )
 from zimage_dagster.api.images import DownloadedImage, decode_image
-from zimage_dagster.api.models import Credits, GenerationRequest, Task, TaskStatus
+from zimage_dagster.api.models import FAILED_STATUSES, Credits, GenerationRequest, Task, TaskStatus
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
+from zimage_dagster.api.polling import LatencyModel, PollSchedule
 from zimage_dagster.api.results import GenerationResult, Timings, WaitOutcome
+from zimage_dagster.api.validation import is_internal_host
 
 logger = logging.getLogger("zimage_dagster.api")
 
@@ -62,16 +67,41 @@ ENV_BASE_URL = "ZIMAGE_BASE_URL"
 CREATE_PATH = "/v1/images/generations"
 TASK_PATH = "/v1/tasks/{task_id}"
 CREDITS_PATH = "/v1/credits"
-USER_AGENT = f"zimage-dagster/{__version__}"
+#: A descriptive User-Agent: the provider sits behind Cloudflare, which has refused generic ones.
+USER_AGENT = f"zimage-dagster/{__version__} httpx/{httpx.__version__}"
 
 #: Connection pool of the clients we make: keep as many connections alive as a big batch has
 #: requests in flight (httpx keeps 20 by default; a batch of 32 would reconnect all the time).
 HTTP_LIMITS = httpx.Limits(
     max_connections=256, max_keepalive_connections=128, keepalive_expiry=30.0
 )
-REQUEST_ID_HEADERS = ("x-request-id", "request-id", "x-evo-request-id", "x-trace-id")
+#: Where the provider's request ID comes back (its gateway uses the first two).
+REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "x-trace-id")
 EXPIRED_STATUSES = frozenset({403, 404, 410})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+#: Redirects a download follows at most.
+MAX_REDIRECTS = 5
+#: Content encodings a download can decode under its byte cap (asked for in Accept-Encoding).
+DOWNLOAD_ENCODINGS = "gzip, deflate"
 _ERROR_BODY_LIMIT = 64 * 1024
+
+
+def request_ids(headers: Mapping[str, str] | httpx.Headers) -> str | None:
+    """The request ID(s) an answer carries, from every header that may hold one (distinct
+    values joined by ``" / "``), cut to 200 characters; ``None`` if there is none.
+
+    >>> request_ids(httpx.Headers({"x-request-id": "a1", "x-oneapi-request-id": "b2"}))
+    'a1 / b2'
+    >>> request_ids({"content-type": "application/json"}) is None
+    True
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    found: list[str] = []
+    for name in REQUEST_ID_HEADERS:
+        value = lower.get(name, "").strip()
+        if value and value not in found:
+            found.append(value)
+    return " / ".join(found)[:200] if found else None
 
 
 # --- actions exchanged between a flow and its driver ---------------------------------------
@@ -105,6 +135,10 @@ class Received:
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
+    @property
+    def request_id(self) -> str | None:
+        return request_ids(self.headers)
+
 
 Action = Send | Sleep
 Outcome = Received | Exception | None
@@ -113,12 +147,29 @@ Flow = Generator[Action, Outcome, T]
 
 @dataclass
 class StreamGuard:
-    """Byte cap for a streamed download: the declared length first, then every chunk counted."""
+    """Byte cap and total deadline of a streamed download: the declared length first, then
+    every chunk, counted after decoding its content encoding (a gzip bomb is cut within a
+    chunk of the cap, never inflated whole), and the clock after every chunk.
+
+    Drivers call :meth:`check_headers`, then :meth:`feed` with every raw chunk (it returns the
+    decoded bytes), then :meth:`finish`.
+    """
 
     max_bytes: int
     url: str
     task_id: str | None = None
+    deadline_at: float | None = None
+    clock: Callable[[], float] = time.monotonic
     seen: int = 0
+    _inflater: Any = None
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline_at is None else self.deadline_at - self.clock()
+
+    def deadline_error(self) -> DownloadTimeoutError:
+        return DownloadTimeoutError(
+            "download did not finish within its deadline", url=self.url, task_id=self.task_id
+        )
 
     def check_headers(self, headers: httpx.Headers) -> None:
         declared = headers.get("content-length")
@@ -128,15 +179,57 @@ class StreamGuard:
                 url=self.url,
                 task_id=self.task_id,
             )
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("gzip", "x-gzip"):
+            self._inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._inflater = zlib.decompressobj()
+        elif encoding not in ("", "identity"):
+            raise DownloadError(
+                f"unsupported Content-Encoding {encoding[:40]!r}",
+                url=self.url,
+                task_id=self.task_id,
+            )
 
-    def feed(self, chunk: bytes) -> None:
-        self.seen += len(chunk)
+    def _count(self, data: bytes) -> bytes:
+        self.seen += len(data)
         if self.seen > self.max_bytes:
             raise ImageTooLargeError(
                 f"download exceeded the {self.max_bytes}-byte limit while streaming",
                 url=self.url,
                 task_id=self.task_id,
             )
+        return data
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Count a raw chunk (decoded, at most one byte past the cap); check the deadline."""
+        remaining = self.remaining_s()
+        if remaining is not None and remaining <= 0:
+            raise self.deadline_error()
+        if self._inflater is None:
+            return self._count(chunk)
+        try:
+            return self._count(self._inflater.decompress(chunk, self.max_bytes - self.seen + 1))
+        except zlib.error as exc:
+            raise DownloadError(
+                f"bad compressed body: {exc}", url=self.url, task_id=self.task_id
+            ) from None
+
+    def feed_whole(self, content: bytes) -> bytes:
+        """Count a body the transport already held whole and decoded (an in-memory response)."""
+        self._inflater = None
+        return self.feed(content)
+
+    def finish(self) -> bytes:
+        """The decoder's last bytes (counted)."""
+        if self._inflater is None:
+            return b""
+        try:
+            return self._count(self._inflater.flush())
+        except zlib.error as exc:
+            raise DownloadError(
+                f"bad compressed body: {exc}", url=self.url, task_id=self.task_id
+            ) from None
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -273,109 +366,6 @@ def describe_exception(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-# --- polling -------------------------------------------------------------------------------
-
-
-class PollSchedule:
-    """Decides how long ``wait`` sleeps before the next status request (see :class:`PollPolicy`).
-
-    Feed it every sighting of the task with :meth:`observe` (the created task included, at the
-    time it was received), and ask :meth:`next_delay`.
-    """
-
-    def __init__(
-        self, policy: PollPolicy, estimated_time: float | None, origin: float | None
-    ) -> None:
-        self.policy = policy
-        self.estimated_time = (
-            estimated_time
-            if estimated_time and estimated_time > 0
-            else policy.default_estimated_time
-        )
-        self.origin = origin
-        self.observations: list[tuple[float, TaskStatus | str, int]] = []
-        self.last_pending_at: float | None = None
-        self.first_processing_at: float | None = None
-        self.progress_points: list[tuple[float, int]] = []
-        self.stalled = False
-        self._blind_polls = 0
-        self._first_done = False
-
-    def observe(self, at: float, task: Task) -> None:
-        status = task.known_status
-        self.observations.append((at, task.status, task.progress))
-        if status is TaskStatus.PENDING and self.first_processing_at is None:
-            self.last_pending_at = at
-        elif status is TaskStatus.PROCESSING:
-            if self.first_processing_at is None:
-                self.first_processing_at = at
-            last = self.progress_points[-1][1] if self.progress_points else None
-            # Progress that did not move since the last reading makes any ETA a guess.
-            self.stalled = last is not None and task.progress <= last
-            if task.progress > 0 and (last is None or task.progress > last):
-                self.progress_points.append((at, task.progress))
-
-    def eta(self) -> float | None:
-        """Estimated finish time (on the client clock), from progress readings; ``None`` if unknown."""
-        pts = self.progress_points
-        if not pts:
-            return None
-        t_last, p_last = pts[-1]
-        if p_last >= 100:
-            return t_last
-        t0, p0 = pts[0]
-        if len(pts) >= 2 and p_last > p0 and t_last > t0:
-            rate = (p_last - p0) / (t_last - t0)
-            return t_last + (100 - p_last) / rate
-        # One reading: processing began between the last "pending" sighting and the first
-        # "processing" one; take the middle, then p% after t s of processing -> done at t * 100 / p.
-        if self.last_pending_at is None or self.first_processing_at is None:
-            return None
-        start = (self.last_pending_at + self.first_processing_at) / 2.0
-        if t_last <= start:
-            return None
-        return start + (t_last - start) * 100.0 / p_last
-
-    def next_delay(self, now: float) -> float:
-        p = self.policy
-        if not self._first_done:
-            self._first_done = True
-            if self.origin is not None:
-                return max(0.0, self.origin + p.first_wait_fraction * self.estimated_time - now)
-            return 0.0  # we do not know when the task was made: look now
-        if p.use_progress_eta and not self.stalled:
-            eta = self.eta()
-            if eta is not None and eta + p.eta_margin > now:
-                return min(p.max_interval, max(p.min_interval, eta + p.eta_margin - now))
-        interval = p.initial_interval * (p.growth**self._blind_polls)
-        self._blind_polls += 1
-        return min(p.max_interval, max(p.min_interval, interval))
-
-    def phases(self, end: float) -> tuple[float, float]:
-        """``(queued_s, generating_s)``: pending time and processing time up to ``end``."""
-        if not self.observations:
-            return 0.0, 0.0
-        begin = self.origin if self.origin is not None else self.observations[0][0]
-        switch: float | None = None
-        last_pending: float | None = None
-        for at, status, _ in self.observations:
-            if status == TaskStatus.PENDING:
-                last_pending = at
-            else:
-                switch = at if last_pending is None else (last_pending + at) / 2.0
-                break
-        if switch is None:
-            switch = end
-        # With two progress readings, back the start of processing out of the rate.
-        pts = self.progress_points
-        if len(pts) >= 2 and pts[-1][1] > pts[0][1] and pts[-1][0] > pts[0][0]:
-            rate = (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
-            lo = last_pending if last_pending is not None else begin
-            switch = min(max(pts[0][0] - pts[0][1] / rate, lo), self.first_processing_at or end)
-        switch = min(max(switch, begin), end)
-        return switch - begin, end - switch
-
-
 # --- the core ------------------------------------------------------------------------------
 
 
@@ -419,14 +409,33 @@ def resolve_settings(api_key: str | None, base_url: str | None) -> tuple[Secret,
     return Secret(key), url.rstrip("/")
 
 
-def http_client_options(timeout: float) -> dict[str, Any]:
+Verify = ssl.SSLContext | str | bool
+
+
+def ssl_verify(verify: Verify) -> ssl.SSLContext | bool:
+    """``verify`` for httpx: a CA bundle path becomes a context trusting that bundle only.
+
+    >>> ssl_verify(True), ssl_verify(False)
+    (True, False)
+    """
+    if isinstance(verify, str):
+        if not os.path.isfile(verify):
+            raise ConfigurationError(f"verify: no CA bundle file at {verify!r}")
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+def http_client_options(timeout: float, verify: Verify = True) -> dict[str, Any]:
     """Options of the ``httpx`` client a ZImage client makes for itself (sync or async): no
-    redirects, no default auth (the key goes on each API request, never to the file host)."""
+    redirects (a download follows them itself, checked), no default auth (the key goes on each
+    API request, never to the file host), TLS checked against ``verify`` (``True``: the system's
+    CAs; a path or an ``ssl.SSLContext``: a private CA, e.g. the emulator's ``--tls`` one)."""
     return {
         "timeout": timeout,
         "follow_redirects": False,
         "headers": {"User-Agent": USER_AGENT},
         "limits": HTTP_LIMITS,
+        "verify": ssl_verify(verify),
     }
 
 
@@ -448,6 +457,7 @@ class ClientCore:
         clock: Callable[[], float] | None,
         injected_client: bool,
         injected_transport: bool,
+        allow_internal_redirects: bool = False,
     ) -> ClientCore:
         """The core of a client built from its constructor's arguments (shared by both clients)."""
         key, url = resolve_settings(api_key, base_url)
@@ -463,6 +473,7 @@ class ClientCore:
             max_download_bytes=max_download_bytes,
             max_image_pixels=max_image_pixels,
             clock=clock or time.monotonic,
+            allow_internal_redirects=allow_internal_redirects,
         )
 
     def __init__(
@@ -478,6 +489,7 @@ class ClientCore:
         max_image_pixels: int,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        allow_internal_redirects: bool = False,
     ) -> None:
         if timeout <= 0 or deadline <= 0:
             raise ConfigurationError("timeout and deadline must be > 0 seconds")
@@ -493,6 +505,9 @@ class ClientCore:
         self.max_image_pixels = max_image_pixels
         self.clock = clock
         self.rng = rng
+        self.allow_internal_redirects = allow_internal_redirects
+        #: What this client learned of its tasks' timing; every ``wait`` reads and feeds it.
+        self.latency = LatencyModel()
 
     # -- helpers --
 
@@ -554,9 +569,7 @@ class ClientCore:
             message = received.content[:200].decode("utf-8", "replace").strip()
         if not message:
             message = httpx.codes.get_reason_phrase(received.status_code) or "HTTP error"
-        request_id = next(
-            (received.headers[h] for h in REQUEST_ID_HEADERS if h in received.headers), None
-        )
+        request_id = received.request_id
         cls = status_error_class(received.status_code)
         return cls(
             received.status_code,
@@ -567,9 +580,13 @@ class ClientCore:
             fallback_suggestion=self.scrub(suggestion) if suggestion else None,
             method=method,
             path=path,
-            request_id=self.scrub(request_id[:200]) if request_id else None,
+            request_id=self.scrub(request_id) if request_id else None,
             retry_after=parse_retry_after(received.headers),
         )
+
+    def _request_id(self, received: Received) -> str | None:
+        found = received.request_id
+        return self.scrub(found) if found else None
 
     def parse(self, received: Received, model: type[M], method: str, path: str) -> M:
         """Parse a 2xx body into ``model``, or raise :class:`APIResponseValidationError`."""
@@ -586,7 +603,7 @@ class ClientCore:
             )
             raise APIResponseValidationError(
                 self.scrub(problems), status_code=received.status_code, method=method, path=path
-            ) from None
+            ).with_request_id(self._request_id(received)) from None
 
     # -- one HTTP call, retried --
 
@@ -633,18 +650,22 @@ class ClientCore:
             outcome = yield Send(request)
             cause: BaseException | None = None
             if isinstance(outcome, Received):
+                rid = self._request_id(outcome)
                 if outcome.is_success:
-                    logger.debug("%s %s -> HTTP %d", method, path, outcome.status_code)
+                    logger.debug(
+                        "%s %s -> HTTP %d (request id %s)", method, path, outcome.status_code, rid
+                    )
                     return outcome
                 error: ZImageError = self.error_from_response(outcome, method, path)
                 hint = parse_retry_after(outcome.headers)
                 retryable = status_is_retryable(policy, outcome.status_code, is_create=is_create)
                 logger.debug(
-                    "%s %s -> HTTP %d (%s)%s",
+                    "%s %s -> HTTP %d (%s, request id %s)%s",
                     method,
                     path,
                     outcome.status_code,
                     "retryable" if retryable else "final",
+                    rid,
                     f", server asks to retry after {hint:.2f} s" if hint is not None else "",
                 )
             elif isinstance(outcome, Exception):
@@ -703,7 +724,10 @@ class ClientCore:
         )
         task = self.parse(received, Task, "POST", CREATE_PATH)
         task._received_at = self.clock()
-        logger.debug("created task %s (status %s)", task.id, task.status)
+        task._request_id = self._request_id(received)
+        logger.debug(
+            "created task %s (status %s, request id %s)", task.id, task.status, task._request_id
+        )
         return task
 
     def get_task_flow(self, task_id: str, *, deadline: float | None = None) -> Flow[Task]:
@@ -711,6 +735,7 @@ class ClientCore:
         received = yield from self.request_flow("GET", path, deadline=deadline)
         task = self.parse(received, Task, "GET", path)
         task._received_at = self.clock()
+        task._request_id = self._request_id(received)
         return task
 
     def credits_flow(self) -> Flow[Credits]:
@@ -733,7 +758,9 @@ class ClientCore:
             origin = task._received_at
         else:
             task, task_id, origin = None, validate_task_id(task_or_id), None
-        schedule = PollSchedule(self.poll, task.estimated_time if task else None, origin)
+        schedule = PollSchedule(
+            self.poll, task.estimated_time if task else None, origin, self.latency
+        )
         if task is not None and origin is not None:
             schedule.observe(origin, task)
         polls = 0
@@ -742,14 +769,20 @@ class ClientCore:
             if task is not None:
                 status = task.known_status
                 if status is TaskStatus.COMPLETED:
-                    queued, generating = schedule.phases(
-                        now if polls == 0 else schedule.observations[-1][0]
+                    seen_done = now if polls == 0 else schedule.observations[-1][0]
+                    if polls:
+                        schedule.learn(seen_done)
+                    queued, generating = schedule.phases(seen_done)
+                    logger.debug(
+                        "task %s completed after %d poll(s) (request id %s)",
+                        task_id,
+                        polls,
+                        task._request_id,
                     )
-                    logger.debug("task %s completed after %d poll(s)", task_id, polls)
                     return WaitOutcome(
                         task=task, polls=polls, queued_s=queued, generating_s=generating
                     )
-                if status is TaskStatus.FAILED:
+                if status in FAILED_STATUSES:
                     code = task.error.code if task.error else None
                     message = (task.error.message if task.error else None) or "no error message"
                     raise TaskFailedError(
@@ -758,9 +791,11 @@ class ClientCore:
                         self.scrub(message),
                         is_retryable_task_error_code(code, 1),
                         task=task,
-                    )
+                    ).with_request_id(task._request_id)
                 if status is None:
-                    raise UnknownTaskStatusError(task_id, str(task.status))
+                    raise UnknownTaskStatusError(task_id, str(task.status)).with_request_id(
+                        task._request_id
+                    )
             elapsed = now - start
             remaining = budget - elapsed
             if remaining <= 0:
@@ -778,45 +813,96 @@ class ClientCore:
                 task._received_at if task._received_at is not None else self.clock(), task
             )
             logger.debug(
-                "task %s poll %d: status %s, progress %d",
+                "task %s poll %d: status %s, progress %d (request id %s)",
                 task_id,
                 polls,
                 task.status,
                 task.progress,
+                task._request_id,
             )
             if on_poll is not None:
                 on_poll(task)
 
+    def _redirect_target(self, received: Received, hops: int, task_id: str | None) -> str:
+        """Where a download redirect leads, if it may be followed (else ``DownloadError``)."""
+        clean = strip_query(received.url)
+        location = received.headers.get("location")
+        if not location:
+            raise DownloadError(
+                f"file host answered HTTP {received.status_code} without a Location",
+                url=clean,
+                task_id=task_id,
+            ).with_request_id(received.request_id)
+        if hops >= MAX_REDIRECTS:
+            raise DownloadError(
+                f"more than {MAX_REDIRECTS} redirects", url=clean, task_id=task_id
+            ).with_request_id(received.request_id)
+        try:
+            target = httpx.URL(received.url).join(location)
+        except (httpx.InvalidURL, ValueError):
+            raise DownloadError(
+                f"unusable redirect Location {strip_query(location)!r}", url=clean, task_id=task_id
+            ) from None
+        if target.scheme not in ("http", "https") or not target.host:
+            raise DownloadError(
+                f"redirect to a non-http(s) URL {strip_query(target)!r}", url=clean, task_id=task_id
+            )
+        if not self.allow_internal_redirects and is_internal_host(target.host):
+            raise DownloadError(
+                f"redirect to an internal address refused ({strip_query(target)}); "
+                "allow_internal_redirects=True permits it for local testing",
+                url=clean,
+                task_id=task_id,
+            ).with_request_id(received.request_id)
+        return str(target)
+
     def download_flow(self, url: str, *, task_id: str | None = None) -> Flow[DownloadedImage]:
-        """Fetch a result image: no API key, capped size, decoded safely. Returns ``DownloadedImage``."""
+        """Fetch a result image: no API key, capped size (counted after decoding), a total
+        deadline (``self.deadline``, across attempts and however slowly bytes come), at most
+        ``MAX_REDIRECTS`` redirects and none towards an internal address (unless
+        ``allow_internal_redirects``); decoded safely. Returns ``DownloadedImage``."""
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(f"not an http(s) URL: {strip_query(str(url))!r}", task_id=task_id)
-        clean = strip_query(url)
         policy = self.retry
         start = self.clock()
+        deadline_at = start + self.deadline
         attempt = 0
+        hops = 0
+        current = url
         while True:
-            remaining = self.deadline - (self.clock() - start)
+            clean = strip_query(current)
+            remaining = deadline_at - self.clock()
             if remaining <= 0:
-                raise APITimeoutError(
-                    f"deadline of {self.deadline:.1f} s exhausted downloading {clean}",
-                    method="GET",
-                    path=clean,
-                    deadline_exceeded=True,
+                raise DownloadTimeoutError(
+                    f"deadline of {self.deadline:.1f} s exhausted downloading",
+                    url=clean,
+                    task_id=task_id,
                 )
             request = httpx.Request(
                 "GET",
-                url,
-                headers={"User-Agent": USER_AGENT, "Accept": "image/*"},
+                current,
+                headers={
+                    "User-Agent": USER_AGENT,
+                    "Accept": "image/*",
+                    "Accept-Encoding": DOWNLOAD_ENCODINGS,
+                },
                 extensions={"timeout": httpx.Timeout(min(self.timeout, remaining)).as_dict()},
             )
             logger.debug("download %s attempt %d", clean, attempt + 1)
-            guard = StreamGuard(self.max_download_bytes, clean, task_id)
-            outcome = yield Send(request, stream=True, follow_redirects=True, guard=guard)
+            guard = StreamGuard(
+                self.max_download_bytes, clean, task_id, deadline_at=deadline_at, clock=self.clock
+            )
+            outcome = yield Send(request, stream=True, follow_redirects=False, guard=guard)
             cause: BaseException | None = None
             hint: float | None = None
             if isinstance(outcome, Received):
+                rid = outcome.request_id
+                if outcome.status_code in REDIRECT_STATUSES:
+                    current = self._redirect_target(outcome, hops, task_id)
+                    hops += 1
+                    logger.debug("download %s redirected to %s", clean, strip_query(current))
+                    continue
                 if outcome.is_success:
                     image = decode_image(
                         outcome.content,
@@ -826,19 +912,22 @@ class ClientCore:
                         task_id=task_id,
                     )
                     logger.debug(
-                        "downloaded %s: %s %dx%d, %d bytes",
+                        "downloaded %s: %s %dx%d, %d bytes (request id %s)",
                         clean,
                         image.format,
                         image.width,
                         image.height,
                         image.bytes,
+                        rid,
                     )
                     return image
                 if outcome.status_code in EXPIRED_STATUSES:
-                    raise ResultExpiredError(clean, task_id, status_code=outcome.status_code)
+                    raise ResultExpiredError(
+                        clean, task_id, status_code=outcome.status_code
+                    ).with_request_id(rid)
                 error: ZImageError = DownloadError(
                     f"file host answered HTTP {outcome.status_code}", url=clean, task_id=task_id
-                )
+                ).with_request_id(rid)
                 hint = parse_retry_after(outcome.headers)
                 retryable = status_is_retryable(policy, outcome.status_code, is_create=False)
             elif isinstance(outcome, Exception):
@@ -850,7 +939,7 @@ class ClientCore:
             if not retryable or attempt >= policy.max_retries:
                 raise error from cause
             delay = retry_delay(policy, attempt, hint, self.rng)
-            if delay >= self.deadline - (self.clock() - start):
+            if delay >= deadline_at - self.clock():
                 raise error from cause
             logger.debug("download %s failed (%s); retrying in %.2f s", clean, error, delay)
             yield Sleep(delay)

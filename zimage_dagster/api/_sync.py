@@ -38,6 +38,10 @@ class ZImageClient:
             limits and TLS settings are used, but not its default headers, cookies or auth: every
             request is built here, so nothing of the injected client can leak to the file host); or
         transport: an ``httpx`` transport for a client this object creates and owns.
+        verify: TLS verification of the client this object creates: ``True`` (system CAs), a CA
+            bundle path or an ``ssl.SSLContext`` (e.g. the emulator's ``--tls`` CA), ``False``.
+        allow_internal_redirects: let a download follow a redirect to a loopback/private
+            address (local testing only; refused by default).
         sleep, clock: injectable ``time.sleep`` / ``time.monotonic`` (tests).
 
     The key is sent per API request (``Authorization: Bearer ...``), never set as a default
@@ -64,6 +68,8 @@ class ZImageClient:
         max_image_pixels: int = DEFAULT_MAX_PIXELS,
         http_client: httpx.Client | None = None,
         transport: httpx.BaseTransport | None = None,
+        verify: _core.Verify = True,
+        allow_internal_redirects: bool = False,
         sleep: Callable[[float], None] | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -77,12 +83,13 @@ class ZImageClient:
             max_download_bytes=max_download_bytes,
             max_image_pixels=max_image_pixels,
             clock=clock,
+            allow_internal_redirects=allow_internal_redirects,
             injected_client=http_client is not None,
             injected_transport=transport is not None,
         )
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(
-            transport=transport, **_core.http_client_options(timeout)
+            transport=transport, **_core.http_client_options(timeout, verify)
         )
         self._sleep = sleep or time.sleep
 
@@ -127,12 +134,13 @@ class ZImageClient:
         try:
             guard = action.guard
             if guard is not None and response.is_success:
+                # raw chunks: the guard decodes them itself, bounded, and watches the clock
                 guard.check_headers(response.headers)
-                chunks = []
-                for chunk in response.iter_bytes():
-                    guard.feed(chunk)
-                    chunks.append(chunk)
-                content = b"".join(chunks)
+                if response.is_stream_consumed:  # an in-memory response, already whole
+                    content = guard.feed_whole(response.content)
+                else:
+                    chunks = [guard.feed(chunk) for chunk in response.iter_raw()]
+                    content = b"".join([*chunks, guard.finish()])
             elif guard is not None:
                 content = b""  # the file host's error page is of no use
             else:

@@ -46,6 +46,7 @@ __all__ = [
     "ConfigurationError",
     "CreateOutcomeUnknownError",
     "DownloadError",
+    "DownloadTimeoutError",
     "ImageTooLargeError",
     "InsufficientQuotaError",
     "InternalServerError",
@@ -71,13 +72,15 @@ FIXABLE_TASK_ERROR_CODES: frozenset[str] = frozenset(
         "invalid_parameters",
         "image_processing_error",
         "image_dimension_mismatch",
-        "request_cancelled",
     }
 )
 
-#: Task error codes on the provider's side; resubmitting later may succeed.
+#: Task error codes on the provider's side; resubmitting later may succeed. A cancelled task
+#: (``request_cancelled``, or the statuses ``cancelled`` / ``canceled``) is resubmitted too:
+#: the provider's advice for it is to resubmit, and nothing in the request was wrong.
 RETRYABLE_TASK_ERROR_CODES: frozenset[str] = frozenset(
     {
+        "request_cancelled",
         "generation_failed_no_content",
         "service_error",
         "generation_timeout",
@@ -137,6 +140,22 @@ class ZImageError(Exception):
     ...     print(type(e).__name__)
     NotFoundError
     """
+
+    #: The provider's request ID(s) of the answer behind this error (``x-request-id``,
+    #: ``x-oneapi-request-id``), when one came: quote it to the provider's support.
+    request_id: str | None = None
+
+    def with_request_id(self, request_id: str | None) -> ZImageError:
+        """Record ``request_id`` and say it in the message (once); returns ``self``.
+
+        >>> str(ZImageError("boom").with_request_id("req-1"))
+        'boom (request id req-1)'
+        """
+        if request_id and self.request_id is None:
+            self.request_id = request_id
+            first = f"{self.args[0]} " if self.args else ""
+            self.args = (f"{first}(request id {request_id})", *self.args[1:])
+        return self
 
 
 class ConfigurationError(ZImageError, ValueError):
@@ -456,6 +475,11 @@ class ResultExpiredError(DownloadError):
     def __init__(self, url: str, task_id: str | None = None, *, status_code: int | None = None):
         self.status_code = status_code
         super().__init__("result link expired or gone", url=url, task_id=task_id)
+
+
+class DownloadTimeoutError(DownloadError):
+    """The download did not finish within its total deadline (e.g. a file host trickling bytes:
+    every read is quick, the whole never ends)."""
 
 
 class ImageTooLargeError(DownloadError):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from zimage_dagster.api import validation as v
 from zimage_dagster.api.errors import RequestValidationError
@@ -48,13 +48,22 @@ class TaskStatus(str, Enum):
     PROCESSING = "processing"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: Not in the documents, but sent by the provider (also spelled ``canceled``, read as this):
+    #: a failed task with the ``request_cancelled`` code.
+    CANCELLED = "cancelled"
 
     def __str__(self) -> str:
         return self.value
 
 
 #: Statuses after which a task never changes.
-TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED})
+TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+)
+#: Statuses of a task that ended without an image.
+FAILED_STATUSES: frozenset[TaskStatus] = frozenset({TaskStatus.FAILED, TaskStatus.CANCELLED})
+#: The task error code a cancelled task stands for, when it carries none.
+CANCELLED_CODE = "request_cancelled"
 
 
 class _Wire(BaseModel):
@@ -158,6 +167,9 @@ class Task(_Wire):
     >>> t = Task.model_validate({"id": "task-unified-1-abcdefgh", "status": "paused", "progress": 3})
     >>> t.status, t.known_status, t.is_terminal
     ('paused', None, False)
+    >>> c = Task.model_validate({"id": "task-unified-1-abcdefgh", "status": "canceled"})
+    >>> c.status, c.is_failed, c.error.code
+    (<TaskStatus.CANCELLED: 'cancelled'>, True, 'request_cancelled')
     """
 
     id: str
@@ -175,6 +187,8 @@ class Task(_Wire):
     # Monotonic time (client clock) at which this object was received; lets ``wait`` time its first
     # poll from the creation of the task. Not part of the wire format.
     _received_at: float | None = PrivateAttr(default=None)
+    # The provider's request ID(s) of the answer this object came from (for errors and logs).
+    _request_id: str | None = PrivateAttr(default=None)
 
     @field_validator("status", mode="before")
     @classmethod
@@ -183,10 +197,19 @@ class Task(_Wire):
             return value
         if not isinstance(value, str):
             raise ValueError(f"status must be a string, not {type(value).__name__}")
+        if value == "canceled":
+            return TaskStatus.CANCELLED
         try:
             return TaskStatus(value)
         except ValueError:
             return value
+
+    @model_validator(mode="after")
+    def _cancelled_has_a_code(self) -> Task:
+        if self.status is TaskStatus.CANCELLED and (self.error is None or self.error.code is None):
+            message = (self.error.message if self.error else None) or "the task was cancelled"
+            self.error = TaskError(code=CANCELLED_CODE, message=message, type="task_error")
+        return self
 
     @field_validator("progress", mode="before")
     @classmethod
@@ -204,7 +227,7 @@ class Task(_Wire):
 
     @property
     def is_terminal(self) -> bool:
-        """``True`` once the task is ``completed`` or ``failed`` (it will not change again)."""
+        """``True`` once the task is ``completed``, ``failed`` or ``cancelled`` (it will not change again)."""
         return self.known_status in TERMINAL_STATUSES
 
     @property
@@ -213,7 +236,8 @@ class Task(_Wire):
 
     @property
     def is_failed(self) -> bool:
-        return self.known_status is TaskStatus.FAILED
+        """``failed``, or ``cancelled`` / ``canceled`` (then ``error.code`` is ``request_cancelled``)."""
+        return self.known_status in FAILED_STATUSES
 
     @property
     def estimated_time(self) -> float | None:

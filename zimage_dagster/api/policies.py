@@ -1,7 +1,7 @@
 """Retry and polling policies (plain frozen dataclasses with documented defaults).
 
 >>> RetryPolicy().max_retries, PollPolicy().first_wait_fraction
-(2, 0.6)
+(2, 0.1)
 >>> fast = PollPolicy(max_interval=2.0)
 """
 
@@ -72,41 +72,56 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class PollPolicy:
-    """When ``wait`` looks at a task again.
+    """When ``wait`` looks at a task again. The provider announces ``estimated_time`` 10 s for
+    every task, so the schedule learns from what the client sees instead (see
+    :class:`~zimage_dagster.api.polling.LatencyModel`, one per client, shared by its waits).
 
-    1. First poll at ``first_wait_fraction`` x the task's ``task_info.estimated_time`` (or
-       ``default_estimated_time`` if the server gave none), counted from when the task was created.
+    1. First poll, counted from when the task was created: once the client has seen tasks
+       complete (and ``learn``), at ``first_poll_share`` x the ``first_poll_quantile`` of their
+       durations (just before the shortest usual task would finish); before that, seeded by the
+       announcement, at ``first_wait_fraction`` x ``task_info.estimated_time`` (or
+       ``default_estimated_time`` if the server gave none).
     2. Then, if the task is processing and reports progress (and ``use_progress_eta``): estimate
        its finish from the progress, and poll ``eta_margin`` seconds after it, the interval
        clamped to ``[min_interval, max_interval]``. Two readings give a rate; a single reading
-       of p% after t s of processing gives a finish at about ``t * 100 / p`` (processing is taken
-       to have begun halfway between the last "pending" and the first "processing" sighting).
-       An estimate that has passed without the task finishing, or progress that did not move
-       since the last reading, sends the schedule to step 3.
+       is placed with the share of a task spent pending learned from earlier tasks (else the
+       middle of the last "pending" and first "processing" sightings; else a second reading
+       is taken after ``rate_probe_share`` x the time since the create). An estimate that has
+       passed without the task finishing, or progress that did not move since the last
+       reading, sends the schedule to step 3.
     3. Otherwise a growing interval: ``initial_interval``, then x ``growth`` each poll, at most
-       ``max_interval``.
+       ``max_interval``; sooner if the median duration of the learned tasks longer than this
+       one's age comes first.
     4. ``deadline`` (seconds, overall) -> ``WaitTimeoutError``; one last poll is made at the deadline.
 
-    With the defaults a task of 6-10 s (estimated_time 10) costs about 2-3 status requests and is
-    seen finished well under a second after it finishes.
+    With the defaults, once a few tasks have completed, a task costs about 2 status requests and
+    is seen finished about ``eta_margin`` after it finishes.
 
     >>> PollPolicy().max_interval
     5.0
     """
 
-    first_wait_fraction: float = 0.6
-    min_interval: float = 0.25
+    first_wait_fraction: float = 0.1
+    first_poll_quantile: float = 0.1
+    first_poll_share: float = 0.9
+    learn: bool = True
+    min_interval: float = 0.1
     initial_interval: float = 1.0
     max_interval: float = 5.0
     growth: float = 1.5
     use_progress_eta: bool = True
-    eta_margin: float = 0.1
+    eta_margin: float = 0.05
+    rate_probe_share: float = 0.25
     default_estimated_time: float = 10.0
     deadline: float = 600.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.first_wait_fraction <= 10:
             raise ValueError("first_wait_fraction must be in 0..10")
+        if not 0 <= self.first_poll_quantile <= 1 or not 0 < self.first_poll_share <= 1:
+            raise ValueError("first_poll_quantile must be in 0..1 and first_poll_share in (0, 1]")
+        if not 0 < self.rate_probe_share <= 1:
+            raise ValueError("rate_probe_share must be in (0, 1]")
         if self.min_interval <= 0 or self.max_interval < self.min_interval:
             raise ValueError("need 0 < min_interval <= max_interval")
         if self.growth < 1:

@@ -77,6 +77,10 @@ def validate_prompt(prompt: object) -> str:
     Traceback (most recent call last):
     ...
     zimage_dagster.api.errors.RequestValidationError: prompt: must not be empty or only whitespace (got '   ')
+    >>> validate_prompt("a cat \\ud83d")
+    Traceback (most recent call last):
+    ...
+    zimage_dagster.api.errors.RequestValidationError: prompt: has a lone surrogate (U+D83D) at index 6: not valid Unicode text (was an emoji cut in half?) (got 'a cat \\ud83d')
     """
     if not isinstance(prompt, str):
         raise RequestValidationError(
@@ -84,6 +88,16 @@ def validate_prompt(prompt: object) -> str:
         )
     if not prompt.strip():
         raise RequestValidationError("prompt", prompt, "must not be empty or only whitespace")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # e.g. half of an emoji, from a badly cut string
+        char = f"U+{ord(prompt[exc.start]):04X}"
+        raise RequestValidationError(
+            "prompt",
+            prompt,
+            f"has a lone surrogate ({char}) at index {exc.start}: not valid Unicode text "
+            "(was an emoji cut in half?)",
+        ) from None
     if len(prompt) > MAX_PROMPT_LENGTH:
         raise RequestValidationError(
             "prompt",
