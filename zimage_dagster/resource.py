@@ -99,6 +99,17 @@ class ZImageResource(dg.ConfigurableResource):
     max_download_bytes: int = Field(
         default=50 * 1024 * 1024, gt=0, description="Largest image file accepted, in bytes."
     )
+    ca_bundle: str | None = Field(
+        default=None,
+        description=(
+            "Path of a CA bundle (PEM) to trust instead of the system's, for the API and the file "
+            "host: e.g. the CA `zimage-emulator --tls` prints, or a corporate proxy's."
+        ),
+    )
+    verify_tls: bool = Field(
+        default=True,
+        description="Check TLS certificates (leave on; `ca_bundle` is the way to trust a private CA).",
+    )
 
     _client: ZImageClient | None = PrivateAttr(default=None)
 
@@ -111,6 +122,7 @@ class ZImageResource(dg.ConfigurableResource):
             "retry": RetryPolicy(max_retries=self.max_retries),
             "poll": _poll_policy(self.max_poll_interval, self.wait_deadline),
             "max_download_bytes": self.max_download_bytes,
+            "verify": self.ca_bundle if self.ca_bundle else self.verify_tls,
         }
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:

@@ -17,6 +17,7 @@ from tests.dagster._support import (
     rows,
     run_log_text,
     run_range,
+    step_failure,
 )
 from zimage_dagster.api import GenerationRequest, ZImageClient
 from zimage_dagster.assets import build_image_assets
@@ -83,6 +84,35 @@ def test_get_client_works_in_an_op(emulator: EmulatorServer) -> None:
     result = check_credits.execute_in_process(resources={"zimage": resource_for(emulator)})
     assert result.success
     assert result.output_for_node("credits") > 0
+
+
+def test_ca_bundle_lets_a_run_reach_an_https_emulator() -> None:
+    """The emulator in TLS mode: a run trusts its CA through ``ca_bundle``, and fails clearly
+    without it (the system's CAs do not know it)."""
+    from zimage_dagster.emulator import EmulatorConfig
+
+    @dg.op
+    def make_one(zimage: ZImageResource) -> str:
+        result = zimage.get_client().generate(GenerationRequest(prompt="a fox", size=SMALL, seed=3))
+        return result.image.format
+
+    @dg.job
+    def one_image() -> None:
+        make_one()
+
+    with EmulatorServer(EmulatorConfig.for_tests(), tls=True) as emu:
+        assert emu.ca_path is not None
+        trusted = resource_for(emu, ca_bundle=emu.ca_path)
+        result = one_image.execute_in_process(resources={"zimage": trusted})
+        assert result.output_for_node("make_one") == "WEBP"
+        untrusted = resource_for(emu, max_retries=0)
+        failed = one_image.execute_in_process(resources={"zimage": untrusted}, raise_on_error=False)
+        assert not failed.success
+        cause = step_failure(failed).step_failure_data.error
+        assert cause is not None
+        assert cause.cause is not None
+        assert "CERTIFICATE_VERIFY_FAILED" in cause.cause.message
+        assert emu.stats()["tasks_created"] == 1
 
 
 def test_settings_come_from_the_environment_when_unset(
