@@ -120,7 +120,7 @@ def test_one_partition_records_everything_and_the_seed_sent(
         assert (v["width"], v["height"], v["size_requested"]) == (376, 376, SMALL)
         assert v["prompt"] == dataset[0]["prompt"]
         assert v["model"] == "z-image-turbo"
-        assert v["format"] == "PNG"
+        assert v["format"] == "WEBP"  # the provider's format, the emulator's default
         assert v["attempts"] == 1
         assert v["polls"] >= 1
         assert v["reused"] is False
@@ -164,7 +164,7 @@ def test_rerun_of_a_stored_partition_reuses_it_without_a_task(
     asset = image_asset(build_image_assets("imgs", rows(1), storage=tmp_path, retry_policy=None))
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_one(asset, instance, resource_for(emulator), "p0").success
-        path = tmp_path / "imgs" / "p0.png"
+        path = tmp_path / "imgs" / "p0.webp"
         mtime = path.stat().st_mtime_ns
         result = run_one(asset, instance, resource_for(emulator), "p0")
         assert result.success
@@ -460,7 +460,7 @@ def test_a_killed_run_resumes_from_the_ledger_without_new_tasks(
     assert proc.returncode == -signal.SIGKILL
     entries = {e.partition_key: e for e in ledger.iter_entries("imgs")}
     assert {e.status for e in entries.values()} == {LedgerStatus.SUBMITTED}
-    assert not list((storage / "imgs").glob("*.png"))  # nothing was collected before the kill
+    assert not list((storage / "imgs").glob("*.webp"))  # nothing was collected before the kill
 
     asset = image_asset(build_image_assets("imgs", dataset, storage=storage, retry_policy=None))
     with dg.DagsterInstance.from_config(str(home)) as instance:
@@ -491,7 +491,7 @@ def test_an_expired_uncollected_result_is_regenerated_and_stored_images_are_unto
     asset = image_asset(build_image_assets("imgs", dataset, storage=tmp_path, retry_policy=None))
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_one(asset, instance, resource_for(emulator), "p0").success
-        stored = tmp_path / "imgs" / "p0.png"
+        stored = tmp_path / "imgs" / "p0.webp"
         before = (stored.read_bytes(), stored.stat().st_mtime_ns)
 
         # p1: a task created and recorded in the ledger (as the asset does before waiting),
@@ -546,7 +546,7 @@ def test_a_damaged_stored_file_is_not_reused_but_generated_again(
     asset = image_asset(build_image_assets("imgs", rows(1), storage=tmp_path, retry_policy=None))
     with dg.DagsterInstance.ephemeral() as instance:
         assert run_one(asset, instance, resource_for(emulator), "p0").success
-        path = tmp_path / "imgs" / "p0.png"
+        path = tmp_path / "imgs" / "p0.webp"
         original = _sha(path)
         path.write_bytes(path.read_bytes()[:200])  # truncated on disk
         result = run_one(asset, instance, resource_for(emulator), "p0")
@@ -587,9 +587,9 @@ def test_checks_fail_for_files_changed_after_they_were_stored(
     report = _stored_report(emulator, tmp_path, ["intact", "swapped", "garbage"])
     folder = tmp_path / "imgs"
     other = io.BytesIO()
-    Image.new("RGB", (400, 300), "red").save(other, "PNG")
-    (folder / "swapped.png").write_bytes(other.getvalue())  # a valid image, not ours
-    (folder / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    Image.new("RGB", (400, 300), "red").save(other, "WEBP")
+    (folder / "swapped.webp").write_bytes(other.getvalue())  # a valid image, not ours
+    (folder / "garbage.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBP not really")
 
     spec = ImageAssetSpec(asset_name="imgs", prompts=[], storage=str(tmp_path))
     results = {r.check_name: r for r in _check_results(spec, report)}
@@ -757,7 +757,7 @@ def test_daily_by_prompt_partitions_store_per_day_with_per_day_seeds(
         assert first["seed"] != second["seed"]
         assert first["seed"] == derive_seed("daily", "2026-03-01|p1", dataset[1]["prompt"])
         assert first["prompt"] == second["prompt"] == dataset[1]["prompt"]
-        assert Path(first["path"]) == tmp_path / "daily" / "2026-03-01__p1.png"
+        assert Path(first["path"]) == tmp_path / "daily" / "2026-03-01__p1.webp"
         assert Path(second["path"]).is_file()
         assert [t["request"]["seed_sent"] for t in emulator.tasks()] == [
             first["seed"],
