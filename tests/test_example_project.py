@@ -190,7 +190,7 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
         first.stdout
     )
     for key in CATALOGUE_KEYS:
-        assert (storage / "catalogue_images" / f"{key}.png").is_file()
+        assert (storage / "catalogue_images" / f"{key}.webp").is_file()
         assert (storage / "catalogue_images" / f"{key}.json").is_file()
     sheet = storage / "contact_sheets" / "contact_sheet.png"
     with Image.open(sheet) as image:
