@@ -252,7 +252,7 @@ def test_a_real_run_of_valid_rows_writes_only_under_the_storage_root(
         if sample:
             written = [p for p in root.rglob("*") if p.is_file()]
             assert all(p.resolve().is_relative_to(root.resolve()) for p in written)
-            assert {p.stem for p in (root / "imgs").glob("*.png")} == set(sample)
+            assert {p.stem for p in (root / "imgs").glob("*.webp")} == set(sample)
 
 
 MALFORMED = [

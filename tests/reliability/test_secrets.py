@@ -77,7 +77,7 @@ def _errors_seen(canary: str, wrong: str, emulator: EmulatorProcess) -> list[Bas
             client.get_credits,
             lambda: client.create_task(request),
             lambda: client.get_task("task-unified-1-abcdefgh"),
-            lambda: client.download(f"{emulator.url}/_files/nothing.png"),
+            lambda: client.download(f"{emulator.files_url}/_files/nothing.webp"),
         ]
         for call in calls:
             with pytest.raises(ZImageError) as caught:
@@ -159,7 +159,7 @@ def test_the_canary_key_appears_nowhere(
     assert home_hits + store_hits == []
     assert any(p.suffix == ".db" for p in home.rglob("*"))
     assert list((home / "compute_logs").rglob("*")), "no compute log was written"
-    assert len(list(storage.rglob("*.png"))) == len(keys)
+    assert len(list(storage.rglob("*.webp"))) == len(keys)
     assert list((storage / "_ledger").rglob("*.json"))
     assert home_files > 3
     assert store_files > 2 * len(keys)
