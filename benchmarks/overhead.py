@@ -240,7 +240,7 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
     counts: dict[str, int] = {}
     with (
         tempfile.TemporaryDirectory(prefix="zimage-bench-oh-") as tmp,
-        emulator(latency_s=0.5, estimated_time=1) as emu,
+        emulator(latency_s=0.5) as emu,  # announced 10 s, as the provider does
     ):
         asyncio.run(_client(emu, prompt_rows(4, prefix="warm")))  # imports, connections
         _dagster(emu, prompt_rows(2, prefix="warmd"), os.path.join(tmp, "warm"))
