@@ -155,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zimage-emulator: {exc}", file=sys.stderr)
         return 2
-    ca = ThrowawayCA() if args.tls else None
+    ca = ThrowawayCA().start() if args.tls else None
     try:
         origins = plan_origins(config, args.host, tls=args.tls, files_port=args.files_port)
         sock = bind_socket(args.host, args.port)
@@ -180,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             origins.files_socket.close()
     finally:
         if ca is not None:
-            ca.close()
+            ca.stop()
     return 0
 
 

@@ -174,7 +174,7 @@ class EmulatorServer(EmulatorHandle):
     def start(self) -> EmulatorServer:
         if self._serving is not None:
             raise EmulatorError("already started")
-        self._ca = ThrowawayCA() if self._tls else None
+        self._ca = ThrowawayCA().start() if self._tls else None
         self.ca_path = self._ca.ca_path if self._ca else None
         origins = plan_origins(self._config, self._host, tls=self._tls)
         self.files_url = origins.files_url
@@ -203,7 +203,7 @@ class EmulatorServer(EmulatorHandle):
             raise EmulatorError("the emulator thread did not stop") from exc
         finally:
             if self._ca is not None:
-                self._ca.close()
+                self._ca.stop()
                 self._ca = None
 
 
