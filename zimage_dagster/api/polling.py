@@ -115,9 +115,7 @@ class PollSchedule:
             # Progress that did not move since the last reading makes any ETA a guess, unless
             # so little time passed that, at the rate seen, it could not move a whole point.
             rate = self._rate()
-            moved_little = (
-                rate is not None and (at - self.progress_points[-1][0]) * rate < 2.0
-            )
+            moved_little = rate is not None and (at - self.progress_points[-1][0]) * rate < 2.0
             self.stalled = last is not None and task.progress <= last and not moved_little
             if task.progress > 0 and (last is None or task.progress > last):
                 self.progress_points.append((at, task.progress))
