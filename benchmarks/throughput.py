@@ -194,7 +194,11 @@ def run_poller(emu: EmulatorProcess, n: int, workdir: str) -> dict[str, Any]:
             task_id = created.json()["id"]
             while True:
                 await asyncio.sleep(1.0)
-                task = (await client.get(f"/v1/tasks/{task_id}", headers=headers)).json()
+                try:
+                    answer = await client.get(f"/v1/tasks/{task_id}", headers=headers)
+                except httpx.TransportError:
+                    continue  # a GET is safe to repeat: try again at the next second
+                task = answer.json()
                 if task["status"] == "completed":
                     break
                 if task["status"] not in ("pending", "processing"):
@@ -209,7 +213,9 @@ def run_poller(emu: EmulatorProcess, n: int, workdir: str) -> dict[str, Any]:
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(n):
             queue.put_nowait(i)
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        limits = httpx.Limits(
+            max_connections=64, max_keepalive_connections=64, keepalive_expiry=2.0
+        )
         async with httpx.AsyncClient(
             base_url=emu.url, timeout=30.0, limits=limits, trust_env=False
         ) as client:

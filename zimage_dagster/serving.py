@@ -20,7 +20,15 @@ from typing import TypeVar
 import uvicorn
 from starlette.types import ASGIApp
 
-__all__ = ["ServerError", "Service", "ThreadedServer", "bind_socket", "socket_port", "socket_url"]
+__all__ = [
+    "KEEP_ALIVE_S",
+    "ServerError",
+    "Service",
+    "ThreadedServer",
+    "bind_socket",
+    "socket_port",
+    "socket_url",
+]
 
 _S = TypeVar("_S", bound="Service")
 
@@ -44,6 +52,12 @@ class Service:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+#: Idle keep-alive connections are kept this long (uvicorn's default is 5 s; the provider's
+#: Cloudflare front keeps them for minutes, and clients keep theirs 30 s: a shorter server
+#: timeout makes them reuse connections the server is closing).
+KEEP_ALIVE_S = 75
 
 
 class ServerError(RuntimeError):
@@ -119,6 +133,7 @@ class ThreadedServer(Service):
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=KEEP_ALIVE_S,
             ssl_certfile=self._ssl[0] if self._ssl else None,
             ssl_keyfile=self._ssl[1] if self._ssl else None,
         )

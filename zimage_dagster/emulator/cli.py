@@ -22,7 +22,7 @@ import uvicorn
 from zimage_dagster.emulator.config import IMAGE_FORMATS, ConfigError, EmulatorConfig
 from zimage_dagster.emulator.server import plan_origins
 from zimage_dagster.emulator.tls import ThrowawayCA
-from zimage_dagster.serving import bind_socket, socket_url
+from zimage_dagster.serving import KEEP_ALIVE_S, bind_socket, socket_url
 
 
 def _rate(text: str) -> tuple[str, float]:
@@ -169,6 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_level=args.log_level,
                 access_log=False,
                 timeout_graceful_shutdown=2,
+                timeout_keep_alive=KEEP_ALIVE_S,
                 ssl_certfile=ca.cert_path if ca else None,
                 ssl_keyfile=ca.key_path if ca else None,
             )
