@@ -9,6 +9,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 CONSTRAINTS := requirements/constraints.txt
 PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+INSTALL := $(PIP) install --no-compile
 PYTEST_ARGS ?=
 
 .PHONY: help install lint format typecheck doctest pytest test system-packages demo dev emulator bench soak compat lock clean
@@ -28,11 +29,11 @@ $(BIN)/python:
 # dependency groups (`--group`).
 $(RUN_STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(PIP) install --upgrade "pip>=25.1"
-	$(PIP) install -c $(CONSTRAINTS) -e . --group demo
+	$(INSTALL) -c $(CONSTRAINTS) -e . --group demo
 	touch $(RUN_STAMP)
 
 $(DEV_STAMP): $(RUN_STAMP)
-	$(PIP) install -c $(CONSTRAINTS) --group dev
+	$(INSTALL) -c $(CONSTRAINTS) --group dev
 	touch $(DEV_STAMP)
 
 install: $(DEV_STAMP)
