@@ -118,6 +118,10 @@ def test_license_ships_in_the_sdist_and_the_wheel(dist: Path) -> None:
     for version in ("3.10", "3.11", "3.12", "3.13"):
         assert f"Classifier: Programming Language :: Python :: {version}" in metadata
     assert f"Requires-Dist: dagster<1.15,>={DAGSTER_FLOOR}" in metadata
+    # The long description reads well on a package index: no image linked relative to the repo.
+    assert "pip install zimage-dagster" in metadata
+    assert "](docs/" not in metadata
+    assert "Screenshot (`docs/ui-asset-page.png` in the source repository)" in metadata
 
 
 class Venv:
