@@ -20,4 +20,6 @@ def test_resource_descriptions_render_cleanly(resource: dg.ConfigurableResource)
     # Dedented: nothing but examples and list items is indented (Markdown would show code).
     for line in lines:
         if line.startswith("    "):
-            assert line.lstrip().startswith((">>>", "...", "@", "def", "result", "async", "*")), line
+            assert line.lstrip().startswith((">>>", "...", "@", "def", "result", "async", "*")), (
+                line
+            )
