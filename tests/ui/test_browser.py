@@ -56,6 +56,9 @@ DOCS = REPO_ROOT / "docs"
 UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
 # Generous for a slow 2-core machine: each wait returns as soon as its condition holds.
 UI_TIMEOUT_MS = 30_000
+# Playwright's `expect` has its own timeout (5 s by default), apart from the page's: under load
+# that was the UI test's flake ("Latest materialization" not found within 5 s).
+expect.set_options(timeout=UI_TIMEOUT_MS)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _SCROLL_ANCESTORS_TO_TOP = """element => {
