@@ -99,7 +99,7 @@ def build_image_definitions(
     The options go to the sensor builders (see :func:`~zimage_dagster.sensors.automation_definitions`).
     """
     dataset = _load(spec.prompts)
-    left_out = dataset.left_out_summary(spec.name)
+    left_out = dataset.left_out_summary(spec.asset_name)
     if left_out:  # one line per asset on load; the full report is in the definition metadata
         dg.get_dagster_logger().warning(left_out)
     partitions_def = _partitions_def(spec, dataset)

@@ -320,9 +320,7 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         ),
     ] = Field(default=[])
     tags: dict[str, str] = Field(default={}, description="Tags of the asset.")
-    owners: list[str] = Field(
-        default=[], description="Owners of the asset (emails or team:name)."
-    )
+    owners: list[str] = Field(default=[], description="Owners of the asset (emails or team:name).")
     kinds: list[str] = Field(
         default=["zimage", "image"],
         description="Kinds shown in the Dagster UI (at most 3).",

@@ -37,7 +37,7 @@ def test_loading_the_plugin_warns_about_nothing(tmp_path: Path) -> None:
                 "daily", [{"prompt": "a cat"}], partitioning="daily", storage=tmp_path / "b"
             ),
             build_image_assets(
-                "later", [{"prompt": "a dog"}], deferred=True, storage=tmp_path / "c"
+                "later", [{"prompt": "a dog"}], mode="deferred", storage=tmp_path / "c"
             ),
             dg.Definitions(resources={"zimage": ZImageResource()}),
         )

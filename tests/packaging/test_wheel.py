@@ -24,6 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.test_readme import readme_definitions, readme_materialize_command
+
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 README_PORT = "8765"
@@ -44,7 +46,9 @@ class QuickStart:
 
 
 def read_quick_start(text: str) -> QuickStart:
-    """Extract the quick start from the README's text (so the two cannot drift apart).
+    """Extract the quick start from the README's text (so the two cannot drift apart): its
+    `definitions.py` and materialize line as tests/test_readme.py reads them, plus the emulator
+    command and the exported variables.
 
     >>> qs = read_quick_start(README.read_text(encoding="utf-8"))
     >>> qs.emulator[0], qs.materialize[:3]
@@ -52,10 +56,6 @@ def read_quick_start(text: str) -> QuickStart:
     """
     start = text.index("\n## Quick start")
     section = text[start : text.index("\n## ", start + 1)]
-    definitions = re.search(r"```python\n(# definitions\.py\n.*?)```", section, re.DOTALL)
-    assert definitions, (
-        "the README's quick start has no ```python block starting '# definitions.py'"
-    )
     commands: list[list[str]] = []
     for block in re.findall(r"```bash\n(.*?)```", section, re.DOTALL):
         commands += [shlex.split(line, comments=True) for line in block.splitlines()]
@@ -63,17 +63,13 @@ def read_quick_start(text: str) -> QuickStart:
     for words in commands:
         if words[:1] == ["export"]:
             env.update(word.split("=", 1) for word in words[1:])  # type: ignore[misc]
-
-    def first(*prefix: str) -> list[str]:
-        found = [words for words in commands if words[: len(prefix)] == list(prefix)]
-        assert found, f"the README's quick start has no `{' '.join(prefix)}` command"
-        return found[0]
-
+    emulator = [words for words in commands if words[:1] == ["zimage-emulator"]]
+    assert emulator, "the README's quick start has no `zimage-emulator` command"
     return QuickStart(
-        definitions=definitions.group(1),
-        emulator=first("zimage-emulator"),
+        definitions=readme_definitions(),
+        emulator=emulator[0],
         env=env,
-        materialize=first("dagster", "asset", "materialize"),
+        materialize=readme_materialize_command(),
     )
 
 
