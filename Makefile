@@ -1,67 +1,89 @@
-# zimage-dagster: every target works on a fresh clone with only Python 3.10+, pip and make.
+# zimage-dagster: every target works on a fresh clone with only Python 3.10+, pip and make
+# (`make test` also needs Debian's chromium and postgresql: it installs them when run as root).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# Two stamps: `make demo` / `make dev` install only what they run (the project's runtime
+# dependencies and the Dagster UI: the `demo` dependency group); `make test` adds the `dev` group.
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 CONSTRAINTS := requirements/constraints.txt
+PIP := $(BIN)/python -m pip --quiet --disable-pip-version-check
+INSTALL := $(PIP) install --no-compile
 PYTEST_ARGS ?=
 
-.PHONY: help install lint format typecheck doctest pytest test demo dev emulator bench soak lock clean
+.PHONY: help install lint format typecheck doctest pytest test system-packages demo dev emulator bench soak compat lock clean
 
 help:
 	@echo "make test   - install (first time) then ruff, mypy and pytest"
 	@echo "make demo   - generate the example images against the embedded emulator (or the real API with ZIMAGE_API_KEY)"
 	@echo "make dev    - the Dagster UI on http://127.0.0.1:3000 with the emulator running"
 	@echo "make bench  - benchmarks; figures go to benchmarks/results/"
+	@echo "make compat - the built wheel in fresh venvs with the oldest and newest supported Dagster"
 	@echo "make lock   - re-pin $(CONSTRAINTS) from the current environment"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install only when the project's declared or pinned dependencies change.
-$(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS) -e ".[dev]"
-	touch $(STAMP)
+# Re-install only when the project's declared or pinned dependencies change. pip >= 25.1 reads
+# dependency groups (`--group`).
+$(RUN_STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(PIP) install --upgrade "pip>=25.1"
+	$(INSTALL) -c $(CONSTRAINTS) -e . --group demo
+	touch $(RUN_STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(RUN_STAMP)
+	$(INSTALL) -c $(CONSTRAINTS) --group dev
+	touch $(DEV_STAMP)
 
-lint: $(STAMP)
+install: $(DEV_STAMP)
+
+# Debian's chromium (the UI test) and postgresql (the production-shaped reliability tests):
+# installed when missing and run as root, else the one command to run is printed.
+system-packages:
+	@bash requirements/system-packages.sh
+
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-typecheck: $(STAMP)
+typecheck: $(DEV_STAMP)
 	$(BIN)/mypy
 
 # Every public example in the package's docstrings runs (none is skipped without a reason).
-doctest: $(STAMP)
+doctest: $(DEV_STAMP)
 	$(BIN)/pytest --doctest-modules zimage_dagster -q -p no:cacheprovider
 
-pytest: $(STAMP)
+pytest: $(DEV_STAMP) system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-test: lint typecheck doctest pytest
+test: system-packages lint typecheck doctest pytest
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/python -m examples.demo
 
-dev: $(STAMP)
+dev: $(RUN_STAMP)
 	$(BIN)/python -m examples.dev
 
-emulator: $(STAMP)
+emulator: $(RUN_STAMP)
 	$(BIN)/zimage-emulator --host 127.0.0.1 --port 8765
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run
 
-soak: $(STAMP)
+soak: $(DEV_STAMP) system-packages
 	$(BIN)/pytest -m soak $(PYTEST_ARGS)
 
-lock: $(BIN)/python
+# The built wheel (no dev group) in fresh venvs with the floor and the newest Dagster: import,
+# emulator, 3 partitions materialized by the README's definitions.py, the component's dg check defs.
+compat: $(DEV_STAMP)
+	$(BIN)/pytest -m compat -p no:cacheprovider tests/packaging $(PYTEST_ARGS)
+
+lock: $(DEV_STAMP)
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^zimage-dagster' > $(CONSTRAINTS)
 
 clean:

@@ -8,8 +8,9 @@ the real API is used (``ZIMAGE_BASE_URL`` still overrides the address).
    range: all tasks are submitted concurrently);
 2. ``contact_sheet`` in a second run (the image asset yields no output, so Dagster would skip it
    in the same run);
-3. a table of what was made (partition, seed, task ID, size, path; ``reused`` for an image already
-   stored for the identical request: a second ``make demo`` costs nothing).
+3. a table of what was made, 120 columns wide (partition, seed, task ID, size, status, the start of
+   the prompt; ``reused`` for an image already stored for the identical request: a second
+   ``make demo`` costs nothing, and says so).
 
 Runs are recorded in a persistent Dagster instance (``DAGSTER_HOME``, default ``<repo>/.dagster_home``)
 so that ``make dev`` shows them. Environment knobs: ``ZIMAGE_STORAGE_URL`` (default
@@ -19,11 +20,10 @@ default 1.5). Exit status 0 when every image and the contact sheet were made, 1 
 Run it with ``python -m examples.demo`` from the repository root.
 """
 
-import logging
 import os
+import shutil
 import sys
 import time
-import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -50,14 +50,18 @@ except ImportError:  # pragma: no cover - a Dagster without it: DagsterInstance.
 DEFAULT_LATENCY_S = 1.5
 
 
+TABLE_WIDTH = 120
+PARTITION_WIDTH = 28
+
+
 @dataclass(frozen=True)
 class Row:
     partition: str
     seed: str
     task_id: str
     size: str
-    path: str
     status: str
+    prompt: str
 
 
 def emulator_config(latency_s: float) -> EmulatorConfig:
@@ -86,20 +90,24 @@ def _shown_path(path: str) -> str:
     return os.path.relpath(absolute, cwd) if absolute.startswith(cwd + os.sep) else absolute
 
 
-class _NoYamlNotice(logging.Filter):
-    """Drops Dagster's "no dagster.yaml" notice: the demo's instance needs none."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "No dagster instance configuration file" not in record.getMessage()
+def dagster_home() -> Path:
+    """``DAGSTER_HOME`` (default ``<repo>/.dagster_home``), exported for Dagster and its
+    subprocesses; when it has no ``dagster.yaml``, ``examples/dagster.yaml`` is copied there (run
+    monitoring, pool limits, telemetry off: nothing leaves this machine, and the UI loads no
+    telemetry script)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(REPO_ROOT / "examples" / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
 
 
 def open_instance(home: Path) -> dg.DagsterInstance:
-    """The persistent instance in ``home`` (sqlite, no dagster.yaml), telemetry off."""
-    logging.getLogger("dagster").addFilter(_NoYamlNotice())
+    """The persistent instance in ``home`` (see :func:`dagster_home`)."""
     if InstanceRef is None:
         return dg.DagsterInstance.get()
-    ref = InstanceRef.from_dir(str(home), overrides={"telemetry": {"enabled": False}})
-    return dg.DagsterInstance.from_ref(ref)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
 
 
 def _materializations(result: dg.ExecuteInProcessResult, asset: str) -> dict[str, Any]:
@@ -132,34 +140,39 @@ def _failures(result: dg.ExecuteInProcessResult) -> tuple[dict[str, str], list[s
     return by_partition, other
 
 
-def _table(rows: list[Row]) -> str:
-    headers = Row("partition", "seed", "task ID", "size", "path", "status")
-    columns = list(
-        zip(
-            *[(r.partition, r.seed, r.task_id, r.size, r.path, r.status) for r in [headers, *rows]],
-            strict=True,
-        )
-    )
-    widths = [max(len(cell) for cell in column) for column in columns]
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(rows: list[Row], width: int = TABLE_WIDTH) -> str:
+    """The rows as a table of at most ``width`` columns; the prompt column takes what is left.
+
+    >>> row = Row("fox-kit", "8", "task-unified-1796068288-cj00uwp8", "1024x1024", "new", "a fox " * 40)
+    >>> print(max(len(line) for line in _table([row]).splitlines()))
+    120
+    """
+    headers = Row("partition", "seed", "task ID", "size", "status", "prompt")
+    fixed = [
+        [_clip(r.partition, PARTITION_WIDTH), r.seed, r.task_id, r.size, r.status]
+        for r in [headers, *rows]
+    ]
+    widths = [max(len(row[i]) for row in fixed) for i in range(5)]
+    prompt_width = max(10, width - sum(widths) - 2 * len(widths))
     lines = []
-    for i, row in enumerate([headers, *rows]):
-        cells = (row.partition, row.seed, row.task_id, row.size, row.path, row.status)
+    for i, (cells, row) in enumerate(zip(fixed, [headers, *rows], strict=True)):
+        texts = [*cells, _clip(row.prompt, prompt_width)]
         lines.append(
-            "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
+            "  ".join(c.ljust(w) for c, w in zip(texts, [*widths, 0], strict=True)).rstrip()
         )
         if i == 0:
-            lines.append("  ".join("-" * width for width in widths))
+            lines.append("  ".join("-" * w for w in [*widths, prompt_width]))
     return "\n".join(lines)
 
 
 def run_demo() -> int:
     """The demo; returns the process exit status."""
-    warnings.filterwarnings("ignore", category=dg.BetaWarning)
-    warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    home = Path(os.environ.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
-    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
+    home = dagster_home()
     storage = storage_root()
     started = time.monotonic()
 
@@ -216,11 +229,12 @@ def run_demo() -> int:
         tasks_created = emulator.stats()["tasks_created"] if emulator is not None else None
 
     rows: list[Row] = []
+    reasons: dict[str, str] = {}
     for key in keys:
         md = made.get(key)
         if md is None:
-            reason = failed.get(key, "not generated (see the run's log)")
-            rows.append(Row(key, "-", "-", "-", "-", "FAILED: " + " ".join(reason.split())))
+            reasons[key] = " ".join(failed.get(key, "not generated (see the run's log)").split())
+            rows.append(Row(key, "-", "-", "-", "FAILED", "(reason below)"))
             continue
         width, height = _value(md, "width"), _value(md, "height")
         rows.append(
@@ -229,8 +243,8 @@ def run_demo() -> int:
                 seed=str(_value(md, "seed")),
                 task_id=str(_value(md, "task_id")),
                 size=f"{width}x{height}" if width and height else str(_value(md, "size_requested")),
-                path=_shown_path(str(_value(md, "path"))),
                 status="reused" if _value(md, "reused") else "new",
+                prompt=str(_value(md, "prompt") or ""),
             )
         )
 
@@ -240,6 +254,8 @@ def run_demo() -> int:
     bad = len(rows) - new - reused
     print()
     print(_table(rows))
+    for key, reason in reasons.items():
+        print(f"FAILED {key}: {reason}")
     print()
     summary = f"{len(rows)} images: {new} new, {reused} reused, {bad} failed in {elapsed:.1f} s"
     if tasks_created is not None:
@@ -250,7 +266,11 @@ def run_demo() -> int:
     print(f"Dagster runs:  {home} (images run {images.run_id[:8]})")
     print("Dagster UI:    make dev, then open http://127.0.0.1:3000")
     if reused and not new and not bad:
-        print("Every image was already stored for the identical request: nothing was paid for.")
+        print(
+            "Nothing new: every image was already stored for the identical request (no task paid for)."
+        )
+    elif reused and new:
+        print(f"New this time: {', '.join(r.partition for r in rows if r.status == 'new')}.")
 
     problems = []
     if bad:
@@ -267,7 +287,10 @@ def run_demo() -> int:
             file=sys.stderr,
         )
         return 1
-    print("\nDemo OK. Run `make demo` again: stored images are reused at no cost.")
+    if new:
+        print("\nDemo OK. Run `make demo` again: stored images are reused at no cost.")
+    else:
+        print("\nDemo OK.")
     return 0
 
 

@@ -13,27 +13,20 @@ Options: ``--port`` (default 3000, or ``DAGSTER_PORT``); the UI only listens on 
 
 import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
 from contextlib import ExitStack
-from pathlib import Path
 
-from examples.demo import DEFAULT_LATENCY_S, emulator_config
+from examples.demo import DEFAULT_LATENCY_S, dagster_home, emulator_config
 from examples.project import REPO_ROOT
 from zimage_dagster.emulator import EmulatorServer
 
 
 def dagster_command() -> list[str]:
-    """The ``dagster`` CLI of this interpreter's environment."""
-    beside = Path(sys.executable).parent / "dagster"
-    if beside.exists():
-        return [str(beside)]
-    found = shutil.which("dagster")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "dagster"]
+    """The ``dagster`` CLI of this interpreter's environment, without the notice that ``dagster
+    dev`` is superseded by ``dg dev`` (the demo installs no ``dg``: ``dagster dev`` is its UI)."""
+    return [sys.executable, "-W", "ignore:Function `dev_command` is superseded", "-m", "dagster"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=int(os.environ.get("DAGSTER_PORT", "3000")))
     args = parser.parse_args(argv)
 
+    home = dagster_home()  # with examples/dagster.yaml when it has none (telemetry off)
     env = dict(os.environ)
-    home = Path(env.get("DAGSTER_HOME") or REPO_ROOT / ".dagster_home").resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():  # run monitoring and pool limits (see the file)
-        shutil.copy(REPO_ROOT / "examples" / "dagster.yaml", home / "dagster.yaml")
-    env["DAGSTER_HOME"] = str(home)
-    env.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")  # nothing leaves this machine
     command = [
         *dagster_command(),
         "dev",

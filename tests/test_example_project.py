@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
+from examples.demo import PARTITION_WIDTH, TABLE_WIDTH, _clip
 from zimage_dagster import load_prompts
 from zimage_dagster.emulator import EmulatorServer
 
@@ -148,16 +149,20 @@ def test_ops_job_of_the_example_project(emulator: EmulatorServer, tmp_path: Path
 
 
 _ROW = re.compile(
-    r"^(\S+)\s+(\d+)\s+(task-unified-\d+-[a-z0-9]{8})\s+(\d+x\d+)\s+(\S+)\s+(new|reused)$"
+    r"^(\S+)\s+(\d+)\s+(task-unified-\d+-[a-z0-9]{8})\s+(\d+x\d+)\s+(new|reused)\s+(.+)$"
 )
 
 
 def _table_rows(stdout: str) -> dict[str, tuple[str, ...]]:
+    """partition key -> (seed, task ID, size, status, prompt start), from the demo's table (at
+    most 120 columns wide; long keys are shown clipped, and mapped back here)."""
+    shown = {_clip(key, PARTITION_WIDTH): key for key in CATALOGUE_KEYS}
     rows = {}
     for line in stdout.splitlines():
         match = _ROW.match(line.strip())
         if match:
-            rows[match.group(1)] = match.groups()[1:]
+            assert len(line) <= TABLE_WIDTH, line
+            rows[shown[match.group(1)]] = match.groups()[1:]
     return rows
 
 
@@ -185,7 +190,8 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
     assert "using the local emulator at http://127.0.0.1:" in first.stdout
     rows = _table_rows(first.stdout)
     assert sorted(rows) == sorted(CATALOGUE_KEYS)
-    assert {row[-1] for row in rows.values()} == {"new"}
+    assert {row[3] for row in rows.values()} == {"new"}
+    assert rows["fox-kit"][4].startswith("A curious red fox cub")
     assert f"{len(CATALOGUE_KEYS)} images: {len(CATALOGUE_KEYS)} new, 0 reused, 0 failed" in (
         first.stdout
     )
@@ -208,8 +214,9 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
     assert emulator.stats()["tasks_created"] == 0
     again = _table_rows(second.stdout)
     assert sorted(again) == sorted(CATALOGUE_KEYS)
-    assert {row[-1] for row in again.values()} == {"reused"}
-    assert {k: v[:4] for k, v in again.items()} == {k: v[:4] for k, v in rows.items()}
+    assert {row[3] for row in again.values()} == {"reused"}
+    assert "Nothing new: every image was already stored" in second.stdout
+    assert {k: v[:3] for k, v in again.items()} == {k: v[:3] for k, v in rows.items()}
 
     # Both runs are in the persistent instance that `make dev` would show.
     with dg.DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
@@ -230,7 +237,8 @@ def test_demo_exits_non_zero_with_a_clear_message_when_an_image_fails(
 
     assert run.returncode == 1, run.stdout + run.stderr
     assert "DEMO FAILED: 1 image(s) failed" in run.stderr
-    assert re.search(r"^jazz-poster .*FAILED: content_policy_violation", run.stdout, re.M)
+    assert re.search(r"^jazz-poster +- +- +- +FAILED", run.stdout, re.M)
+    assert re.search(r"^FAILED jazz-poster: content_policy_violation", run.stdout, re.M)
     assert len(_table_rows(run.stdout)) == len(CATALOGUE_KEYS) - 1
     # The stored images still make a contact sheet.
     assert (tmp_path / "zimage_output" / "contact_sheets" / "contact_sheet.png").is_file()

@@ -19,6 +19,7 @@ their own runs: an automation condition, a sensor, or a second job. They load im
 import hashlib
 import io
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -98,8 +99,18 @@ def build_image_definitions(
     The options go to the sensor builders (see :func:`~zimage_dagster.sensors.automation_definitions`).
     """
     dataset = _load(spec.prompts)
+    left_out = dataset.left_out_summary(spec.asset_name)
+    if left_out:  # one line per asset on load; the full report is in the definition metadata
+        dg.get_dagster_logger().warning(left_out)
     partitions_def = _partitions_def(spec, dataset)
-    asset_def = _image_asset(spec, dataset, partitions_def)
+    with warnings.catch_warnings():
+        # A single-run BackfillPolicy is what lets one run cover a range of partitions (the batch
+        # engine's reason to exist); Dagster marks the parameter beta. Chosen knowingly, so that
+        # one warning is silenced here instead of on every load of a user's code location.
+        warnings.filterwarnings(
+            "ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning
+        )
+        asset_def = _image_asset(spec, dataset, partitions_def)
     job = dg.define_asset_job(
         spec.job_name, selection=dg.AssetSelection.assets(asset_def), partitions_def=None
     )

@@ -27,7 +27,13 @@ ones are bad rows (two rows with the same prompt and no key collide: give them k
 
 CSV cells are strings: ``seed`` must be a plain integer string (``42``; not ``42.0``, ``+42``,
 ``1_000`` or ``4e1``), ``nsfw_check`` one of true/false/1/0/yes/no (any case); an empty or
-whitespace-only cell in an optional column means absent.
+whitespace-only cell in an optional column means absent. ``NaN`` is a bad value, never "absent".
+
+One bad cell never takes the dataset down: a huge number, a value nested deeper than
+:data:`MAX_NESTING` levels, a JSON record too deep for the parser, a line longer than
+:data:`MAX_LINE_BYTES` (CSV, JSON Lines: reported and skipped unread) are each a bad row. Loading
+a CSV or JSON Lines file holds the file's bytes plus the record being read, so its peak memory is
+a small multiple of the file's size (``tests/dagster/test_prompt_robustness.py`` measures it).
 
 Example:
     >>> ds = load_prompts([
@@ -49,14 +55,18 @@ import json
 import math
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from upath import UPath
 
 from zimage_dagster.api import (
+    MAX_SEED,
+    MIN_SEED,
     RequestValidationError,
     validate_prompt,
     validate_seed,
@@ -73,6 +83,8 @@ from zimage_dagster.engine.request import (
 __all__ = [
     "DEFAULT_SIZE",
     "KEY_PATTERN",
+    "MAX_LINE_BYTES",
+    "MAX_NESTING",
     "PromptDataset",
     "PromptDatasetError",
     "PromptRow",
@@ -99,6 +111,13 @@ _TRUE = frozenset({"true", "1", "yes"})
 _FALSE = frozenset({"false", "0", "no"})
 _INT_STRING = re.compile(r"-?[0-9]+")
 _SHOW_CHARS = 80
+#: A longer CSV or JSON Lines line is a bad row, skipped without being decoded or parsed.
+MAX_LINE_BYTES = 1024 * 1024
+#: Deepest nesting of lists/objects accepted in an extra column (they go into metadata).
+MAX_NESTING = 20
+# A seed has at most 10 digits (2147483647): longer digit strings are refused before int(),
+# which refuses more than 4300 digits with a bare ValueError.
+_MAX_SEED_DIGITS = len(str(MAX_SEED))
 
 Source = str | os.PathLike[str] | UPath | Sequence[Mapping[str, Any] | str]
 _Kind = Literal["text", "json", "parquet", "python"]
@@ -230,6 +249,20 @@ class PromptDataset:
             lines.append(f"... and {len(self.problems) - limit} more")
         return "\n".join(lines)
 
+    def left_out_summary(self, asset: str) -> str | None:
+        """One line saying how many rows were left out, for the log on load (``None``: none).
+
+        >>> print(load_prompts(["a fox", {"prompt": ""}]).left_out_summary("hero"))
+        hero: 1 of 2 rows of <python> left out; see the asset's dataset_problem_report metadata
+        """
+        if not self.problems:
+            return None
+        bad = len({p.row_number for p in self.problems})
+        return (
+            f"{asset}: {bad} of {bad + len(self.rows)} rows of {self.source} left out; "
+            "see the asset's dataset_problem_report metadata"
+        )
+
     def raise_if_problems(self) -> None:
         """Raise :class:`PromptDatasetError` listing the problems, if any."""
         if self.problems:
@@ -298,11 +331,10 @@ class _Bad(Exception):
 
 
 def _blank(value: object) -> bool:
+    """Absent: ``None`` or a blank string. (``NaN`` is a value, and a bad one, never "absent".)"""
     if value is None:
         return True
-    if isinstance(value, str):
-        return not value.strip()
-    return isinstance(value, float) and math.isnan(value)
+    return isinstance(value, str) and not value.strip()
 
 
 def _parse_prompt(value: object) -> str:
@@ -348,7 +380,11 @@ def _parse_seed(value: object, kind: _Kind) -> int | None:
     if isinstance(value, str):
         if not _INT_STRING.fullmatch(value):
             raise _Bad("seed", value, "must be a plain integer (digits only)")
+        if len(value.lstrip("-").lstrip("0")) > _MAX_SEED_DIGITS:
+            raise _Bad("seed", value, f"must be between {MIN_SEED} and {MAX_SEED}")
         parsed = int(value)
+    elif isinstance(value, float) and math.isnan(value):
+        raise _Bad("seed", value, "is NaN, not an integer")
     elif (
         kind == "parquet"
         and isinstance(value, float)
@@ -378,15 +414,22 @@ def _parse_nsfw(value: object, kind: _Kind) -> bool | None:
     raise _Bad("nsfw_check", value, "must be one of true/false/1/0/yes/no")
 
 
-def _json_safe(value: Any) -> Any:
+class _TooDeep(Exception):
+    pass
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON-safe data for metadata; :class:`_TooDeep` past :data:`MAX_NESTING`."""
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        raise _TooDeep
     if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, depth + 1) for v in value]
     return str(value)
 
 
@@ -437,12 +480,17 @@ class _Builder:
                 f"duplicate {what}: row {first} already uses it (the first row wins)",
             )
             return
+        extra = {}
+        for k, v in record.items():
+            if k in KNOWN_COLUMNS or (kind == "text" and v == ""):
+                continue
+            try:
+                extra[k] = _json_safe(v)
+            except _TooDeep:
+                reason = f"nested more than {MAX_NESTING} levels deep"
+                self.bad(row_number, k, "[...]", reason)
+                return
         self.first_row_of_key[key] = row_number
-        extra = {
-            k: _json_safe(v)
-            for k, v in record.items()
-            if k not in KNOWN_COLUMNS and not (kind == "text" and v == "")
-        }
         self.rows.append(
             PromptRow(
                 key=key,
@@ -485,29 +533,98 @@ def _record(raw: Mapping[Any, Any]) -> dict[str, Any]:
     return out
 
 
+def _decode_error(
+    data: bytes, offset: int, source: str, encoding: str, exc: UnicodeDecodeError
+) -> PromptDatasetError:
+    line = data.count(b"\n", 0, offset + exc.start) + 1
+    return PromptDatasetError(
+        f"{source}: bytes at line {line} (offset {offset + exc.start}) are not valid {encoding}: "
+        f"{exc.reason}; save the file as UTF-8"
+    )
+
+
 def _decode(data: bytes, source: str, encoding: str) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise PromptDatasetError(
-            f"{source}: bytes at line {line} (offset {exc.start}) are not valid {encoding}: "
-            f"{exc.reason}; save the file as UTF-8"
-        ) from None
+        raise _decode_error(data, 0, source, encoding, exc) from None
     return text.removeprefix("\ufeff")
 
 
-def _unclosed_quote_line(text: str, delimiter: str) -> int | None:
+def _raw_lines(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """(line number, start, end) of each line of ``data``, the end past its newline; no copies."""
+    start, number, size = 0, 1, len(data)
+    while start < size:
+        newline = data.find(b"\n", start)
+        end = size if newline < 0 else newline + 1
+        yield number, start, end
+        start, number = end, number + 1
+
+
+class _CsvLines:
+    """The decoded lines of a CSV file for ``csv.reader``, one at a time (memory: the file's
+    bytes plus one line). A line longer than :data:`MAX_LINE_BYTES` is reported to ``builder``
+    and skipped unread. ``numbers`` records the file line number of every line handed out."""
+
+    def __init__(
+        self, data: bytes, source: str, encoding: str, builder: _Builder | None = None
+    ) -> None:
+        self.data, self.source, self.encoding, self.builder = data, source, encoding, builder
+        self.numbers: list[int] = []
+
+    def __iter__(self) -> Iterator[str]:
+        for number, start, end in _raw_lines(self.data):
+            if end - start > MAX_LINE_BYTES:
+                if self.builder is not None:
+                    self.builder.bad(
+                        number,
+                        "row",
+                        None,
+                        f"line of {end - start} bytes; a line may be at most {MAX_LINE_BYTES} "
+                        "bytes (skipped unread)",
+                    )
+                continue
+            try:
+                line = self.data[start:end].decode(self.encoding)
+            except UnicodeDecodeError as exc:
+                raise _decode_error(self.data, start, self.source, self.encoding, exc) from None
+            self.numbers.append(number)
+            yield line.removeprefix("\ufeff") if number == 1 else line
+
+    def next_line_number(self, handed_out: int) -> int:
+        """The file line number of the line after the first ``handed_out`` ones."""
+        if handed_out < len(self.numbers):
+            return self.numbers[handed_out]
+        return self.numbers[-1] + 1 if self.numbers else 1
+
+
+@contextmanager
+def _csv_cell_limit() -> Iterator[None]:
+    """Let a cell be as long as a line may be (the csv module's default is 128 KiB, and going
+    over it is an error for the whole file); the module-wide setting is restored after."""
+    with _CSV_LIMIT_LOCK:
+        previous = csv.field_size_limit(MAX_LINE_BYTES)
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)
+
+
+_CSV_LIMIT_LOCK = threading.Lock()
+
+
+def _unclosed_quote_line(data: bytes, source: str, encoding: str, delimiter: str) -> int | None:
     """The line where a quoted field opens and never closes (it would eat the rest of the file).
 
-    >>> _unclosed_quote_line('prompt\\n"open\\nfine\\n', ",")
+    >>> _unclosed_quote_line(b'prompt\\n"open\\nfine\\n', "p.csv", "utf-8", ",")
     2
     """
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    lines = _CsvLines(data, source, encoding)
+    reader = csv.reader(iter(lines), delimiter=delimiter, strict=True)
     start = 1
     try:
         for _ in reader:
-            start = reader.line_num + 1
+            start = lines.next_line_number(reader.line_num)
     except csv.Error as exc:
         if "unexpected end of data" in str(exc):
             return start
@@ -515,46 +632,48 @@ def _unclosed_quote_line(text: str, delimiter: str) -> int | None:
 
 
 def _load_csv(data: bytes, source: str, encoding: str, delimiter: str) -> PromptDataset:
-    text = _decode(data, source, encoding)
-    unclosed = _unclosed_quote_line(text, delimiter)
-    if unclosed is not None:
-        raise PromptDatasetError(
-            f"{source}: malformed CSV: the quoted field opened on line {unclosed} is never "
-            "closed (every later row would be swallowed into it)"
-        )
-    builder = _Builder(source, "line")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
-    try:
-        header = next(reader, None)
-        if header is None or not any(h.strip() for h in header):
+    with _csv_cell_limit():
+        unclosed = _unclosed_quote_line(data, source, encoding, delimiter)
+        if unclosed is not None:
             raise PromptDatasetError(
-                f"{source}: empty file; a CSV prompt dataset needs a header with a 'prompt' column"
+                f"{source}: malformed CSV: the quoted field opened on line {unclosed} is never "
+                "closed (every later row would be swallowed into it)"
             )
-        columns = _normalise_columns(header, source)
-        if "prompt" not in columns:
-            raise PromptDatasetError(
-                f"{source}: no 'prompt' column in the header (found: {', '.join(columns)})"
-            )
-        while True:
-            start = reader.line_num + 1
-            cells = next(reader, None)
-            if cells is None:
-                break
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if len(cells) > len(columns):
-                builder.bad(
-                    start,
-                    "row",
-                    delimiter.join(cells),
-                    f"has {len(cells)} values but the header has {len(columns)} columns",
+        builder = _Builder(source, "line")
+        lines = _CsvLines(data, source, encoding, builder)
+        reader = csv.reader(iter(lines), delimiter=delimiter, strict=False)
+        try:
+            header = next(reader, None)
+            if header is None or not any(h.strip() for h in header):
+                raise PromptDatasetError(
+                    f"{source}: empty file; a CSV prompt dataset needs a header with a 'prompt' column"
                 )
-                continue
-            builder.add(dict(zip(columns, cells, strict=False)), start, "text")
-    except csv.Error as exc:
-        raise PromptDatasetError(
-            f"{source}: malformed CSV near line {reader.line_num}: {exc}"
-        ) from None
+            columns = _normalise_columns(header, source)
+            if "prompt" not in columns:
+                raise PromptDatasetError(
+                    f"{source}: no 'prompt' column in the header (found: {', '.join(columns)})"
+                )
+            while True:
+                handed_out = reader.line_num
+                cells = next(reader, None)
+                if cells is None:
+                    break
+                start = lines.next_line_number(handed_out)
+                if not cells or all(not c.strip() for c in cells):
+                    continue
+                if len(cells) > len(columns):
+                    builder.bad(
+                        start,
+                        "row",
+                        delimiter.join(cells),
+                        f"has {len(cells)} values but the header has {len(columns)} columns",
+                    )
+                    continue
+                builder.add(dict(zip(columns, cells, strict=False)), start, "text")
+        except csv.Error as exc:
+            raise PromptDatasetError(
+                f"{source}: malformed CSV near line {lines.next_line_number(reader.line_num - 1)}: {exc}"
+            ) from None
     return builder.dataset()
 
 
@@ -567,7 +686,12 @@ def _check_has_prompt(records: Sequence[object], source: str) -> None:
 def _load_jsonl(data: bytes, source: str, encoding: str) -> PromptDataset:
     builder = _Builder(source, "line")
     parsed: list[tuple[int, object]] = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
+    for number, start, end in _raw_lines(data):
+        if end - start > MAX_LINE_BYTES:
+            reason = f"line of {end - start} bytes; a line may be at most {MAX_LINE_BYTES} bytes (skipped unread)"
+            builder.bad(number, "line", None, reason)
+            continue
+        raw = data[start:end]
         if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
             raw = raw[3:]
         if not raw.strip():
@@ -581,6 +705,9 @@ def _load_jsonl(data: bytes, source: str, encoding: str) -> PromptDataset:
             obj = json.loads(line)
         except ValueError as exc:
             builder.bad(number, "line", line, f"not valid JSON: {exc}")
+            continue
+        except RecursionError:
+            builder.bad(number, "line", line, "nested too deeply for the JSON parser")
             continue
         parsed.append((number, obj))
     _check_has_prompt([o for _, o in parsed], source)
@@ -611,13 +738,78 @@ def _load_json(data: bytes, source: str, encoding: str) -> PromptDataset:
     text = _decode(data, source, encoding)
     try:
         doc = json.loads(text)
-    except ValueError as exc:
-        raise PromptDatasetError(f"{source}: not valid JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:
+        # One record too deep (or a number too long) for the parser: read the array record by
+        # record, so that only that record is bad. A broken document stays a dataset error.
+        elements = _json_array_elements(text)
+        if elements is None:
+            reason = exc if isinstance(exc, ValueError) else "nested too deeply for the parser"
+            raise PromptDatasetError(f"{source}: not valid JSON: {reason}") from None
+        return _load_json_elements(elements, source)
     if not isinstance(doc, list):
         raise PromptDatasetError(
             f"{source}: a JSON prompt dataset must be a list of objects, not {type(doc).__name__}"
         )
     return _load_records(doc, source, "json")
+
+
+def _json_array_elements(text: str) -> list[str] | None:
+    """The source text of each element of a top-level JSON array, found without recursion
+    (strings and nesting tracked), or ``None`` when ``text`` is not one well-bracketed array.
+
+    >>> _json_array_elements(' [1, {"a": "],"}, [[2]]] ')
+    ['1', '{"a": "],"}', '[[2]]']
+    """
+    body = text.strip()
+    if not body.startswith("[") or not body.endswith("]"):
+        return None
+    elements: list[str] = []
+    depth, in_string, escaped, start = 0, False, False, 1
+    for i in range(1, len(body) - 1):
+        ch = body[i]
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "," and depth == 0:
+            elements.append(body[start:i].strip())
+            start = i + 1
+    if depth or in_string:
+        return None
+    last = body[start:-1].strip()
+    if last or elements:
+        elements.append(last)
+    return elements
+
+
+def _load_json_elements(elements: list[str], source: str) -> PromptDataset:
+    builder = _Builder(source, "record")
+    records: list[tuple[int, object]] = []
+    for number, element in enumerate(elements, start=1):
+        try:
+            records.append((number, json.loads(element)))
+        except ValueError as exc:
+            builder.bad(number, "row", element, f"not valid JSON: {exc}")
+        except RecursionError:
+            builder.bad(number, "row", element, "nested too deeply for the JSON parser")
+    _check_has_prompt([obj for _, obj in records], source)
+    for number, obj in records:
+        if isinstance(obj, Mapping):
+            builder.add(_record(obj), number, "json")
+        else:
+            builder.bad(number, "row", obj, "must be an object with a 'prompt' field")
+    return builder.dataset()
 
 
 def _load_parquet(data: bytes, source: str) -> PromptDataset:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
+from zimage_dagster._docs import ui_docstring
 from zimage_dagster.api import AsyncZImageClient, PollPolicy, RetryPolicy, ZImageClient
 
 __all__ = ["ZImageResource"]
@@ -25,25 +26,27 @@ def _poll_policy(max_interval: float, deadline: float) -> PollPolicy:
     )
 
 
+@ui_docstring
 class ZImageResource(dg.ConfigurableResource):
     """Gives assets and ops a configured Z-Image-Turbo client, sync or async.
 
-    The sync client is opened in ``setup_for_execution`` and closed in
-    ``teardown_after_execution``; async clients are made per event loop with
-    :meth:`async_client`, because an ``httpx.AsyncClient`` belongs to the loop that uses it.
-    The API key never appears in a log line, an error message, metadata or ``repr``.
+    The sync client (`get_client()`) is opened when a run starts and closed when it ends; async
+    clients are made per event loop with `async_client()`, because an `httpx.AsyncClient`
+    belongs to the loop that uses it. The API key never appears in a log line, an error
+    message, metadata or `repr`.
 
     Example:
+
         >>> import dagster as dg
         >>> from zimage_dagster import ZImageResource
         >>> resource = ZImageResource(api_key=dg.EnvVar("ZIMAGE_API_KEY"))
         >>> defs = dg.Definitions(resources={"zimage": resource})
 
-        In an asset::
+    In an asset:
 
-            @dg.asset
-            def hero(zimage: ZImageResource) -> None:
-                result = zimage.get_client().generate(GenerationRequest(prompt="a lighthouse"))
+        @dg.asset
+        def hero(zimage: ZImageResource) -> None:
+            result = zimage.get_client().generate(GenerationRequest(prompt="a lighthouse"))
     """
 
     api_key: str | None = Field(

@@ -167,6 +167,10 @@ class ScheduleSettings(dg.Model, dg.Resolvable):
         return int(match.group(2)), int(match.group(1))
 
 
+# No `default_factory` in the fields below: Dagster 1.10.x merges each field with one carrying a
+# plain default, which newer pydantic (2.14 here) refuses when a default_factory is set: `dg`
+# could not load the component on the Dagster floor (`make compat` checks it). pydantic copies
+# these mutable defaults per instance.
 class ImageAssetSpec(dg.Model, dg.Resolvable):
     """Everything that defines an image asset (the factory's arguments, the component's YAML).
 
@@ -195,7 +199,7 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         ),
     ]
     key_prefix: list[str] = Field(
-        default_factory=list,
+        default=[],
         description="Asset key prefix, e.g. [marketing] for marketing/poster_images.",
     )
     group_name: str | None = Field(
@@ -244,7 +248,7 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         examples=["zimage_output", "s3://my-bucket/images"],
     )
     storage_options: dict[str, Any] = Field(
-        default_factory=dict,
+        default={},
         description="fsspec options of the storage URL (e.g. {anon: false}); kept out of metadata.",
     )
     mode: Literal["blocking", "deferred"] = Field(
@@ -314,13 +318,11 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
             model_field_type=list[str],
             description="Upstream assets (lineage), e.g. the prompt dataset's asset: [raw/prompts].",
         ),
-    ] = Field(default_factory=list)
-    tags: dict[str, str] = Field(default_factory=dict, description="Tags of the asset.")
-    owners: list[str] = Field(
-        default_factory=list, description="Owners of the asset (emails or team:name)."
-    )
+    ] = Field(default=[])
+    tags: dict[str, str] = Field(default={}, description="Tags of the asset.")
+    owners: list[str] = Field(default=[], description="Owners of the asset (emails or team:name).")
     kinds: list[str] = Field(
-        default_factory=lambda: ["zimage", "image"],
+        default=["zimage", "image"],
         description="Kinds shown in the Dagster UI (at most 3).",
     )
     automation_condition: Annotated[
@@ -337,7 +339,7 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         default=None, description="Code version of the asset (bump it to show the code changed)."
     )
     op_tags: dict[str, Any] = Field(
-        default_factory=dict, description="Tags of the step (e.g. executor or k8s settings)."
+        default={}, description="Tags of the step (e.g. executor or k8s settings)."
     )
 
     # -- Python conveniences ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from PIL import Image
 from pydantic import Field
 from upath import UPath
 
+from zimage_dagster._docs import ui_docstring
 from zimage_dagster.engine.store import ImageStore, resolve_storage
 
 __all__ = ["ImageStoreIOManager"]
@@ -54,6 +55,7 @@ def _wanted_kind(context: dg.InputContext) -> tuple[str, bool]:
     return "bytes", force_dict
 
 
+@ui_docstring
 class ImageStoreIOManager(dg.ConfigurableIOManager):
     """Loads stored images into downstream assets; the image asset itself writes through the store.
 
@@ -61,7 +63,7 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
     step (a single-run backfill) and records an ``AssetMaterialization`` per finished partition;
     an IO manager's ``handle_output`` sees one output for the whole range and could not write
     per-partition files or report partial success. So the asset writes each image with
-    :class:`ImageStore` as it arrives and returns ``None``.
+    `ImageStore` as it arrives and returns `None`.
 
     ``load_input`` reads ``<root>/<asset>/<partition_key>.<ext>`` for each upstream partition the
     input needs. What each value is:
@@ -74,6 +76,7 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
     input metadata has ``{"allow_missing_partitions": True}`` (then it is left out of the dict).
 
     Example:
+
         >>> import dagster as dg
         >>> from PIL import Image
         >>> @dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a"]))

@@ -14,6 +14,10 @@ Playwright) checks what a user sees:
 
 Expected values come from the instance's event log, never from constants. Screenshots go to a
 temp folder; with ``ZIMAGE_UPDATE_SCREENSHOTS=1`` they are also copied to ``docs/ui-*.png``.
+
+Waits are on signals, never on time: the "Join the Dagster community" dialog is awaited and
+skipped exactly when the server says a new user would see it (``shouldShowNux``), and every page
+checks that the browser requested nothing but the local webserver (no telemetry script).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
@@ -51,6 +56,9 @@ DOCS = REPO_ROOT / "docs"
 UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
 # Generous for a slow 2-core machine: each wait returns as soon as its condition holds.
 UI_TIMEOUT_MS = 30_000
+# Playwright's `expect` has its own timeout (5 s by default), apart from the page's: under load
+# that was the UI test's flake ("Latest materialization" not found within 5 s).
+expect.set_options(timeout=UI_TIMEOUT_MS)
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _SCROLL_ANCESTORS_TO_TOP = """element => {
@@ -198,22 +206,46 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
+def _server_shows_community_dialog(project: Project) -> bool:
+    """Whether the webserver will show a new browser the community dialog (until one dismisses
+    it, which the instance then remembers)."""
+    answer = httpx.post(
+        f"{project.url}/graphql", json={"query": "{ shouldShowNux }"}, timeout=30
+    ).json()
+    return bool(answer["data"]["shouldShowNux"])
+
+
+def _skip_community_dialog(page: Page, project: Project) -> None:
+    """On a loaded page: wait for the "Join the Dagster community" dialog (it opens a second
+    after the app renders) and Skip it, when the server says it will show; else nothing."""
+    if not _server_shows_community_dialog(project):
+        return
+    skip = page.get_by_role("button", name="Skip", exact=True)
+    expect(skip).to_be_visible()
+    skip.click()
+    expect(skip).to_have_count(0)
+    assert not _server_shows_community_dialog(project)
+
+
 @contextmanager
 def _page(browser: Browser, project: Project, shots: Path, name: str) -> Iterator[Page]:
     """A page in a fresh profile (so the community dialog shows, as for a new user); on failure
-    a screenshot and the webserver's log tail go into the error."""
+    a screenshot and the webserver's log tail go into the error. Afterwards: every request the
+    page made went to the local webserver (or was inline data)."""
     context = browser.new_context(
         viewport=VIEWPORT, locale="en-US", timezone_id="UTC", color_scheme="light"
     )
     page = context.new_page()
     page.set_default_timeout(UI_TIMEOUT_MS)
     page.set_default_navigation_timeout(2 * UI_TIMEOUT_MS)
-    # "Join the Dagster community" covers the page on a fresh profile: Skip it whenever it shows.
-    page.add_locator_handler(
-        page.get_by_role("button", name="Skip", exact=True), lambda skip: skip.click()
-    )
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     try:
         yield page
+        elsewhere = [
+            url for url in requested if not url.startswith((project.url + "/", "data:", "blob:"))
+        ]
+        assert elsewhere == [], f"the UI requested outside the local webserver: {elsewhere}"
     except BaseException:
         failure = shots / f"FAILED-{name}.png"
         with suppress(Exception):  # the page may be gone; the original error matters
@@ -243,6 +275,7 @@ def _metadata_row(page: Page, name: str) -> Locator:
 def _open_asset_page(page: Page, project: Project) -> None:
     page.goto(f"{project.url}/assets/{ASSET}")
     expect(page.get_by_text(ASSET, exact=True).first).to_be_visible()
+    _skip_community_dialog(page, project)
 
 
 def test_asset_page_shows_the_latest_seed_task_id_and_a_rendered_thumbnail(
