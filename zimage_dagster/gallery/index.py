@@ -1,0 +1,372 @@
+"""What the gallery knows of an image store: every partition of every asset, and its status.
+
+The index is read from the store with the library's own readers (``ImageStore`` for the files,
+``from_provenance`` for the provenance records, ``TaskLedger`` for the ledger entries); it never
+writes. It is rebuilt when older than ``refresh_s`` (in the background once a first copy exists, so
+a request never waits for a rescan); ``refresh_s=0`` rebuilds it on every request.
+
+A partition's status:
+
+* ``stored``: its image and provenance record are in the store (and the ledger has no newer task);
+* ``failed``: its current task failed (the provider's code and message) or was given up;
+* ``pending``: its current task is submitted or completed but not stored yet;
+* ``expired``: its current task's result link died before it was collected.
+
+>>> import tempfile
+>>> from zimage_dagster.metadata import ImageRecord, to_provenance
+>>> from zimage_dagster.storage import ImageStore
+>>> store = ImageStore(tempfile.mkdtemp())
+>>> _ = store.save("hero", "fox", b"png", "png", to_provenance(
+...     ImageRecord(seed=7, task_id="task-unified-1-aaaaaaaa", prompt="A red fox", created_at=1.0)))
+>>> index = GalleryIndex(store, refresh_s=0)
+>>> hero = index.snapshot().assets["hero"]
+>>> [(item.partition_key, item.status) for item in hero.select(Query(q="fox")).items]
+[('fox', 'stored')]
+>>> hero.select(Query(q="lighthouse")).total
+0
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.metadata import ImageRecord, from_provenance
+from zimage_dagster.storage import LEDGER_DIR, ImageStore
+
+__all__ = [
+    "ORDERS",
+    "STATUSES",
+    "AssetIndex",
+    "GalleryIndex",
+    "GalleryItem",
+    "Page",
+    "Query",
+    "Snapshot",
+]
+
+log = logging.getLogger(__name__)
+
+#: The statuses a partition can have in the gallery, in the order the filters show them.
+STATUSES: tuple[str, ...] = ("stored", "failed", "pending", "expired")
+#: Grid orders: newest first, or by partition key.
+ORDERS: tuple[str, ...] = ("newest", "partition")
+
+_DATE = re.compile(r"(?<![0-9])([0-9]{4}-[0-9]{2}-[0-9]{2})(?![0-9])")
+_LEDGER_TO_STATUS = {
+    LedgerStatus.SUBMITTED: "pending",
+    LedgerStatus.COMPLETED: "pending",
+    LedgerStatus.FAILED: "failed",
+    LedgerStatus.ABANDONED: "failed",
+    LedgerStatus.EXPIRED: "expired",
+}
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    """One partition of an asset: its provenance record and/or its ledger entry."""
+
+    asset: tuple[str, ...]
+    storage_key: str
+    partition_key: str
+    status: str
+    record: ImageRecord | None = None
+    entry: LedgerEntry | None = None
+    search_text: str = field(default="", repr=False)
+
+    @property
+    def asset_name(self) -> str:
+        return "/".join(self.asset)
+
+    @property
+    def prompt(self) -> str:
+        if self.record is not None:
+            return self.record.prompt
+        if self.entry is not None:
+            return str(self.entry.request.get("prompt", ""))
+        return ""
+
+    @property
+    def seed(self) -> int | None:
+        if self.record is not None:
+            return self.record.seed
+        return self.entry.seed if self.entry is not None else None
+
+    @property
+    def task_id(self) -> str | None:
+        if self.entry is not None and self.status != "stored":
+            return self.entry.task_id
+        return self.record.task_id if self.record is not None else None
+
+    @property
+    def size(self) -> str:
+        """Actual ``WxH`` when stored, else the requested size."""
+        if self.record is not None and self.record.width and self.record.height:
+            return f"{self.record.width}x{self.record.height}"
+        if self.record is not None:
+            return self.record.size_requested
+        return str(self.entry.request.get("size") or "1:1") if self.entry is not None else ""
+
+    @property
+    def date(self) -> str | None:
+        """The ``YYYY-MM-DD`` in the partition key (daily assets), if any."""
+        found = _DATE.search(self.partition_key)
+        return found.group(1) if found else None
+
+    @property
+    def time(self) -> float:
+        """When it last changed (created, or the ledger's last update), for newest-first."""
+        times = [0.0]
+        if self.record is not None and self.record.created_at:
+            times.append(float(self.record.created_at))
+        if self.entry is not None:
+            times.append(self.entry.updated_at)
+        return max(times)
+
+    @property
+    def error_code(self) -> str | None:
+        return self.entry.error_code if self.entry is not None and self.status == "failed" else None
+
+    @property
+    def error_message(self) -> str | None:
+        if self.entry is None or self.status == "stored":
+            return None
+        return self.entry.error_message
+
+    @property
+    def has_image(self) -> bool:
+        return self.record is not None
+
+
+@dataclass(frozen=True)
+class Query:
+    """What the grid shows: free-text search in prompts, filters, order and page."""
+
+    q: str = ""
+    partition: str = ""
+    date: str = ""
+    status: str = ""
+    size: str = ""
+    order: str = "newest"
+    page: int = 1
+    per_page: int = 48
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, str]) -> Query:
+        """From query-string parameters; bad numbers and unknown choices fall back to defaults."""
+
+        def number(name: str, default: int, high: int) -> int:
+            try:
+                return max(1, min(high, int(params.get(name, default))))
+            except ValueError:
+                return default
+
+        order = params.get("order", "newest")
+        status = params.get("status", "")
+        return cls(
+            q=params.get("q", "").strip()[:2000],
+            partition=params.get("partition", "").strip()[:500],
+            date=params.get("date", "").strip()[:10],
+            status=status if status in STATUSES else "",
+            size=params.get("size", "").strip()[:20],
+            order=order if order in ORDERS else "newest",
+            page=number("page", 1, 1_000_000),
+            per_page=number("per_page", 48, 500),
+        )
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The non-default parameters (with ``changes``), for links that keep the filters."""
+        values = {**self.__dict__, **changes}
+        defaults = Query().__dict__
+        return {k: str(v) for k, v in values.items() if v != defaults[k]}
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a query's results."""
+
+    items: Sequence[GalleryItem]
+    total: int
+    page: int
+    pages: int
+
+
+@dataclass
+class AssetIndex:
+    """The partitions of one asset, newest first."""
+
+    asset: tuple[str, ...]
+    items: list[GalleryItem]
+    by_key: dict[str, GalleryItem] = field(init=False)
+    by_partition: list[GalleryItem] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.items.sort(key=lambda i: (-i.time, i.partition_key))
+        self.by_key = {i.storage_key: i for i in self.items}
+        self.by_partition = sorted(self.items, key=lambda i: i.partition_key)
+
+    @property
+    def name(self) -> str:
+        return "/".join(self.asset)
+
+    def counts(self) -> Counter[str]:
+        """How many partitions have each status."""
+        return Counter(i.status for i in self.items)
+
+    def dates(self) -> list[str]:
+        """The dates found in partition keys, newest first."""
+        return sorted({d for i in self.items if (d := i.date)}, reverse=True)
+
+    def sizes(self) -> list[str]:
+        """The sizes found, most common first."""
+        return [s for s, _ in Counter(i.size for i in self.items if i.size).most_common()]
+
+    def latest(self, count: int) -> list[GalleryItem]:
+        """The newest stored images."""
+        out: list[GalleryItem] = []
+        for item in self.items:
+            if item.has_image:
+                out.append(item)
+                if len(out) == count:
+                    break
+        return out
+
+    def select(self, query: Query) -> Page:
+        """The page of items matching ``query``."""
+        words = query.q.casefold().split()
+        part = query.partition.casefold()
+        found = [
+            i
+            for i in (self.by_partition if query.order == "partition" else self.items)
+            if (not query.status or i.status == query.status)
+            and (not query.date or i.date == query.date)
+            and (not query.size or i.size == query.size)
+            and (not part or part in i.partition_key.casefold())
+            and all(w in i.search_text for w in words)
+        ]
+        pages = max(1, math.ceil(len(found) / query.per_page))
+        page = min(query.page, pages)
+        start = (page - 1) * query.per_page
+        return Page(found[start : start + query.per_page], len(found), page, pages)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole store as the index last read it."""
+
+    assets: Mapping[str, AssetIndex]
+    built_at: float
+    build_s: float
+
+    @property
+    def images(self) -> int:
+        return sum(len(a.items) for a in self.assets.values())
+
+
+def _item(
+    asset: tuple[str, ...], key: str, record: ImageRecord | None, entry: LedgerEntry | None
+) -> GalleryItem:
+    status = "stored"
+    if entry is not None and (
+        record is None
+        or (entry.task_id != record.task_id and entry.status is not LedgerStatus.COLLECTED)
+    ):
+        status = _LEDGER_TO_STATUS.get(entry.status, "stored" if record else "pending")
+    partition = (record.partition_key if record else None) or key
+    prompt = record.prompt if record else str((entry.request if entry else {}).get("prompt", ""))
+    return GalleryItem(
+        asset=asset,
+        storage_key=key,
+        partition_key=partition,
+        status=status,
+        record=record,
+        entry=entry,
+        search_text=f"{prompt}\n{partition}".casefold(),
+    )
+
+
+class GalleryIndex:
+    """Reads the store into a :class:`Snapshot`, again when it is older than ``refresh_s``."""
+
+    def __init__(self, store: ImageStore, *, refresh_s: float = 5.0) -> None:
+        self.store = store
+        self.ledger = TaskLedger(store)
+        self.refresh_s = refresh_s
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+        self._refreshing = False
+
+    def snapshot(self) -> Snapshot:
+        """The current snapshot; a stale one triggers a rebuild (in the background if possible)."""
+        current = self._snapshot
+        if current is None or self.refresh_s <= 0:
+            with self._lock:
+                if self._snapshot is None or self.refresh_s <= 0:
+                    self._snapshot = self.build()
+                return self._snapshot
+        if time.time() - current.built_at > self.refresh_s and not self._refreshing:
+            self._refreshing = True
+            threading.Thread(target=self._refresh, name="gallery-index", daemon=True).start()
+        return current
+
+    def _refresh(self) -> None:
+        try:
+            snapshot = self.build()
+            with self._lock:
+                self._snapshot = snapshot
+        except Exception:
+            log.exception("gallery index refresh failed; keeping the previous one")
+        finally:
+            self._refreshing = False
+
+    def build(self) -> Snapshot:
+        """Read every provenance record and ledger entry under the root."""
+        started = time.perf_counter()
+        records = dict(self._records())
+        entries = {(e.asset, e.partition_key): e for e in self._entries()}
+        grouped: dict[tuple[str, ...], list[GalleryItem]] = {}
+        for asset, key in records.keys() | entries.keys():
+            item = _item(asset, key, records.get((asset, key)), entries.get((asset, key)))
+            grouped.setdefault(asset, []).append(item)
+        assets = {"/".join(a): AssetIndex(a, items) for a, items in sorted(grouped.items())}
+        return Snapshot(assets, time.time(), time.perf_counter() - started)
+
+    def _records(self) -> Iterable[tuple[tuple[tuple[str, ...], str], ImageRecord]]:
+        root = str(self.store.root).rstrip("/")
+        try:
+            children = [c for c in self.store.root.iterdir() if c.is_dir()]
+        except FileNotFoundError:
+            return
+        for child in sorted(children, key=lambda c: c.name):
+            if child.name == LEDGER_DIR or child.name.startswith("."):
+                continue
+            for path, raw in self.store.read_all(child, ".json").items():
+                rel = path.replace("\\", "/")[len(root) + 1 : -len(".json")].split("/")
+                try:
+                    record = from_provenance(_json_object(raw))
+                except (ValueError, TypeError) as exc:
+                    log.debug("not a provenance record: %s (%s)", path, exc)
+                    continue
+                yield (tuple(rel[:-1]), rel[-1]), record
+
+    def _entries(self) -> Iterable[LedgerEntry]:
+        try:
+            yield from self.ledger.iter_entries()
+        except FileNotFoundError:
+            return
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError("not a JSON object")
+    return value

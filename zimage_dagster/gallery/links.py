@@ -1,0 +1,86 @@
+"""The gallery's addresses: one home for every URL the gallery serves and Dagster links to.
+
+No Dagster or Starlette import: the Dagster side (URL metadata, asset descriptions) and the gallery's
+routes both build their links here.
+
+Asset folders are joined with ``/`` (``catalog/hero``); a partition's storage key is one
+percent-encoded path segment. ``/-/`` separates an asset from what is asked of it: Dagster asset
+names are ``[A-Za-z0-9_]`` words, so ``-`` alone is never one of an asset's folders.
+
+>>> grid_url("http://127.0.0.1:8080/", ["catalog", "hero"])
+'http://127.0.0.1:8080/assets/catalog/hero/'
+>>> partition_url("http://127.0.0.1:8080", "hero", "2026-11-01__a fox?")
+'http://127.0.0.1:8080/assets/hero/-/partition/2026-11-01__a%20fox%3F'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from urllib.parse import quote
+
+__all__ = [
+    "GALLERY_URL_ENV",
+    "asset_path",
+    "gallery_base_url",
+    "grid_url",
+    "image_url",
+    "partition_url",
+    "thumbnail_url",
+]
+
+#: The environment variable naming the gallery's base URL for the Dagster side.
+GALLERY_URL_ENV = "ZIMAGE_GALLERY_URL"
+
+
+def gallery_base_url(configured: str | None = None) -> str | None:
+    """``configured`` if given, else ``$ZIMAGE_GALLERY_URL``, else ``None``; no trailing slash.
+
+    >>> gallery_base_url("http://127.0.0.1:8080/")
+    'http://127.0.0.1:8080'
+    """
+    value = configured if configured else os.environ.get(GALLERY_URL_ENV, "")
+    value = value.strip().rstrip("/")
+    if not value:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"gallery URL must start with http:// or https://, got {value!r}")
+    return value
+
+
+def asset_path(asset: str | Sequence[str]) -> str:
+    """``/assets/<folder>/<folder>/``: an asset's grid, relative to the gallery's root.
+
+    >>> asset_path("catalog/hero")
+    '/assets/catalog/hero/'
+    """
+    parts = asset.split("/") if isinstance(asset, str) else list(asset)
+    return "/assets/" + "/".join(quote(p, safe="") for p in parts) + "/"
+
+
+def _under(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+def grid_url(base: str, asset: str | Sequence[str]) -> str:
+    """The asset's grid of images."""
+    return _under(base, asset_path(asset))
+
+
+def _item(base: str, asset: str | Sequence[str], what: str, storage_key: str) -> str:
+    return _under(base, f"{asset_path(asset)}-/{what}/{quote(storage_key, safe='')}")
+
+
+def partition_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+    """A partition's page: the image and its details, or the provider's message if it failed."""
+    return _item(base, asset, "partition", storage_key)
+
+
+def image_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+    """The stored image file itself."""
+    return _item(base, asset, "image", storage_key)
+
+
+def thumbnail_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+    """The partition's cached thumbnail (a JPEG)."""
+    return _item(base, asset, "thumbnail", storage_key)
