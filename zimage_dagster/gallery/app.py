@@ -28,10 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from upath import UPath
 
 from zimage_dagster.gallery import pages
-from zimage_dagster.gallery.index import GalleryIndex, GalleryItem, Query
+from zimage_dagster.gallery.index import GalleryIndex, GalleryItem, Query, read_image
 from zimage_dagster.gallery.thumbnails import ThumbnailCache, default_cache_dir
 from zimage_dagster.serving import Service, ThreadedServer
-from zimage_dagster.storage import ImageStore, UnsafePathError
+from zimage_dagster.storage import ImageStore
 
 __all__ = ["Gallery", "create_gallery_app"]
 
@@ -151,13 +151,10 @@ def create_gallery_app(
         )
 
     def _image(item: GalleryItem) -> Response:
-        try:
-            found = store.find(item.asset, item.storage_key)
-        except UnsafePathError:
-            found = None
-        data = store.read_bytes_or_none(found.path) if found is not None else None
-        if found is None or data is None:
+        read = read_image(store, item)
+        if read is None:
             return Response(b"", status_code=404)
+        found, data = read
         headers = {"cache-control": "no-cache"}
         if found.sha256:
             headers["etag"] = f'"{found.sha256}"'

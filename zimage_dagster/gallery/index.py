@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -41,7 +42,7 @@ from typing import Any
 
 from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.metadata import ImageRecord, from_provenance
-from zimage_dagster.storage import LEDGER_DIR, ImageStore
+from zimage_dagster.storage import LEDGER_DIR, ImageStore, StoredImage, UnsafePathError
 
 __all__ = [
     "ORDERS",
@@ -52,6 +53,7 @@ __all__ = [
     "Page",
     "Query",
     "Snapshot",
+    "read_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -363,6 +365,27 @@ class GalleryIndex:
             yield from self.ledger.iter_entries()
         except FileNotFoundError:
             return
+
+
+def read_image(store: ImageStore, item: GalleryItem) -> tuple[StoredImage, bytes] | None:
+    """The partition's stored image and its bytes, or ``None``.
+
+    ``None`` also when, on a local store, the file resolves outside the root (a symlink planted
+    in the store): the gallery serves only files under the root.
+    """
+    try:
+        found = store.find(item.asset, item.storage_key)
+    except UnsafePathError:
+        return None
+    if found is None:
+        return None
+    if store.is_local:
+        root = os.path.realpath(store.root.path)
+        if not os.path.realpath(found.path.path).startswith(root + os.sep):
+            log.warning("refusing %s: it resolves outside the root %s", found.path, root)
+            return None
+    data = store.read_bytes_or_none(found.path)
+    return None if data is None else (found, data)
 
 
 def _json_object(raw: bytes) -> dict[str, Any]:

@@ -33,7 +33,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from zimage_dagster.gallery.index import GalleryItem
+from zimage_dagster.gallery.index import GalleryItem, read_image
 from zimage_dagster.metadata import make_thumbnail
 from zimage_dagster.storage import ImageStore
 
@@ -94,12 +94,11 @@ class ThumbnailCache:
         return data
 
     def _make(self, store: ImageStore, item: GalleryItem) -> bytes | None:
-        found = store.find(item.asset, item.storage_key)
-        raw = store.read_bytes_or_none(found.path) if found is not None else None
-        if raw is None:
+        found = read_image(store, item)
+        if found is None:
             return None
         try:
-            uri = make_thumbnail(raw, self.side, max_uri_chars=1 << 30)
+            uri = make_thumbnail(found[1], self.side, max_uri_chars=1 << 30)
         except (OSError, ValueError, SyntaxError):
             return None
         return base64.b64decode(uri.split(",", 1)[1])

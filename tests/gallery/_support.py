@@ -1,0 +1,79 @@
+"""A real run for the gallery tests: an image asset materialized against the emulator."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import httpx
+
+from tests.dagster._support import SMALL, image_asset, make_fast, resource_for, run_range
+from zimage_dagster.assets import build_image_assets
+from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.storage import ImageStore
+
+ASSET = "gallery_images"
+WIDE = "480x376"
+#: A prompt that would run script if the gallery did not escape it.
+INJECTION = (
+    "<img src=x onerror=\"document.title='pwned'\"><script>document.title='pwned'</script>"
+    " a fox & a 'quoted' \"hen\""
+)
+#: The emulator's moderation rejects it: a failed partition with the provider's message.
+REJECTED = "a forbidden lighthouse at night"
+DATASET: list[dict[str, Any]] = [
+    {"key": "fox", "prompt": "a small red fox in the snow", "size": SMALL},
+    {"key": "owl", "prompt": "an owl on a mossy branch", "size": SMALL},
+    {"key": "hen", "prompt": INJECTION, "size": SMALL},
+    {"key": "boat", "prompt": "a red boat on a calm lake, wide view", "size": WIDE},
+    {"key": "cliff", "prompt": "a white cliff above the sea, wide view", "size": WIDE},
+    {"key": "night", "prompt": REJECTED, "size": SMALL},
+]
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """What the run left in the store, as the emulator and the store tell it."""
+
+    root: Path
+    api_key: str
+    stored: frozenset[str]
+    failed: str
+    provider_message: str
+    provider_code: str
+
+    def sha256(self, key: str) -> str:
+        found = ImageStore(self.root).find(ASSET, key)
+        assert found is not None
+        return hashlib.sha256(found.path.read_bytes()).hexdigest()
+
+
+def materialize_run(emulator: EmulatorServer, root: Path) -> StoredRun:
+    """Every partition of :data:`DATASET` in one real run (the rejected one fails alone)."""
+    emulator.reset()
+    make_fast(emulator)
+    asset = image_asset(build_image_assets(ASSET, DATASET, storage=root, retry_policy=None))
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = run_range(asset, instance, resource_for(emulator), "fox", "night")
+        assert not result.success  # the rejected prompt fails its partition
+    rejected = next(t for t in emulator.tasks() if t["request"]["prompt"] == REJECTED)
+    stored = frozenset(ImageStore(root).partitions(ASSET))
+    assert stored == {"fox", "owl", "hen", "boat", "cliff"}
+    return StoredRun(
+        root=root,
+        api_key=emulator.api_key,
+        stored=stored,
+        failed="night",
+        provider_message=rejected["failure"]["message"],
+        provider_code=rejected["failure"]["code"],
+    )
+
+
+def get(client: httpx.Client, path: str) -> httpx.Response:
+    """GET ``path``; fails with the answer when it is not 200."""
+    answer = client.get(path)
+    assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text[:300]}"
+    return answer
