@@ -73,7 +73,7 @@ form.filters input[name=q] { width: 280px; }
 .card .prompt { color: var(--muted); display: -webkit-box; -webkit-line-clamp: 3;
   -webkit-box-orient: vertical; overflow: hidden; overflow-wrap: anywhere; }
 .pager { display: flex; gap: 16px; margin: 16px 0; align-items: center; }
-.full { overflow: auto; max-width: 100%; border: 1px solid var(--line); background: var(--bg); }
+.full { display: inline-block; overflow: auto; max-width: 100%; border: 1px solid var(--line); background: var(--bg); }
 .full img { display: block; }
 table.facts { border-collapse: collapse; margin: 8px 0; }
 table.facts th { text-align: left; color: var(--muted); font-weight: 500; padding: 3px 16px 3px 0;
