@@ -13,10 +13,39 @@ import io
 
 from PIL import Image, ImageOps
 
-__all__ = ["make_thumbnail", "thumbnail_markdown"]
+__all__ = ["fit_image", "make_thumbnail", "thumbnail_markdown"]
 
 # Decompression-bomb guard for thumbnails: refuse images over this many pixels.
 _MAX_THUMB_SOURCE_PIXELS = 64_000_000
+
+
+def fit_image(image_bytes: bytes, max_side: int) -> Image.Image:
+    """The image decoded upright, flattened onto white if it has alpha, as RGB, and scaled to fit
+    ``max_side`` x ``max_side`` (aspect kept; never enlarged).
+
+    Raises ``ValueError`` for an image over 64 megapixels (a decompression bomb) and Pillow's
+    ``OSError`` for bytes that are not an image.
+
+    >>> from PIL import Image
+    >>> buf = io.BytesIO(); Image.new("RGBA", (1024, 512), (0, 0, 0, 0)).save(buf, "PNG")
+    >>> fitted = fit_image(buf.getvalue(), 256)
+    >>> fitted.size, fitted.mode, fitted.getpixel((0, 0))
+    ((256, 128), 'RGB', (255, 255, 255))
+    """
+    with Image.open(io.BytesIO(image_bytes)) as src:
+        if src.width * src.height > _MAX_THUMB_SOURCE_PIXELS:
+            raise ValueError(f"image too large for a thumbnail: {src.width}x{src.height}")
+        src.draft("RGB", (max_side, max_side))  # fast JPEG downscale on decode
+        img = ImageOps.exif_transpose(src)
+        if img.mode in ("RGBA", "LA", "P", "PA"):
+            rgba = img.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, "white")
+            flat.paste(rgba, mask=rgba.getchannel("A"))
+            img = flat
+        else:
+            img = img.convert("RGB")
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img
 
 
 def make_thumbnail(
@@ -40,18 +69,7 @@ def make_thumbnail(
     fmt = format.upper()
     if fmt not in ("JPEG", "WEBP"):
         raise ValueError("thumbnail format must be JPEG or WEBP")
-    with Image.open(io.BytesIO(image_bytes)) as src:
-        if src.width * src.height > _MAX_THUMB_SOURCE_PIXELS:
-            raise ValueError(f"image too large for a thumbnail: {src.width}x{src.height}")
-        src.draft("RGB", (max_side, max_side))  # fast JPEG downscale on decode
-        img = ImageOps.exif_transpose(src)
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, "white")
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            img = flat
-        else:
-            img = img.convert("RGB")
+    img = fit_image(image_bytes, max_side)
     side = max_side
     mime = "image/jpeg" if fmt == "JPEG" else "image/webp"
     uri = ""
