@@ -24,9 +24,9 @@ next gallery process. Concurrent requests for the same thumbnail generate it onc
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import hashlib
+import io
 import os
 import re
 import tempfile
@@ -34,7 +34,7 @@ import threading
 from pathlib import Path
 
 from zimage_dagster.gallery.index import GalleryItem, read_image
-from zimage_dagster.metadata import make_thumbnail
+from zimage_dagster.metadata import fit_image
 from zimage_dagster.storage import ImageStore
 
 __all__ = ["ThumbnailCache", "default_cache_dir"]
@@ -98,10 +98,12 @@ class ThumbnailCache:
         if found is None:
             return None
         try:
-            uri = make_thumbnail(found[1], self.side, max_uri_chars=1 << 30)
+            image = fit_image(found[1], self.side)
         except (OSError, ValueError, SyntaxError):
             return None
-        return base64.b64decode(uri.split(",", 1)[1])
+        buf = io.BytesIO()
+        image.save(buf, "JPEG", quality=82, optimize=True)
+        return buf.getvalue()
 
     def _write(self, path: Path, data: bytes) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
