@@ -31,12 +31,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from examples.contact_sheet import (
+from zimage_dagster import ImageStoreIOManager, ZImageResource, build_image_assets, load_prompts
+from zimage_dagster.contact_sheet import (
     build_contact_sheet_asset,
     build_contact_sheet_op,
     redraw_after_new_images,
 )
-from zimage_dagster import ImageStoreIOManager, ZImageResource, build_image_assets, load_prompts
 from zimage_dagster.ops import build_generate_images_op, load_prompts_op
 
 __all__ = [

@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect, sync_playwright
 
 from tests.gallery._support import ASSET, INJECTION, StoredRun, materialize_run
 from tests.ui._support import CHROMIUM_ARGS, REPO_ROOT, chromium_executable
@@ -155,7 +155,12 @@ def test_an_injection_prompt_renders_as_text(
 ) -> None:
     with _page(browser, tmp_path, "injection") as page:
         dialogs: list[str] = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+        def seen(dialog: Dialog) -> None:
+            dialogs.append(dialog.message)
+            dialog.dismiss()
+
+        page.on("dialog", seen)
         page.goto(gallery.url + links.asset_path(ASSET))
         expect(page.locator("article.card[data-key='hen'] .prompt")).to_have_text(INJECTION)
         page.locator("article.card[data-key='hen'] a.pic").click()
