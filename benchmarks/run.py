@@ -4,7 +4,7 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims. A full run (all benchmarks, not
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery. A full run (all benchmarks, not
 ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not committed), unless
 ``--out`` says where.
 """
@@ -20,7 +20,16 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from benchmarks import claims, emulator_capacity, memory, overhead, polling, sensor, throughput
+from benchmarks import (
+    claims,
+    emulator_capacity,
+    gallery,
+    memory,
+    overhead,
+    polling,
+    sensor,
+    throughput,
+)
 from benchmarks._common import BenchResult, fmt, machine_description
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -33,6 +42,7 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     sensor.NAME: sensor.run,
     emulator_capacity.NAME: emulator_capacity.run,
     claims.NAME: claims.run,
+    gallery.NAME: gallery.run,
 }
 
 

@@ -1,0 +1,247 @@
+"""Benchmark 7, gallery: 10,000 stored images served by ``zimage-gallery``.
+
+A store of N images (10,000; ``--quick``: 1,000) is written through the library (``ImageStore.save``
+with provenance records from ``to_provenance``, a ledger entry per image, 2 % of them failed with
+the provider's message), each image a distinct 512x512 JPEG. The gallery runs as its own process
+(``zimage-gallery --storage ROOT --port 0``, as a user starts it); its figures:
+
+* start-up until it prints its URL (it reads the whole store first);
+* the first grid page (48 cards, newest first) and a search over every prompt, each timed from
+  request to last byte, against the same pages of a 100-image store (the baseline);
+* the first page's 48 thumbnails (each generated: one decode), then the page and its thumbnails
+  again: the gallery's own counters must show no new thumbnail (no decoding);
+* the process's peak RSS (``VmHWM``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+from PIL import Image, ImageDraw
+
+from benchmarks._common import BenchResult
+from zimage_dagster.gallery import links
+from zimage_dagster.ledger import TaskLedger
+from zimage_dagster.metadata import ImageRecord, to_provenance
+from zimage_dagster.storage import ImageStore
+
+NAME = "gallery"
+TITLE = "7. Gallery (10,000 stored images)"
+ASSET = "bench_images"
+FIRST_PAGE_S = 1.0
+SEARCH_S = 1.0
+RSS_MIB = 300.0
+_WORDS = [
+    "fox",
+    "owl",
+    "lighthouse",
+    "harbour",
+    "cliff",
+    "meadow",
+    "forest",
+    "city",
+    "street",
+    "market",
+    "river",
+    "bridge",
+    "tower",
+    "garden",
+    "desert",
+    "canyon",
+    "glacier",
+    "island",
+    "temple",
+    "castle",
+    "train",
+    "station",
+    "rain",
+    "snow",
+    "dusk",
+    "dawn",
+]
+
+
+def _image(i: int, base: Image.Image) -> bytes:
+    image = base.copy()
+    rng = random.Random(i)
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = rng.randrange(0, 448), rng.randrange(0, 448)
+        colour = (rng.randrange(256), rng.randrange(256), rng.randrange(256))
+        draw.ellipse((x, y, x + rng.randrange(32, 160), y + rng.randrange(32, 160)), fill=colour)
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def build_store(root: str, n: int) -> dict[str, Any]:
+    """N images with provenance and ledger entries; every 50th partition failed instead."""
+    import hashlib
+
+    store = ImageStore(root)
+    ledger = TaskLedger(store)
+    base = Image.effect_noise((512, 512), 40).convert("RGB")
+    rng = random.Random(n)
+    failed = 0
+    started = time.perf_counter()
+    for i in range(n):
+        key = f"p{i:05d}"
+        prompt = " ".join(rng.choice(_WORDS) for _ in range(12)) + f" number {i}"
+        task_id = f"task-unified-{1_700_000_000 + i}-{i:08d}"
+        request = {"model": "z-image-turbo", "prompt": prompt, "size": "1:1", "seed": i + 1}
+        ledger.record_submitted(ASSET, key, task_id=task_id, request=request)
+        if i % 50 == 49:
+            ledger.mark_failed(ASSET, key, task_id, "content_policy_violation", "blocked")
+            failed += 1
+            continue
+        data = _image(i, base)
+        record = ImageRecord(
+            seed=i + 1,
+            task_id=task_id,
+            prompt=prompt,
+            width=512,
+            height=512,
+            format="JPEG",
+            sha256=hashlib.sha256(data).hexdigest(),
+            bytes=len(data),
+            partition_key=key,
+            asset=ASSET,
+            created_at=1_700_000_000.0 + i,
+        )
+        store.save(ASSET, key, data, "jpg", to_provenance(record))
+        ledger.mark_collected(ASSET, key, task_id)
+    return {"images": n - failed, "failed": failed, "build_s": time.perf_counter() - started}
+
+
+@contextmanager
+def gallery_process(
+    root: str, cache_dir: str
+) -> Iterator[tuple[str, subprocess.Popen[str], float]]:
+    """``zimage-gallery`` on a free port: (URL, process, seconds until it printed the URL)."""
+    script = os.path.join(os.path.dirname(sys.executable), "zimage-gallery")
+    command = [script, "--storage", root, "--port", "0", "--cache-dir", cache_dir]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"zimage-gallery did not start (exit {process.poll()})")
+        yield url, process, time.perf_counter() - started
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _timed_get(client: httpx.Client, url: str) -> tuple[float, httpx.Response]:
+    started = time.perf_counter()
+    answer = client.get(url)
+    elapsed = time.perf_counter() - started
+    answer.raise_for_status()
+    return elapsed, answer
+
+
+def _peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def measure(root: str, cache_dir: str) -> dict[str, Any]:
+    """The figures of one store (see the module doc)."""
+    grid = links.asset_path(ASSET)
+    out: dict[str, Any] = {}
+    with (
+        gallery_process(root, cache_dir) as (url, process, startup_s),
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        out["startup_s"] = startup_s
+        out["first_page_s"], page = _timed_get(client, grid)
+        out["cards"] = page.text.count("<article")
+        out["search_s"], found = _timed_get(client, grid + "?q=lighthouse+harbour+dusk")
+        out["search_hits"] = int(found.text.split("id='found'>", 1)[1].split(" ", 1)[0])
+        out["search_none_s"], _ = _timed_get(client, grid + "?q=zebra")
+        thumbs = [src for src in page.text.split("src='")[1:] if "/-/thumbnail/" in src[:200]]
+        sources = [src.split("'", 1)[0] for src in thumbs]
+        started = time.perf_counter()
+        for src in sources:
+            client.get(src).raise_for_status()
+        out["thumbnails_first_s"] = time.perf_counter() - started
+        first = client.get("/-/stats").json()
+        started = time.perf_counter()
+        _timed_get(client, grid)
+        for src in sources:
+            client.get(src).raise_for_status()
+        out["second_load_s"] = time.perf_counter() - started
+        second = client.get("/-/stats").json()
+        out["thumbnails"] = len(sources)
+        out["generated_first"] = first["thumbnails_generated"]
+        out["generated_second_load"] = (
+            second["thumbnails_generated"] - first["thumbnails_generated"]
+        )
+        out["index_build_s"] = second["index_build_s"]
+        out["rss_mib"] = _peak_rss_mib(process.pid)
+    return out
+
+
+def run(
+    quick: bool = False, context: dict[str, Any] | None = None, n: int | None = None
+) -> BenchResult:
+    count = n or (1_000 if quick else 10_000)
+    res = BenchResult(NAME, TITLE if count == 10_000 else f"7. Gallery ({count:,} stored images)")
+    with tempfile.TemporaryDirectory(prefix="zimage-bench-gallery-") as tmp:
+        small_root, big_root = os.path.join(tmp, "small"), os.path.join(tmp, "big")
+        small_built = build_store(small_root, 100)
+        built = build_store(big_root, count)
+        small = measure(small_root, os.path.join(tmp, "cache-small"))
+        big = measure(big_root, os.path.join(tmp, "cache-big"))
+    res.details = {"store": built, "small": small, "big": big, "small_store": small_built}
+    res.add(
+        "first grid page", big["first_page_s"], "s", small["first_page_s"], "100 images",
+        f"< {FIRST_PAGE_S:g} s", big["first_page_s"] < FIRST_PAGE_S, "value",
+    )  # fmt: skip
+    res.add(
+        "search over every prompt", big["search_s"], "s", small["search_s"], "100 images",
+        f"< {SEARCH_S:g} s", big["search_s"] < SEARCH_S, "value",
+    )  # fmt: skip
+    res.add(
+        "peak RSS of the gallery process", big["rss_mib"], "MiB", small["rss_mib"], "100 images",
+        f"< {RSS_MIB:g} MiB", big["rss_mib"] < RSS_MIB, "value",
+    )  # fmt: skip
+    res.add(
+        "thumbnails generated on the second page load", big["generated_second_load"], "",
+        None, "", "0", big["generated_second_load"] == 0 and big["generated_first"] == big["thumbnails"], "value",
+    )  # fmt: skip
+    res.add(
+        "start-up (reads the whole store) until the URL", big["startup_s"], "s",
+        small["startup_s"], "100 images",
+    )  # fmt: skip
+    res.notes += [
+        f"Store: {built['images']:,} images and {built['failed']} failed partitions, written in "
+        f"{built['build_s']:.0f} s through ImageStore.save and TaskLedger.",
+        f"First page: {big['cards']} cards; search 'lighthouse harbour dusk' found "
+        f"{big['search_hits']:,} partitions in {big['search_s']:.3f} s (no match: "
+        f"{big['search_none_s']:.3f} s); index build {big['index_build_s']:.2f} s.",
+        f"The first page's {big['thumbnails']} thumbnails took {big['thumbnails_first_s']:.2f} s "
+        f"({big['generated_first']} generated); the page and its thumbnails again "
+        f"{big['second_load_s']:.2f} s with {big['generated_second_load']} generated.",
+    ]
+    return res
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from benchmarks.run import render_table
+
+    print(render_table([run(quick="--quick" in sys.argv)]))
