@@ -2,7 +2,7 @@
 
 A store of N images (10,000; ``--quick``: 1,000) is written through the library (``ImageStore.save``
 with provenance records from ``to_provenance``, a ledger entry per image, 2 % of them failed with
-the provider's message), each image a distinct 512x512 JPEG. The gallery runs as its own process
+the provider's message), each image a distinct 512x512 JPEG (about 14 KB). The gallery runs as its own process
 (``zimage-gallery --storage ROOT --port 0``, as a user starts it); its figures:
 
 * start-up until it prints its URL (it reads the whole store first);
@@ -90,7 +90,8 @@ def build_store(root: str, n: int) -> dict[str, Any]:
 
     store = ImageStore(root)
     ledger = TaskLedger(store)
-    base = Image.effect_noise((512, 512), 40).convert("RGB")
+    ramp = Image.linear_gradient("L").resize((512, 512))
+    base = Image.merge("RGB", (ramp, ramp.rotate(90), Image.new("L", (512, 512), 128)))
     rng = random.Random(n)
     failed = 0
     started = time.perf_counter()

@@ -10,7 +10,8 @@ the real API is used (``ZIMAGE_BASE_URL`` still overrides the address).
    in the same run);
 3. a table of what was made, 120 columns wide (partition, seed, task ID, size, status, the start of
    the prompt; ``reused`` for an image already stored for the identical request: a second
-   ``make demo`` costs nothing, and says so).
+   ``make demo`` costs nothing, and says so), and the gallery's address for these images
+   (``make dev`` starts the gallery there).
 
 Runs are recorded in a persistent Dagster instance (``DAGSTER_HOME``, default ``<repo>/.dagster_home``)
 so that ``make dev`` shows them. Environment knobs: ``ZIMAGE_STORAGE_URL`` (default
@@ -38,9 +39,11 @@ from examples.project import (
     REPO_ROOT,
     base_url,
     build_defs,
+    gallery_url,
     storage_root,
 )
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
+from zimage_dagster.gallery.links import grid_url
 
 try:
     from dagster._core.instance.ref import InstanceRef
@@ -265,6 +268,9 @@ def run_demo() -> int:
     print(f"Contact sheet: {_shown_path(sheet_path) if sheet_path else 'not written'}")
     print(f"Dagster runs:  {home} (images run {images.run_id[:8]})")
     print("Dagster UI:    make dev, then open http://127.0.0.1:3000")
+    print(
+        f"Gallery:       {grid_url(gallery_url(), CATALOGUE)}  (make dev starts it beside the UI)"
+    )
     if reused and not new and not bad:
         print(
             "Nothing new: every image was already stored for the identical request (no task paid for)."

@@ -22,6 +22,8 @@ Environment:
 * ``ZIMAGE_BASE_URL``: the API base URL (default: the real API); ``make demo``/``make dev`` point it
   at the local emulator when no key is set.
 * ``ZIMAGE_STORAGE_URL``: where images go (a folder or fsspec URL; default ``<repo>/zimage_output``).
+* ``ZIMAGE_GALLERY_URL``: where the image gallery answers (default ``http://127.0.0.1:3001``, where
+  ``make dev`` starts it); each materialization links to its image there.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "REPO_ROOT",
     "base_url",
     "build_defs",
+    "gallery_url",
     "storage_root",
 ]
 
@@ -58,6 +61,7 @@ DAILY_PROMPTS = REPO_ROOT / "examples" / "daily_prompts.csv"
 DYNAMIC_PROMPTS = REPO_ROOT / "examples" / "dynamic_prompts.csv"
 DEFERRED_PROMPTS = REPO_ROOT / "examples" / "deferred_prompts.csv"
 DEFAULT_BASE_URL = "https://api.evolink.ai"
+DEFAULT_GALLERY_URL = "http://127.0.0.1:3001"
 
 CATALOGUE = "catalogue_images"
 CONTACT_SHEET = "contact_sheet"
@@ -70,6 +74,11 @@ OPS_IMAGES = "ops_images"
 def storage_root() -> str:
     """``ZIMAGE_STORAGE_URL``, else ``<repo>/zimage_output``."""
     return os.environ.get("ZIMAGE_STORAGE_URL") or str(REPO_ROOT / "zimage_output")
+
+
+def gallery_url() -> str:
+    """``ZIMAGE_GALLERY_URL``, else where ``make dev`` starts the gallery."""
+    return os.environ.get("ZIMAGE_GALLERY_URL") or DEFAULT_GALLERY_URL
 
 
 def base_url() -> str:
