@@ -1,7 +1,7 @@
 """Serving an ASGI app with uvicorn on a socket we bind ourselves (port 0: a free one).
 
-Shared by the emulator and the callback receiver (both also run as console scripts whose first
-line of output is the URL). No Dagster import.
+Shared by the emulator, the callback receiver and the gallery (they also run as console scripts
+whose first line of output is the URL: :func:`serve`). No Dagster import.
 
 >>> from starlette.applications import Starlette
 >>> with ThreadedServer(Starlette(), name="doctest") as server:
@@ -11,11 +11,13 @@ True
 
 from __future__ import annotations
 
+import argparse
+import json
 import socket
 import threading
 import time
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.types import ASGIApp
@@ -26,6 +28,8 @@ __all__ = [
     "Service",
     "ThreadedServer",
     "bind_socket",
+    "json_object_arg",
+    "serve",
     "socket_port",
     "socket_url",
 ]
@@ -87,6 +91,41 @@ def socket_url(sock: socket.socket, *, scheme: str = "http", host: str | None = 
 def socket_port(sock: socket.socket) -> int:
     port: int = sock.getsockname()[1]
     return port
+
+
+def json_object_arg(text: str) -> dict[str, Any]:
+    """An ``argparse`` type: a JSON object given inline, or as ``@file.json``.
+
+    >>> json_object_arg('{"latency_s": 2}')
+    {'latency_s': 2}
+    """
+    if text.startswith("@"):
+        with open(text[1:], encoding="utf-8") as fh:
+            text = fh.read()
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def serve(app: ASGIApp, host: str, port: int, *, log_level: str = "warning") -> None:
+    """Serve ``app`` in the foreground until interrupted; the first line on stdout is its URL
+    (what a console script prints, so that a caller starting it on port 0 learns the port)."""
+    sock = bind_socket(host, port)
+    print(socket_url(sock), flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            log_level=log_level,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
 
 
 class ThreadedServer(Service):

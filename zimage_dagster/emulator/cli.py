@@ -12,7 +12,6 @@ the throwaway CA certificate to trust on the third (`curl --cacert PATH`, httpx 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -22,7 +21,7 @@ import uvicorn
 from zimage_dagster.emulator.config import IMAGE_FORMATS, ConfigError, EmulatorConfig
 from zimage_dagster.emulator.server import plan_origins
 from zimage_dagster.emulator.tls import ThrowawayCA
-from zimage_dagster.serving import KEEP_ALIVE_S, bind_socket, socket_url
+from zimage_dagster.serving import KEEP_ALIVE_S, bind_socket, json_object_arg, socket_url
 
 
 def _rate(text: str) -> tuple[str, float]:
@@ -30,16 +29,6 @@ def _rate(text: str) -> tuple[str, float]:
     if not sep:
         raise argparse.ArgumentTypeError("expected CODE=PROBABILITY, e.g. service_error=0.05")
     return code.strip(), float(value)
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    if text.startswith("@"):
-        with open(text[1:], encoding="utf-8") as fh:
-            text = fh.read()
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -52,7 +41,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--config",
-        type=_json_object,
+        type=json_object_arg,
         default={},
         help="EmulatorConfig fields as a JSON object, or @file.json",
     )

@@ -11,24 +11,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
-from typing import Any
-
-import uvicorn
 
 from zimage_dagster.gallery.app import create_gallery_app
-from zimage_dagster.serving import bind_socket, socket_url
+from zimage_dagster.serving import json_object_arg, serve
 
 __all__ = ["main", "parse_args"]
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    value = json.loads(text)
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -39,9 +28,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--storage", required=True, help="image store root (folder or fsspec URL)")
     p.add_argument(
         "--storage-options",
-        type=_json_object,
+        type=json_object_arg,
         default=None,
-        help="fsspec options for the root, as a JSON object",
+        help="fsspec options for the root, as a JSON object or @file.json",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (0: a free one)")
@@ -75,15 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         print(f"zimage-gallery: {exc}", file=sys.stderr)
         return 2
-    sock = bind_socket(args.host, args.port)
-    print(socket_url(sock), flush=True)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level=args.log_level, access_log=False, timeout_graceful_shutdown=2)
-    )
-    try:
-        server.run(sockets=[sock])
-    finally:
-        sock.close()
+    serve(app, args.host, args.port, log_level=args.log_level)
     return 0
 
 
