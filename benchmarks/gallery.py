@@ -32,10 +32,10 @@ import httpx
 from PIL import Image, ImageDraw
 
 from benchmarks._common import BenchResult
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import links
-from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import ImageRecord, to_provenance
-from zimage_dagster.storage import ImageStore
 
 NAME = "gallery"
 TITLE = "7. Gallery (10,000 stored images)"

@@ -13,7 +13,7 @@ import httpx
 from tests.dagster._support import SMALL, image_asset, make_fast, resource_for, run_range
 from zimage_dagster.assets import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.storage import ImageStore
+from zimage_dagster.engine.store import ImageStore
 
 ASSET = "gallery_images"
 WIDE = "480x376"

@@ -23,11 +23,11 @@ from PIL import Image
 
 from tests.gallery._support import ASSET, INJECTION, WIDE, StoredRun, get, materialize_run
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, app, cli, index, links, pages, thumbnails
 from zimage_dagster.gallery.index import GalleryIndex, Query
-from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import ImageRecord, to_provenance
-from zimage_dagster.storage import ImageStore
 
 CARD = re.compile(r"<article class='card' data-key='([^']*)' data-status='([^']*)'")
 GRID = links.asset_path(ASSET)
@@ -89,11 +89,17 @@ def test_a_daily_assets_dates_filter_the_grid(tmp_path: Path) -> None:
             record = ImageRecord(
                 seed=1, task_id=f"t-{date}-{key}", prompt=key, partition_key=f"{date}|{key}"
             )
-            store.save("daily", f"{date}__{key}", b"x", "png", to_provenance(record))
+            store.save("daily", f"{date}|{key}", b"x", "png", to_provenance(record))
     daily = GalleryIndex(store).snapshot().assets["daily"]
     assert daily.dates() == ["2026-11-02", "2026-11-01"]
     found = daily.select(Query(date="2026-11-01")).items
     assert sorted(i.partition_key for i in found) == ["2026-11-01|banner", "2026-11-01|hero"]
+    with Gallery(store, cache_dir=tmp_path / "c") as server, httpx.Client() as client:
+        grid = client.get(server.url + links.asset_path("daily") + "?date=2026-11-02").text
+        assert set(cards(grid)) == {"2026-11-02|banner", "2026-11-02|hero"}
+        page = client.get(server.url + links.partition_url("", "daily", "2026-11-02|hero"))
+        assert page.status_code == 200
+        assert "<h1>2026-11-02|hero <span" in page.text
 
 
 def test_a_failed_partition_page_shows_the_providers_code_and_message(
@@ -264,3 +270,10 @@ def test_the_console_script_prints_its_url_first_and_serves(run: StoredRun, tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_gallery_process_imports_no_dagster() -> None:
+    """The gallery reads the store through the engine alone: a small process (see make bench)."""
+    code = "import sys, zimage_dagster.gallery.cli; print('dagster' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

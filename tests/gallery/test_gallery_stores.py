@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from tests.reliability.conftest import S3, s3_server  # noqa: F401  (the session's S3 server)
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links
-from zimage_dagster.ledger import TaskLedger
-from zimage_dagster.metadata import ImageRecord, to_provenance
-from zimage_dagster.storage import ImageStore
 
 ASSET = ("catalog", "hero")
 

@@ -27,11 +27,11 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from upath import UPath
 
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import pages
 from zimage_dagster.gallery.index import GalleryIndex, GalleryItem, Query, read_image
 from zimage_dagster.gallery.thumbnails import ThumbnailCache, default_cache_dir
 from zimage_dagster.serving import Service, ThreadedServer
-from zimage_dagster.storage import ImageStore
 
 __all__ = ["Gallery", "create_gallery_app"]
 

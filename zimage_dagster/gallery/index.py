@@ -13,8 +13,8 @@ A partition's status:
 * ``expired``: its current task's result link died before it was collected.
 
 >>> import tempfile
->>> from zimage_dagster.metadata import ImageRecord, to_provenance
->>> from zimage_dagster.storage import ImageStore
+>>> from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+>>> from zimage_dagster.engine.store import ImageStore
 >>> store = ImageStore(tempfile.mkdtemp())
 >>> _ = store.save("hero", "fox", b"png", "png", to_provenance(
 ...     ImageRecord(seed=7, task_id="task-unified-1-aaaaaaaa", prompt="A red fox", created_at=1.0)))
@@ -40,9 +40,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from zimage_dagster.ledger import LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.metadata import ImageRecord, from_provenance
-from zimage_dagster.storage import LEDGER_DIR, ImageStore, StoredImage, UnsafePathError
+from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance
+from zimage_dagster.engine.store import LEDGER_DIR, ImageStore, StoredImage, UnsafePathError
 
 __all__ = [
     "ORDERS",
@@ -78,7 +79,6 @@ class GalleryItem:
     """One partition of an asset: its provenance record and/or its ledger entry."""
 
     asset: tuple[str, ...]
-    storage_key: str
     partition_key: str
     status: str
     record: ImageRecord | None = None
@@ -213,7 +213,7 @@ class AssetIndex:
 
     def __post_init__(self) -> None:
         self.items.sort(key=lambda i: (-i.time, i.partition_key))
-        self.by_key = {i.storage_key: i for i in self.items}
+        self.by_key = {i.partition_key: i for i in self.items}
         self.by_partition = sorted(self.items, key=lambda i: i.partition_key)
 
     @property
@@ -283,16 +283,14 @@ def _item(
         or (entry.task_id != record.task_id and entry.status is not LedgerStatus.COLLECTED)
     ):
         status = _LEDGER_TO_STATUS.get(entry.status, "stored" if record else "pending")
-    partition = (record.partition_key if record else None) or key
     prompt = record.prompt if record else str((entry.request if entry else {}).get("prompt", ""))
     return GalleryItem(
         asset=asset,
-        storage_key=key,
-        partition_key=partition,
+        partition_key=key,
         status=status,
         record=record,
         entry=entry,
-        search_text=f"{prompt}\n{partition}".casefold(),
+        search_text=f"{prompt}\n{key}".casefold(),
     )
 
 
@@ -358,7 +356,7 @@ class GalleryIndex:
                 except (ValueError, TypeError) as exc:
                     log.debug("not a provenance record: %s (%s)", path, exc)
                     continue
-                yield (tuple(rel[:-1]), rel[-1]), record
+                yield (tuple(rel[:-1]), decode_key(rel[-1])), record
 
     def _entries(self) -> Iterable[LedgerEntry]:
         try:
@@ -374,7 +372,7 @@ def read_image(store: ImageStore, item: GalleryItem) -> tuple[StoredImage, bytes
     in the store): the gallery serves only files under the root.
     """
     try:
-        found = store.find(item.asset, item.storage_key)
+        found = store.find(item.asset, item.partition_key)
     except UnsafePathError:
         return None
     if found is None:

@@ -3,14 +3,14 @@
 No Dagster or Starlette import: the Dagster side (URL metadata, asset descriptions) and the gallery's
 routes both build their links here.
 
-Asset folders are joined with ``/`` (``catalog/hero``); a partition's storage key is one
-percent-encoded path segment. ``/-/`` separates an asset from what is asked of it: Dagster asset
+Asset folders are joined with ``/`` (``catalog/hero``); a partition key (``2026-11-01|fox``) is
+one percent-encoded path segment. ``/-/`` separates an asset from what is asked of it: Dagster asset
 names are ``[A-Za-z0-9_]`` words, so ``-`` alone is never one of an asset's folders.
 
 >>> grid_url("http://127.0.0.1:8080/", ["catalog", "hero"])
 'http://127.0.0.1:8080/assets/catalog/hero/'
->>> partition_url("http://127.0.0.1:8080", "hero", "2026-11-01__a fox?")
-'http://127.0.0.1:8080/assets/hero/-/partition/2026-11-01__a%20fox%3F'
+>>> partition_url("http://127.0.0.1:8080", "hero", "2026-11-01|a fox?")
+'http://127.0.0.1:8080/assets/hero/-/partition/2026-11-01%7Ca%20fox%3F'
 """
 
 from __future__ import annotations
@@ -67,20 +67,20 @@ def grid_url(base: str, asset: str | Sequence[str]) -> str:
     return _under(base, asset_path(asset))
 
 
-def _item(base: str, asset: str | Sequence[str], what: str, storage_key: str) -> str:
-    return _under(base, f"{asset_path(asset)}-/{what}/{quote(storage_key, safe='')}")
+def _item(base: str, asset: str | Sequence[str], what: str, partition_key: str) -> str:
+    return _under(base, f"{asset_path(asset)}-/{what}/{quote(partition_key, safe='')}")
 
 
-def partition_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+def partition_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
     """A partition's page: the image and its details, or the provider's message if it failed."""
-    return _item(base, asset, "partition", storage_key)
+    return _item(base, asset, "partition", partition_key)
 
 
-def image_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+def image_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
     """The stored image file itself."""
-    return _item(base, asset, "image", storage_key)
+    return _item(base, asset, "image", partition_key)
 
 
-def thumbnail_url(base: str, asset: str | Sequence[str], storage_key: str) -> str:
+def thumbnail_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
     """The partition's cached thumbnail (a JPEG)."""
-    return _item(base, asset, "thumbnail", storage_key)
+    return _item(base, asset, "thumbnail", partition_key)

@@ -120,7 +120,7 @@ def _badge(status: str) -> str:
 def _thumb(item: GalleryItem, *, lazy: bool = True) -> str:
     record = item.record
     version = (record.sha256 or record.task_id)[:16] if record else ""
-    src = links.thumbnail_url("", item.asset, item.storage_key) + f"?v={_text(version)}"
+    src = links.thumbnail_url("", item.asset, item.partition_key) + f"?v={_text(version)}"
     loading = " loading='lazy'" if lazy else ""
     return f"<img src='{src}'{loading} alt='{_text(item.prompt[:200])}'>"
 
@@ -137,7 +137,7 @@ def home_page(snapshot: Snapshot, strip: int = 8) -> str:
     for index in snapshot.assets.values():
         grid = links.asset_path(index.asset)
         thumbs = "".join(
-            f"<a href='{links.partition_url('', i.asset, i.storage_key)}'>{_thumb(i)}</a>"
+            f"<a href='{links.partition_url('', i.asset, i.partition_key)}'>{_thumb(i)}</a>"
             for i in index.latest(strip)
         )
         blocks.append(
@@ -181,7 +181,7 @@ def _filters(index: AssetIndex, query: Query) -> str:
 
 
 def _card(item: GalleryItem) -> str:
-    href = links.partition_url("", item.asset, item.storage_key)
+    href = links.partition_url("", item.asset, item.partition_key)
     if item.has_image:
         pic = _thumb(item)
     else:
@@ -189,7 +189,7 @@ def _card(item: GalleryItem) -> str:
         pic = f"<div class='nopic'>{_text(detail)}</div>"
     seed = f"seed {item.seed} · " if item.seed is not None else ""
     return (
-        f"<article class='card' data-key='{_text(item.storage_key)}' data-status='{_text(item.status)}'>"
+        f"<article class='card' data-key='{_text(item.partition_key)}' data-status='{_text(item.status)}'>"
         f"<a class='pic' href='{href}'>{pic}</a><div class='caption'>"
         f"<div class='key' title='{_text(item.partition_key)}'>{_text(item.partition_key)}</div>"
         f"<div class='muted'>{_text(seed)}{_text(item.size)} {_badge(item.status)}</div>"
@@ -309,7 +309,7 @@ def partition_page(item: GalleryItem, wanted_task: str | None = None) -> str:
         )
     parts.append(f"<h2>Prompt</h2><p class='prompt-text' id='prompt'>{_text(item.prompt)}</p>")
     if record is not None:
-        src = links.image_url("", item.asset, item.storage_key)
+        src = links.image_url("", item.asset, item.partition_key)
         version = (record.sha256 or record.task_id)[:16]
         size = f" width='{record.width}' height='{record.height}'" if record.width else ""
         parts.append(
@@ -363,7 +363,7 @@ def partition_page(item: GalleryItem, wanted_task: str | None = None) -> str:
         "".join(parts),
         [
             (grid, item.asset_name),
-            (links.partition_url("", item.asset, item.storage_key), item.partition_key),
+            (links.partition_url("", item.asset, item.partition_key), item.partition_key),
         ],
     )
 

@@ -7,8 +7,8 @@ next gallery process. Concurrent requests for the same thumbnail generate it onc
 
 >>> import io, tempfile
 >>> from PIL import Image
->>> from zimage_dagster.metadata import ImageRecord, to_provenance
->>> from zimage_dagster.storage import ImageStore
+>>> from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+>>> from zimage_dagster.engine.store import ImageStore
 >>> from zimage_dagster.gallery.index import GalleryIndex
 >>> buf = io.BytesIO(); Image.new("RGB", (1024, 768), "teal").save(buf, "PNG")
 >>> store = ImageStore(tempfile.mkdtemp())
@@ -33,9 +33,9 @@ import tempfile
 import threading
 from pathlib import Path
 
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.thumbnails import fit_image
 from zimage_dagster.gallery.index import GalleryItem, read_image
-from zimage_dagster.metadata import fit_image
-from zimage_dagster.storage import ImageStore
 
 __all__ = ["ThumbnailCache", "default_cache_dir"]
 
@@ -68,7 +68,7 @@ class ThumbnailCache:
         record = item.record
         sha = record.sha256 if record is not None else None
         if not sha or not _SHA256.fullmatch(sha):
-            ident = f"{item.asset_name}\n{item.storage_key}\n{record.task_id if record else ''}"
+            ident = f"{item.asset_name}\n{item.partition_key}\n{record.task_id if record else ''}"
             sha = "k" + hashlib.sha256(ident.encode()).hexdigest()
         return f"{sha}-{self.side}.jpg"
 
