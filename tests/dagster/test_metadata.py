@@ -78,10 +78,20 @@ def test_doctests() -> None:
 def test_thumbnail_of_busy_1024_image_is_small() -> None:
     uri = make_thumbnail(busy_image())
     assert uri.startswith("data:image/jpeg;base64,")
-    assert len(uri) < 8 * 1024
+    assert len(uri) <= 8000  # 6 KB of JPEG at most
     thumb = decode_uri(uri)
     assert thumb.format == "JPEG"
-    assert max(thumb.size) <= 160
+    assert 128 <= max(thumb.size) <= 256  # pure noise: shrunk to fit the budget
+
+
+def test_thumbnail_of_a_generated_image_is_256_px_within_6_kb() -> None:
+    from zimage_dagster.emulator.render import render_image
+
+    for width, height in ((1024, 1024), (1536, 640)):
+        uri = make_thumbnail(render_image("a lighthouse at dusk", 7, width, height, "png"))
+        raw = base64.b64decode(uri.split(",", 1)[1])
+        assert len(raw) <= 6 * 1024
+        assert max(decode_uri(uri).size) == 256
 
 
 def test_thumbnail_keeps_aspect_and_handles_alpha_and_webp() -> None:
@@ -94,7 +104,7 @@ def test_thumbnail_keeps_aspect_and_handles_alpha_and_webp() -> None:
     assert pixel[0] > 240  # transparent -> white, not black
     webp = make_thumbnail(encode(Image.new("RGB", (864, 1536), "navy"), "JPEG"), format="WEBP")
     assert webp.startswith("data:image/webp;base64,")
-    assert decode_uri(webp).size == (90, 160)
+    assert decode_uri(webp).size == (144, 256)
     palette = Image.new("P", (400, 400))
     assert decode_uri(make_thumbnail(encode(palette))).mode == "RGB"
 

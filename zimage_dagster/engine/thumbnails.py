@@ -50,12 +50,15 @@ def fit_image(image_bytes: bytes, max_side: int) -> Image.Image:
 
 def make_thumbnail(
     image_bytes: bytes,
-    max_side: int = 160,
+    max_side: int = 256,
     *,
-    max_uri_chars: int = 6000,
+    max_uri_chars: int = 8000,
     format: str = "JPEG",
 ) -> str:
     """A small ``data:image/jpeg;base64,...`` (or webp) URI of the image, a few KB at most.
+
+    The default, 256 px on the long side within 8,000 characters (6 KB of JPEG), is what Dagster's
+    UI shows well in the metadata's markdown dialog.
 
     The image is scaled to fit ``max_side`` (aspect kept), flattened onto white if it has alpha,
     and encoded at decreasing quality (then decreasing size) until the URI fits ``max_uri_chars``.
