@@ -33,6 +33,7 @@ from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG
+from zimage_dagster.gallery.links import gallery_base_url, grid_url
 from zimage_dagster.prompts import PromptDataset, load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.sensors import automation_definitions
@@ -180,6 +181,11 @@ def _image_asset(
         "storage": dg.MetadataValue.text(spec.storage_root),
         "seed_strategy": dg.MetadataValue.text(spec.seed_strategy),
     }
+    gallery = gallery_base_url(spec.gallery_url)
+    if gallery is not None:
+        definition_metadata["gallery"] = dg.MetadataValue.url(
+            grid_url(gallery, spec.asset_key.path)
+        )
     if dataset.problems:
         definition_metadata["dataset_problem_report"] = dg.MetadataValue.md(
             "\n".join(f"- {p}" for p in dataset.problems[:50])
@@ -195,8 +201,12 @@ def _image_asset(
         name=spec.asset_name,
         key_prefix=list(spec.key_prefix) or None,
         group_name=spec.group_name,
-        description=spec.description
-        or f"Z-Image-Turbo images, one per partition, from {_describe_source(spec.prompts, dataset)}.",
+        description=_with_gallery_link(
+            spec.description
+            or f"Z-Image-Turbo images, one per partition, from {_describe_source(spec.prompts, dataset)}.",
+            gallery,
+            spec.asset_key,
+        ),
         partitions_def=partitions_def,
         backfill_policy=backfill_policy,
         retry_policy=spec.retry_policy,
@@ -272,6 +282,13 @@ _CHECK_DOCS = {
 }
 
 
+def _with_gallery_link(description: str, gallery: str | None, key: dg.AssetKey) -> str:
+    """The description, then a markdown link to the asset's grid in the gallery (if any)."""
+    if gallery is None:
+        return description
+    return f"{description}\n\n[See every image in the gallery]({grid_url(gallery, key.path)})"
+
+
 def _describe_source(source: PromptSource, dataset: PromptDataset) -> str:
     return source if isinstance(source, str) else dataset.source
 
@@ -332,6 +349,7 @@ def _generate(
             jobs,
             reuse_stored=spec.reuse_stored,
             retry_rejected=spec.retry_rejected,
+            gallery_url=gallery_base_url(spec.gallery_url),
         )
         context.log.info(
             f"deferred: {submitted.summary()}; the task-status sensor collects the rest"
@@ -346,6 +364,7 @@ def _generate(
         jobs,
         reuse_stored=spec.reuse_stored,
         retry_rejected=spec.retry_rejected,
+        gallery_url=gallery_base_url(spec.gallery_url),
     )
     return report, missing
 

@@ -2,7 +2,8 @@
 
 :func:`image_metadata` turns an :class:`~zimage_dagster.engine.provenance.ImageRecord` into
 Dagster metadata: numbers as numeric values so the UI can plot them, the path as a path, the
-prompt as text, a small thumbnail as a markdown data URI.
+prompt as text, a small thumbnail as a markdown data URI, and (with a gallery) a URL to the image's
+page in ``zimage-gallery``.
 
 Example:
     >>> from zimage_dagster.engine.provenance import ImageRecord
@@ -50,7 +51,7 @@ def _extra_value(value: Any) -> dg.MetadataValue:
 
 
 def image_metadata(
-    record: ImageRecord, thumbnail: str | None = None
+    record: ImageRecord, thumbnail: str | None = None, *, gallery_url: str | None = None
 ) -> dict[str, dg.MetadataValue]:
     """Dagster metadata for one materialized partition.
 
@@ -58,16 +59,24 @@ def image_metadata(
     ``prompt`` is text and ``thumbnail`` (when given: a data URI from :func:`make_thumbnail`) is
     ``MetadataValue.md``. Unknown values (``None``) are left out. Extra dataset columns appear
     under their own name, or ``extra_<name>`` when the name is one of the record's fields.
+    ``gallery_url`` (the image's page in the gallery) becomes the ``gallery`` URL entry, third in
+    the table, which the UI shows as a link.
 
     >>> from zimage_dagster.engine.provenance import ImageRecord
     >>> md = image_metadata(ImageRecord(seed=7, task_id="t", prompt="p", width=512),
-    ...                     "data:image/jpeg;base64,AA")
+    ...                     "data:image/jpeg;base64,AA", gallery_url="http://g/assets/a/-/partition/p")
     >>> sorted(k for k in md if k in ("seed", "width", "thumbnail"))
     ['seed', 'thumbnail', 'width']
+    >>> list(md)[:3], md["gallery"].value
+    (['seed', 'task_id', 'gallery'], 'http://g/assets/a/-/partition/p')
     """
     md: dict[str, dg.MetadataValue] = {
         "seed": dg.MetadataValue.int(record.seed),
         "task_id": dg.MetadataValue.text(record.task_id),
+    }
+    if gallery_url is not None:
+        md["gallery"] = dg.MetadataValue.url(gallery_url)
+    md |= {
         "model": dg.MetadataValue.text(record.model),
         "prompt": dg.MetadataValue.text(record.prompt),
         "size_requested": dg.MetadataValue.text(record.size_requested),

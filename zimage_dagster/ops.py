@@ -50,6 +50,7 @@ from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
 from zimage_dagster.engine.request import SeedStrategy
 from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.gallery.links import gallery_base_url
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.step import generate_in_step
@@ -176,6 +177,7 @@ def build_generate_images_op(
     retry_policy: dg.RetryPolicy | None = None,
     pool: str | None = "zimage",
     description: str | None = None,
+    gallery_url: str | None = None,
 ) -> dg.OpDefinition:
     """An op that generates one image per input row and records it as an asset partition.
 
@@ -200,6 +202,8 @@ def build_generate_images_op(
         retry_policy: whole-step retries (a ``Failure`` with ``allow_retries=False`` is not
             retried: fixable errors such as a content-policy rejection).
         pool: Dagster concurrency pool of the op.
+        gallery_url: base URL of ``zimage-gallery`` (default ``$ZIMAGE_GALLERY_URL``): each
+            materialization links to its image's page there.
 
     >>> op_def = build_generate_images_op(asset_key=["catalog", "hero"], storage="/tmp/x")
     >>> op_def.name
@@ -241,6 +245,7 @@ def build_generate_images_op(
             jobs,
             reuse_stored=reuse_stored,
             retry_rejected=retry_rejected,
+            gallery_url=gallery_base_url(gallery_url),
         )
         order = {job.partition_key: i for i, job in enumerate(jobs)}
         successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])

@@ -251,6 +251,14 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         default={},
         description="fsspec options of the storage URL (e.g. {anon: false}); kept out of metadata.",
     )
+    gallery_url: str | None = Field(
+        default=None,
+        description=(
+            "Base URL of zimage-gallery serving this storage (default: $ZIMAGE_GALLERY_URL): "
+            "each materialization links to its image's page, the description to the asset's grid."
+        ),
+        examples=["http://127.0.0.1:3001"],
+    )
     mode: Literal["blocking", "deferred"] = Field(
         default="blocking",
         description=(

@@ -37,6 +37,7 @@ from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
 from zimage_dagster.engine.store import AssetLike
 from zimage_dagster.engine.submit import submit_jobs
+from zimage_dagster.gallery.links import materialization_url
 from zimage_dagster.metadata import image_metadata
 from zimage_dagster.resource import ZImageResource
 
@@ -45,14 +46,22 @@ __all__ = ["generate_in_step", "submit_deferred", "submit_in_step"]
 StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
 
 
-def _record(context: StepContext, asset_key: dg.AssetKey, success: ImageSuccess) -> None:
+def _record(
+    context: StepContext, asset_key: dg.AssetKey, success: ImageSuccess, gallery: str | None
+) -> None:
     """Materialize the partition, with its data version: the request's fingerprint, so a
-    partition whose prompt, size or seed changed shows as changed."""
+    partition whose prompt, size or seed changed shows as changed; with a ``gallery`` base URL,
+    its metadata links to the image's page there."""
+    link = None
+    if gallery is not None:
+        link = materialization_url(
+            gallery, asset_key.path, success.job.partition_key, success.record.task_id
+        )
     context.log_event(
         dg.AssetMaterialization(
             asset_key=asset_key,
             partition=success.job.partition_key,
-            metadata=image_metadata(success.record, success.thumbnail),
+            metadata=image_metadata(success.record, success.thumbnail, gallery_url=link),
             tags={
                 DATA_VERSION_TAG: success.job.fingerprint,
                 DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
@@ -106,9 +115,11 @@ def generate_in_step(
     *,
     reuse_stored: bool = True,
     retry_rejected: bool = False,
+    gallery_url: str | None = None,
 ) -> BatchReport:
     """Generate ``jobs`` with the resource's client and settings; materialize each stored image
-    of ``asset_key`` (partition = the job's partition key) as it is stored."""
+    of ``asset_key`` (partition = the job's partition key) as it is stored (linking to its page
+    in the gallery at ``gallery_url``, when given)."""
 
     async def run() -> BatchReport:
         async with resource.async_client() as client:
@@ -122,7 +133,7 @@ def generate_in_step(
                 reuse_stored=reuse_stored,
                 retry_rejected=retry_rejected,
                 wait_deadline=resource.wait_deadline,
-                on_success=lambda success: _record(context, asset_key, success),
+                on_success=lambda success: _record(context, asset_key, success, gallery_url),
                 run_id=context.run.run_id,
                 logger=context.log,
                 step=asset_key.to_user_string(),
@@ -183,6 +194,7 @@ def submit_in_step(
     *,
     reuse_stored: bool = True,
     retry_rejected: bool = False,
+    gallery_url: str | None = None,
 ) -> BatchReport:
     """Deferred mode's step: :func:`submit_deferred`, then the partitions whose identical image
     was already stored are materialized at once."""
@@ -199,5 +211,5 @@ def submit_in_step(
             is_run_alive=run_alive_fn(context.instance),
         )
     for success in report.successes:
-        _record(context, asset_key, success)
+        _record(context, asset_key, success, gallery_url)
     return report

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 __all__ = [
     "GALLERY_URL_ENV",
@@ -25,6 +25,7 @@ __all__ = [
     "gallery_base_url",
     "grid_url",
     "image_url",
+    "materialization_url",
     "partition_url",
     "thumbnail_url",
 ]
@@ -74,6 +75,18 @@ def _item(base: str, asset: str | Sequence[str], what: str, partition_key: str) 
 def partition_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
     """A partition's page: the image and its details, or the provider's message if it failed."""
     return _item(base, asset, "partition", partition_key)
+
+
+def materialization_url(
+    base: str, asset: str | Sequence[str], partition_key: str, task_id: str
+) -> str:
+    """A materialization's link: the partition's page, naming the task that made the image (the
+    page says so if the partition's image has since been made by another task).
+
+    >>> materialization_url("http://g", ["catalog", "hero"], "fox", "task-unified-1-abcd1234")
+    'http://g/assets/catalog/hero/-/partition/fox?task=task-unified-1-abcd1234'
+    """
+    return partition_url(base, asset, partition_key) + "?" + urlencode({"task": task_id})
 
 
 def image_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
