@@ -95,6 +95,7 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         storage=root,
         group_name="catalogue",
         description="Catalogue images, one partition per row of examples/prompts.csv.",
+        gallery_url=gallery_url(),
     )
     contact_sheet = build_contact_sheet_asset(
         CONTACT_SHEET,
@@ -112,6 +113,7 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         group_name="daily",
         schedule={"cron": "0 6 * * *"},
         description="A fresh hero image per prompt of examples/daily_prompts.csv, every day.",
+        gallery_url=gallery_url(),
     )
     dynamic = build_image_assets(
         DYNAMIC,
@@ -175,7 +177,7 @@ def _ops_images_spec() -> dg.AssetSpec:
 def build_ops_job(storage: str) -> dg.JobDefinition:
     """``zimage_ops_job``: load prompts -> generate images -> contact sheet, with ops."""
     generate_images = build_generate_images_op(
-        "generate_images", asset_key=OPS_IMAGES, storage=storage
+        "generate_images", asset_key=OPS_IMAGES, storage=storage, gallery_url=gallery_url()
     )
     contact_sheet = build_contact_sheet_op(
         "ops_contact_sheet", storage=storage, sheet_name="ops_contact_sheet"

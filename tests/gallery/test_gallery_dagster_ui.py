@@ -1,0 +1,187 @@
+"""From the Dagster UI to the gallery: a real dagster-webserver over real runs, Debian's Chromium.
+
+The example project is materialized with ``ZIMAGE_GALLERY_URL`` pointing at a running gallery;
+on the asset page, the latest materialization's ``gallery`` metadata entry is a link, and clicking
+it opens that partition's page in the gallery, showing the materialization's own task ID and
+sha256. The asset's description links to the asset's grid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from playwright.sync_api import Browser, ViewportSize, expect, sync_playwright
+
+from tests.dagster._support import make_fast
+from tests.ui._support import (
+    CHROMIUM_ARGS,
+    REPO_ROOT,
+    Webserver,
+    chromium_executable,
+    running_webserver,
+)
+from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.gallery import Gallery, links
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+ASSET = "catalogue_images"
+LOCATION = "zimage_example"
+UI_TIMEOUT_MS = 30_000
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
+UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
+_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass(frozen=True)
+class Latest:
+    partition: str
+    task_id: str
+    sha256: str
+    gallery: str
+
+
+@dataclass(frozen=True)
+class Served:
+    webserver: Webserver
+    gallery: Gallery
+    latest: Latest
+
+
+def _env(home: Path, storage: Path, emulator: EmulatorServer, gallery: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ZIMAGE_") and k not in ("DAGSTER_HOME", "DAGSTER_PORT")
+    }
+    env.update(
+        DAGSTER_HOME=str(home),
+        ZIMAGE_STORAGE_URL=str(storage),
+        ZIMAGE_API_KEY=emulator.api_key,
+        ZIMAGE_BASE_URL=emulator.url,
+        ZIMAGE_GALLERY_URL=gallery,
+        DAGSTER_DISABLE_TELEMETRY="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def _materialize(home: Path, storage: Path) -> Latest:
+    """Two catalogue partitions in one real run on the persistent instance at ``home``."""
+    from examples.project import build_defs
+
+    defs = build_defs(str(storage))
+    key = dg.AssetKey(ASSET)
+    partitions_def = defs.resolve_asset_graph().get(key).partitions_def
+    assert partitions_def is not None
+    keys = list(partitions_def.get_partition_keys())
+    job = defs.resolve_job_def(f"{ASSET}_job")
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        tags = {
+            "dagster/asset_partition_range_start": keys[0],
+            "dagster/asset_partition_range_end": keys[1],
+        }
+        assert job.execute_in_process(instance=instance, run_config=_QUIET, tags=tags).success
+        event = instance.get_latest_materialization_event(key)
+        assert event is not None
+        assert event.asset_materialization is not None
+        meta: dict[str, Any] = {
+            k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()
+        }
+        return Latest(
+            partition=str(event.asset_materialization.partition),
+            task_id=meta["task_id"],
+            sha256=meta["sha256"],
+            gallery=meta["gallery"],
+        )
+
+
+@pytest.fixture(scope="module")
+def served(
+    emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    chromium_executable()  # fail before the slow part when the browser is missing
+    emulator_server.reset()
+    make_fast(emulator_server)
+    root = tmp_path_factory.mktemp("gallery-ui")
+    home, storage = root / "dagster_home", root / "zimage_output"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    with Gallery(storage, cache_dir=root / "thumbs", refresh_s=0) as gallery:
+        env = _env(home, storage, emulator_server, gallery.url)
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL"):
+                patch.setenv(name, env[name])
+            patch.setenv("ZIMAGE_GALLERY_URL", env["ZIMAGE_GALLERY_URL"])
+            patch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+            latest = _materialize(home, storage)
+        with running_webserver(env, root / "webserver.log", LOCATION) as webserver:
+            yield Served(webserver, gallery, latest)
+
+
+@pytest.fixture(scope="module")
+def browser(served: Served) -> Iterator[Browser]:
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=chromium_executable(), args=CHROMIUM_ARGS
+        )
+        try:
+            yield launched
+        finally:
+            launched.close()
+
+
+def test_the_gallery_link_on_the_asset_page_opens_the_materializations_image(
+    browser: Browser, served: Served, tmp_path: Path
+) -> None:
+    latest, gallery = served.latest, served.gallery
+    assert latest.gallery == links.materialization_url(
+        gallery.url, ASSET, latest.partition, latest.task_id
+    )
+    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    page.add_locator_handler(
+        page.get_by_role("button", name="Skip", exact=True), lambda skip: skip.click()
+    )
+    try:
+        page.goto(f"{served.webserver.url}/assets/{ASSET}")
+        # The description links to the asset's grid.
+        grid_link = page.get_by_role("link", name="See every image in the gallery").first
+        expect(grid_link).to_have_attribute(
+            "href", links.grid_url(gallery.url, ASSET), timeout=UI_TIMEOUT_MS
+        )
+
+        row = page.locator("tr").filter(has=page.get_by_text("gallery", exact=True))
+        # The value is a link (and the UI adds an "open in a new tab" icon with the same href).
+        link = row.locator(f"a[href='{latest.gallery}']").first
+        expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+        if UPDATE_SCREENSHOTS:
+            page.screenshot(path=str(REPO_ROOT / "docs" / "ui-gallery-link.png"))
+        with context.expect_page() as opened:
+            link.click()
+        detail = opened.value
+        detail.wait_for_load_state()
+        assert detail.url == latest.gallery
+        expect(detail.locator("h1")).to_contain_text(latest.partition, timeout=UI_TIMEOUT_MS)
+        expect(detail.locator("tr[data-fact='task ID'] td")).to_have_text(latest.task_id)
+        expect(detail.locator("tr[data-fact='sha256'] td")).to_have_text(latest.sha256)
+        natural = detail.locator("#image").evaluate("i => i.decode().then(() => i.naturalWidth)")
+        assert natural > 0
+        expect(detail.locator("#replaced")).to_have_count(0)
+        if UPDATE_SCREENSHOTS:
+            detail.screenshot(path=str(tmp_path / "detail.png"))
+            shutil.copyfile(tmp_path / "detail.png", REPO_ROOT / "docs" / "gallery-detail.png")
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "FAILED-gallery-link.png"))
+        print(f"screenshot: {tmp_path}\nwebserver log tail:\n{served.webserver.log_tail()}")
+        raise
+    finally:
+        context.close()
