@@ -83,12 +83,14 @@ class ThumbnailCache:
             except FileNotFoundError:
                 pass
             else:
-                self.hits += 1
+                with self._guard:
+                    self.hits += 1
                 return cached
             data = self._make(store, item)
             if data is not None:
                 self._write(path, data)
-                self.generated += 1
+                with self._guard:
+                    self.generated += 1
         with self._guard:
             self._locks.pop(path.name, None)
         return data
