@@ -26,7 +26,14 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL", "DAGSTER_HOME")
+        if k
+        not in (
+            "ZIMAGE_API_KEY",
+            "ZIMAGE_BASE_URL",
+            "ZIMAGE_STORAGE_URL",
+            "ZIMAGE_GALLERY_URL",
+            "DAGSTER_HOME",
+        )
     }
     env.update(
         DAGSTER_HOME=str(tmp_path / "dagster_home"),
@@ -204,6 +211,7 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
         assert image.width >= 4 * 200
     assert f"Contact sheet: {sheet}" in first.stdout
     assert "make dev" in first.stdout
+    assert "Gallery:       http://127.0.0.1:3001/assets/catalogue_images/" in first.stdout
     assert rows["espresso-hero"][0] == "12345"  # the dataset's seed, sent and shown
     assert rows["perfume-bottle"][2] == "864x1152"
 
