@@ -277,3 +277,28 @@ def test_the_gallery_process_imports_no_dagster() -> None:
     code = "import sys, zimage_dagster.gallery.cli; print('dagster' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_local_rebuild_reads_only_what_changed(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    ledger = TaskLedger(store)
+    for key in ("a", "b", "c"):
+        store.save(
+            "imgs", key, b"x", "png", to_provenance(ImageRecord(seed=1, task_id=key, prompt=key))
+        )
+    ledger.record_submitted(
+        "imgs", "d", task_id="task-unified-1-dddddddd", request={"prompt": "d", "seed": 4}
+    )
+    index = GalleryIndex(store, refresh_s=0)
+    before = index.snapshot().assets["imgs"].by_key
+    store.save(
+        "imgs", "b", b"y", "png", to_provenance(ImageRecord(seed=2, task_id="b2", prompt="new b"))
+    )
+    store.delete("imgs", "c")
+    ledger.mark_failed("imgs", "d", "task-unified-1-dddddddd", "content_policy_violation", "no")
+    after = index.snapshot().assets["imgs"].by_key
+    assert sorted(after) == ["a", "b", "d"]
+    assert after["a"].record is before["a"].record  # unchanged: not read or parsed again
+    assert after["b"].record is not None
+    assert after["b"].record.prompt == "new b"
+    assert (before["d"].status, after["d"].status) == ("pending", "failed")
