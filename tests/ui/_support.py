@@ -16,6 +16,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import Browser, sync_playwright
+
+from zimage_dagster.emulator import EmulatorServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
@@ -61,6 +64,44 @@ def chromium_executable() -> str:
             "point ZIMAGE_CHROMIUM at a Chromium binary. Never `playwright install`."
         )
     return wanted
+
+
+@contextlib.contextmanager
+def launched_chromium() -> Iterator[Browser]:
+    """Debian's Chromium, headless, driven by Playwright, until the block ends.
+
+    Launch it after any run that calls ``asyncio.run()`` in this thread: Playwright's sync API
+    keeps an asyncio loop running in the thread until it stops.
+    """
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=chromium_executable(), args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+def child_env(home: Path, storage: Path, emulator: EmulatorServer, **extra: str) -> dict[str, str]:
+    """The environment of a webserver (and its code server) over the example project: no
+    ``ZIMAGE_*`` setting of the caller, the instance at ``home``, images in ``storage``, the API
+    at ``emulator``, telemetry off, and ``extra`` on top."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("ZIMAGE_") and k not in ("DAGSTER_HOME", "DAGSTER_PORT")
+    }
+    env.update(
+        DAGSTER_HOME=str(home),
+        ZIMAGE_STORAGE_URL=str(storage),
+        ZIMAGE_API_KEY=emulator.api_key,
+        ZIMAGE_BASE_URL=emulator.url,
+        DAGSTER_DISABLE_TELEMETRY="1",
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
 
 
 def free_port() -> int:

@@ -37,13 +37,14 @@ import dagster as dg
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect
 
 from tests.ui._support import (
-    CHROMIUM_ARGS,
     REPO_ROOT,
     Webserver,
+    child_env,
     chromium_executable,
+    launched_chromium,
     running_webserver,
 )
 from zimage_dagster.emulator import EmulatorServer
@@ -113,23 +114,6 @@ class Project:
     chosen: Recorded  # a partition other than the latest, to select on the Partitions tab
 
 
-def _child_env(home: Path, storage: Path, emulator: EmulatorServer) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ZIMAGE_") and k not in ("DAGSTER_HOME", "DAGSTER_PORT")
-    }
-    env.update(
-        DAGSTER_HOME=str(home),
-        ZIMAGE_STORAGE_URL=str(storage),
-        ZIMAGE_API_KEY=emulator.api_key,
-        ZIMAGE_BASE_URL=emulator.url,
-        DAGSTER_DISABLE_TELEMETRY="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def _materialize(home: Path, storage: Path) -> tuple[list[str], set[str], Recorded, Recorded]:
     """Real runs on the persistent instance at ``home``: a range of 5, then one more partition."""
     from examples.project import build_defs
@@ -179,7 +163,7 @@ def project(
     home, storage = root / "dagster_home", root / "zimage_output"
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = _child_env(home, storage, emulator_server)
+    env = child_env(home, storage, emulator_server)
     with pytest.MonkeyPatch.context() as patch:
         for name in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL", "DAGSTER_HOME"):
             patch.setenv(name, env[name])
@@ -190,15 +174,9 @@ def project(
 
 @pytest.fixture(scope="module")
 def browser(project: Project) -> Iterator[Browser]:
-    """Launched after the runs: Playwright's sync API keeps an asyncio loop running in this
-    thread until it stops, and the image asset's runs call asyncio.run()."""
-    executable = chromium_executable()
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    """Launched after the runs (see :func:`launched_chromium`)."""
+    with launched_chromium() as launched:
+        yield launched
 
 
 @pytest.fixture(scope="module")
