@@ -15,10 +15,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect
 
 from tests.gallery._support import ASSET, INJECTION, StoredRun, materialize_run
-from tests.ui._support import CHROMIUM_ARGS, REPO_ROOT, chromium_executable
+from tests.ui._support import REPO_ROOT, chromium_executable, launched_chromium
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.gallery import Gallery, links
 
@@ -43,15 +43,8 @@ def gallery(run: StoredRun, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture(scope="module")
 def browser(run: StoredRun) -> Iterator[Browser]:
-    """Launched after the run (Playwright's sync API keeps an asyncio loop in this thread)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium_executable(), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 @contextmanager

@@ -17,14 +17,15 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from playwright.sync_api import Browser, ViewportSize, expect, sync_playwright
+from playwright.sync_api import Browser, ViewportSize, expect
 
 from tests.dagster._support import make_fast
 from tests.ui._support import (
-    CHROMIUM_ARGS,
     REPO_ROOT,
     Webserver,
+    child_env,
     chromium_executable,
+    launched_chromium,
     running_webserver,
 )
 from zimage_dagster.emulator import EmulatorServer
@@ -53,24 +54,6 @@ class Served:
     webserver: Webserver
     gallery: Gallery
     latest: Latest
-
-
-def _env(home: Path, storage: Path, emulator: EmulatorServer, gallery: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("ZIMAGE_") and k not in ("DAGSTER_HOME", "DAGSTER_PORT")
-    }
-    env.update(
-        DAGSTER_HOME=str(home),
-        ZIMAGE_STORAGE_URL=str(storage),
-        ZIMAGE_API_KEY=emulator.api_key,
-        ZIMAGE_BASE_URL=emulator.url,
-        ZIMAGE_GALLERY_URL=gallery,
-        DAGSTER_DISABLE_TELEMETRY="1",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
 
 
 def _materialize(home: Path, storage: Path) -> Latest:
@@ -115,7 +98,7 @@ def served(
     home.mkdir()
     (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     with Gallery(storage, cache_dir=root / "thumbs", refresh_s=0) as gallery:
-        env = _env(home, storage, emulator_server, gallery.url)
+        env = child_env(home, storage, emulator_server, ZIMAGE_GALLERY_URL=gallery.url)
         with pytest.MonkeyPatch.context() as patch:
             for name in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL"):
                 patch.setenv(name, env[name])
@@ -128,14 +111,8 @@ def served(
 
 @pytest.fixture(scope="module")
 def browser(served: Served) -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=chromium_executable(), args=CHROMIUM_ARGS
-        )
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched_chromium() as launched:
+        yield launched
 
 
 def test_the_gallery_link_on_the_asset_page_opens_the_materializations_image(
