@@ -3,10 +3,12 @@
 Prompts are user data: they are escaped in text and in attributes, and the pages carry no script at
 all (the app's Content-Security-Policy forbids scripts), so an injection prompt shows as text.
 
+>>> from zimage_dagster.engine.provenance import ImageRecord
 >>> from zimage_dagster.gallery.index import GalleryItem
->>> item = GalleryItem(("hero",), "x", "x", "failed")
->>> "&lt;script&gt;" in _text("<script>alert(1)</script>")
-True
+>>> record = ImageRecord(seed=7, task_id="t1", prompt="<script>alert(1)</script> a fox")
+>>> page = partition_page(GalleryItem(("hero",), "fox", "stored", record))
+>>> "&lt;script&gt;alert(1)&lt;/script&gt; a fox" in page, "<script>" in page
+(True, False)
 """
 
 from __future__ import annotations
