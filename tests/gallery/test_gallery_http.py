@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from tests.gallery._support import ASSET, INJECTION, WIDE, StoredRun, get, materialize_run
+from zimage_dagster import serving
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -52,7 +53,7 @@ def cards(html: str) -> dict[str, str]:
     return dict(CARD.findall(html))
 
 
-@pytest.mark.parametrize("module", [app, cli, index, links, pages, thumbnails])
+@pytest.mark.parametrize("module", [app, cli, index, links, pages, thumbnails, serving])
 def test_doctests(module: ModuleType) -> None:
     assert doctest.testmod(module).failed == 0
 
