@@ -4,9 +4,9 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery. A full run (all benchmarks, not
-``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not committed), unless
-``--out`` says where.
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery. A full run (all
+benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
+committed), unless ``--out`` says where.
 """
 
 from __future__ import annotations

@@ -122,6 +122,7 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         partitioning="dynamic",
         group_name="dynamic",
         description="One partition per row of examples/dynamic_prompts.csv, added by its sensor.",
+        gallery_url=gallery_url(),
     )
     deferred = build_image_assets(
         DEFERRED,
@@ -130,6 +131,7 @@ def build_defs(storage: str | None = None) -> dg.Definitions:
         mode="deferred",
         group_name="deferred",
         description="Submitted by the step, collected by the task-status sensor.",
+        gallery_url=gallery_url(),
     )
     return dg.Definitions.merge(
         catalogue,
