@@ -131,7 +131,7 @@ def test_a_partition_page_shows_the_image_and_everything_to_reproduce_it(
         sent["seed_sent"],
     )
     image = get(gallery, links.image_url("", ASSET, "boat"))
-    assert image.headers["content-type"] == "image/png"
+    assert image.headers["content-type"] == f"image/{record['format'].lower()}"  # WEBP, PNG...
     assert hashlib.sha256(image.content).hexdigest() == record["sha256"] == run.sha256("boat")
 
 
@@ -208,12 +208,15 @@ def test_traversal_attempts_are_refused(run: StoredRun, gallery: httpx.Client) -
 
 
 def test_a_symlink_out_of_the_root_is_not_followed(run: StoredRun, tmp_path: Path) -> None:
-    outside = tmp_path / "outside.png"
-    outside.write_bytes((run.root / ASSET / "fox.png").read_bytes())
+    fox = ImageStore(run.root).find(ASSET, "fox")
+    assert fox is not None
+    outside = tmp_path / f"outside{fox.path.suffix}"
+    outside.write_bytes(fox.path.read_bytes())
     root = tmp_path / "store"
     store = ImageStore(root)
     store.write_provenance(ASSET, "evil", json.loads((run.root / ASSET / "fox.json").read_text()))
-    (root / ASSET / "evil.png").symlink_to(outside)
+    (root / ASSET / f"evil{fox.path.suffix}").symlink_to(outside)
+    assert store.find(ASSET, "evil") is not None  # the store itself would find the file
     with Gallery(root, cache_dir=tmp_path / "c") as server, httpx.Client() as client:
         assert client.get(server.url + links.image_url("", ASSET, "evil")).status_code == 404
         assert client.get(server.url + links.thumbnail_url("", ASSET, "evil")).status_code == 404
