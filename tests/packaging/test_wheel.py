@@ -195,7 +195,7 @@ def run_quick_start(venv: Venv, workdir: Path) -> None:
         )
         command = [str(venv.bin / quick.materialize[0]), *quick.materialize[1:]]
         made = _run(command, cwd=workdir, env=env)
-        stored = sorted(p.stem for p in (workdir / "zimage_output").rglob("*.png"))
+        stored = sorted(p.stem for p in (workdir / "zimage_output").rglob("*.webp"))
         assert stored == sorted(keys), made.stderr[-2000:]
         assert emulator.tasks_created() == 3
         # Quiet by default: the plugin's own use of Dagster's APIs warns about nothing.

@@ -103,6 +103,7 @@ class EmulatorMiddleware:
 
                 await self.app(scope, receive, recording_send)
             elif not rule.after_create:
+                await _drain_request(receive)
                 label = await act_out(rule, send, legacy_envelope=legacy)
             else:
                 # Run the real handler (a create makes its task), hold its answer, then act.
@@ -124,3 +125,16 @@ class EmulatorMiddleware:
             raise
         finally:
             stats.record_request(route, label)
+
+
+async def _drain_request(receive: Receive) -> None:
+    """Read the request body to its end before a fault answers or drops the connection.
+
+    Closing a socket whose request body is still unread makes the kernel send a reset, which a
+    client sees as a read error instead of "closed without an answer": a drop would then look
+    different depending on how much of the body had arrived.
+    """
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
