@@ -74,8 +74,11 @@ def test_non_2xx_is_retried_after_the_configured_delays(
     attempts = task["callback"]["attempts"]
     assert [a["status"] for a in attempts] == [500, 503, 404, 200]
     gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(attempts)]
+    # At least the configured delay, and under 1 s (the provider's first documented delay), so the
+    # configured delays were used, not the defaults; a tighter upper bound measured the machine's
+    # load (0.39 s for 0.1 s once in CI-like conditions), not the emulator.
     for gap, delay in zip(gaps, [0.1, 0.2, 0.4], strict=True):
-        assert delay <= gap < delay + 0.25
+        assert delay <= gap < 1.0, gaps
     assert task["callback"]["state"] == "delivered"
     assert emulator.stats()["callback_attempts"] == 4
 
