@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import doctest
 import hashlib
 import importlib
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import zimage_dagster.emulator as emulator_pkg
+from tests._imports import module_imports
 from zimage_dagster.emulator.spec import DOCUMENTS, load_document
 
 PACKAGE_DIR = Path(emulator_pkg.__file__).parent
@@ -57,19 +57,9 @@ def test_vendored_documents_equal_the_published_spec() -> None:
         assert load_document(name) == json.loads((spec_dir / name).read_text())
 
 
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
-
-
 @pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_no_dagster_and_no_client_import(path: Path) -> None:
-    for module in _imports(path):
+    for module in module_imports(path):
         root = module.split(".")[0]
         assert root not in ("dagster", "dagster_shared"), f"{path.name} imports {module}"
         assert not module.startswith("zimage_dagster.api"), f"{path.name} imports {module}"

@@ -3,7 +3,6 @@ partition keys and storage keys. (Its docstring examples run in `make doctest`.)
 
 from __future__ import annotations
 
-import ast
 import pkgutil
 import random
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import zimage_dagster.engine as engine_pkg
+from tests._imports import module_imports
 from zimage_dagster.engine.keys import partition_key, storage_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -24,19 +24,9 @@ MODULES = [
 ]
 
 
-def _imports(path: Path) -> set[str]:
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return found
-
-
 @pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
 def test_no_dagster_import(path: Path) -> None:
-    for module in _imports(path):
+    for module in module_imports(path):
         assert module.split(".")[0] not in ("dagster", "dagster_shared"), f"{path.name}: {module}"
         if module.startswith("zimage_dagster"):
             # The engine reads the client and the dataset rows, never the Dagster layer.
