@@ -182,6 +182,8 @@ class PreviousAttempt:
     ended_at: float
     error_code: str | None = None
     error_message: str | None = None
+    #: What the provider reserved for the task (``usage.credits_reserved``), when known.
+    credits_reserved: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -192,6 +194,7 @@ class PreviousAttempt:
             "ended_at": self.ended_at,
             "error_code": self.error_code,
             "error_message": self.error_message,
+            "credits_reserved": self.credits_reserved,
         }
 
     @classmethod
@@ -204,7 +207,12 @@ class PreviousAttempt:
             ended_at=float(data["ended_at"]),
             error_code=data.get("error_code"),
             error_message=data.get("error_message"),
+            credits_reserved=_credits(data.get("credits_reserved")),
         )
+
+
+def _credits(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,8 @@ class LedgerEntry:
     error_message: str | None = None
     run_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: What the provider reserved for the current task (``usage.credits_reserved``), when known.
+    credits_reserved: float | None = None
 
     @property
     def asset_name(self) -> str:
@@ -260,6 +270,7 @@ class LedgerEntry:
             "error_message": self.error_message,
             "run_id": self.run_id,
             "extra": dict(self.extra),
+            "credits_reserved": self.credits_reserved,
         }
 
     @classmethod
@@ -287,6 +298,7 @@ class LedgerEntry:
             error_message=data.get("error_message"),
             run_id=data.get("run_id"),
             extra=dict(data.get("extra") or {}),
+            credits_reserved=_credits(data.get("credits_reserved")),
         )
 
 
@@ -573,6 +585,7 @@ class TaskLedger:
         fingerprint: str | None = None,
         run_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        credits_reserved: float | None = None,
     ) -> LedgerEntry:
         """Record a freshly created task (call it before waiting on the task).
 
@@ -580,7 +593,9 @@ class TaskLedger:
         :data:`REQUEST_FIELDS` are kept and ``seed`` must be an int. The fingerprint defaults to
         :func:`zimage_dagster.engine.request.request_fingerprint` of those fields. An earlier entry for
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
-        grows by one. Recording the same task ID again is a no-op returning the entry.
+        grows by one, keeping what each earlier task reserved (``credits_reserved``: the
+        partition's spend stays known). Recording the same task ID again is a no-op returning
+        the entry.
         """
         parts = _ledger_asset_parts(asset)
         kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
@@ -610,6 +625,7 @@ class TaskLedger:
                         now,
                         old.error_code,
                         old.error_message,
+                        old.credits_reserved,
                     ),
                 )
                 attempt = old.attempt + 1
@@ -627,6 +643,7 @@ class TaskLedger:
                 previous=previous,
                 run_id=run_id,
                 extra=dict(extra or {}),
+                credits_reserved=credits_reserved,
             )
 
         entry = self._change(parts, partition_key, decide)
