@@ -71,6 +71,8 @@ from zimage_dagster.engine.claims import (
     PartitionGate,
     RunAliveFn,
 )
+from zimage_dagster.engine.create import CreateGate
+from zimage_dagster.engine.credits import CreditBudget, from_micro, to_micro
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import (
@@ -124,6 +126,8 @@ class BatchGenerator:
         is_run_alive: ``run_id -> True/False/None``: a claim of a run reported dead is taken over
             at once (else when its lease expires).
         claim_lease_s: lease of the partition claims (renewed while working).
+        budget: credit budgets and the balance preflight (see
+            :class:`~zimage_dagster.engine.create.CreateGate`); ``None``: none.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class BatchGenerator:
         step: str | None = None,
         is_run_alive: RunAliveFn | None = None,
         claim_lease_s: float | None = None,
+        budget: CreditBudget | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -170,6 +175,9 @@ class BatchGenerator:
             Owner.here(run_id=run_id, step=step),
             logger=self.log,
         )
+        self.creator = CreateGate(
+            client, ledger, self.asset, budget=budget, run_id=run_id, logger=self.log
+        )
 
     # -- the batch -----------------------------------------------------------------------------
 
@@ -183,8 +191,16 @@ class BatchGenerator:
         if self.store.is_local:  # temp files of writers killed mid-write (hours old)
             for folder in (self.store.asset_dir(self.asset), self.ledger.folder(self.asset)):
                 await asyncio.to_thread(remove_stale_temp_files, folder.path)
+        refused = await self.creator.refused(
+            jobs, reuse_stored=self.reuse_stored, retry_rejected=self.retry_rejected
+        )
+        if refused is not None:
+            return refused
         with self._gate:
-            return await self._run(jobs)
+            report = await self._run(jobs)
+        report.usage = self.creator.usage
+        self.log.info(f"credits of {'/'.join(self.asset)}: {report.usage.summary()}")
+        return report
 
     async def _run(self, jobs: Sequence[ImageJob]) -> BatchReport:
         report = BatchReport()
@@ -328,18 +344,11 @@ class BatchGenerator:
             state.previous.append(state.task.id)
         # Still ours? (A run that looked dead may have had its claim taken over.)
         await asyncio.to_thread(self._gate.check, job.partition_key)
-        task = await self.client.create_task(job.request)
+        task = await self.creator.create(
+            job.request, partition_key=job.partition_key, fingerprint=job.fingerprint
+        )
         state.attempts += 1
         state.reattached = False
-        await asyncio.to_thread(
-            self.ledger.record_submitted,
-            self.asset,
-            job.partition_key,
-            task_id=task.id,
-            request=job.request.to_wire(),
-            fingerprint=job.fingerprint,
-            run_id=self.run_id,
-        )
         return task
 
     async def _run_to_image(self, job: ImageJob, state: _Attempt) -> ImageSuccess | ImageFailure:
@@ -358,6 +367,7 @@ class BatchGenerator:
                 image = await self.client.download(_result_url(outcome.task), task_id=task.id)
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:
+                self.creator.task_failed(task)
                 await self._ledger_update(
                     job, task.id, LedgerStatus.FAILED, exc.message, code=str(exc.code)
                 )
@@ -394,6 +404,10 @@ class BatchGenerator:
         downloading_s: float,
     ) -> ImageSuccess:
         task = outcome.task
+        entry = self.ledger.get(self.asset, job.partition_key)
+        earlier = None
+        if entry is not None and entry.task_id == task.id:
+            earlier = from_micro(sum(to_micro(p.credits_reserved or 0) for p in entry.previous))
         path = self.store.image_path(self.asset, job.partition_key, image.extension.lstrip("."))
         record = ImageRecord(
             seed=job.seed,
@@ -420,6 +434,7 @@ class BatchGenerator:
             partition_key=job.partition_key,
             fingerprint=job.fingerprint,
             previous_task_ids=tuple(state.previous),
+            credits_earlier_tasks=earlier,
             created_at=float(task.created) if task.created else time.time(),
             extra=dict(job.row.extra),
         )

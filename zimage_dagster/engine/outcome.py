@@ -42,6 +42,7 @@ from zimage_dagster.api import (
 )
 from zimage_dagster.engine.atomic import AtomicWritesUnsupportedError
 from zimage_dagster.engine.claims import ClaimLostError
+from zimage_dagster.engine.credits import Usage
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
@@ -50,6 +51,7 @@ from zimage_dagster.engine.thumbnails import make_thumbnail
 
 __all__ = [
     "BatchReport",
+    "BudgetError",
     "ImageFailure",
     "ImageSuccess",
     "Log",
@@ -135,6 +137,8 @@ class BatchReport:
     #: submitted again, and not a failure of this run.
     held: list[tuple[ImageJob, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: Tasks this batch created and the credits they reserved (see :class:`Usage`).
+    usage: Usage = field(default_factory=Usage)
 
     @property
     def all_retryable(self) -> bool:
@@ -160,7 +164,25 @@ class BatchReport:
         return "\n".join(f"- {f.describe()}" for f in self.failures)
 
 
+class BudgetError(ZImageError):
+    """No task was created because a credit budget, or the account's balance, does not allow it.
+
+    ``code`` is ``budget_refused`` (the run's estimate did not fit before it started) or
+    ``budget_reached`` (the budget ran out during the run). Never retryable: a retry would meet
+    the same budget.
+
+    >>> str(BudgetError("budget_reached", "max_credits_per_run 0.05 credits reached"))
+    'budget_reached: max_credits_per_run 0.05 credits reached'
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"{code}: {message}")
+
+
 _PERMANENT = (
+    BudgetError,
     RequestValidationError,
     BadRequestError,
     AuthenticationError,
@@ -198,7 +220,8 @@ def error_code(exc: ZImageError) -> str:
 def failure_from_error(job: ImageJob, exc: ZImageError) -> ImageFailure:
     """The failure of ``job`` for an error of the client (the one classification)."""
     task_id = getattr(exc, "task_id", None)
-    return ImageFailure(job, error_code(exc), str(exc), is_transient(exc), task_id)
+    message = exc.message if isinstance(exc, BudgetError) else str(exc)
+    return ImageFailure(job, error_code(exc), message, is_transient(exc), task_id)
 
 
 def failure_from_claim_error(job: ImageJob, exc: Exception) -> ImageFailure:

@@ -65,6 +65,9 @@ class ImageRecord:
     partition_key: str | None = None
     fingerprint: str | None = None
     previous_task_ids: tuple[str, ...] = ()
+    #: Credits reserved by the earlier tasks of this partition (failed, expired, lost), as the
+    #: ledger recorded them: with ``credits_reserved`` what the partition's image cost in all.
+    credits_earlier_tasks: float | None = None
     created_at: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 

@@ -16,20 +16,17 @@ it); a fixable rejection of it fails at once (``failures``); otherwise a task is
 
 Example:
     >>> import asyncio, tempfile
-    >>> from zimage_dagster.api import AsyncZImageClient
-    >>> from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
-    >>> from zimage_dagster.engine.jobs import ImageJob
-    >>> from zimage_dagster.engine.ledger import TaskLedger
+    >>> from zimage_dagster import api, emulator
     >>> from zimage_dagster.prompts import PromptRow
-    >>> ledger = TaskLedger(tempfile.mkdtemp())
-    >>> job = ImageJob.from_row(PromptRow("fox", "a red fox", None, 7, None), seed=7)
-    >>> async def main(url: str, key: str) -> str:
-    ...     async with AsyncZImageClient(api_key=key, base_url=url) as client:
-    ...         first = await submit_jobs(client, ledger, ("catalogue",), [job])
-    ...         again = await submit_jobs(client, ledger, ("catalogue",), [job])
+    >>> from zimage_dagster.engine.ledger import TaskLedger
+    >>> fox = ImageJob.from_row(PromptRow("fox", "a red fox", None, 7, None), seed=7)
+    >>> async def twice(url: str, key: str, ledger: TaskLedger) -> str:
+    ...     async with api.AsyncZImageClient(api_key=key, base_url=url) as client:
+    ...         first = await submit_jobs(client, ledger, ("catalogue",), [fox])
+    ...         again = await submit_jobs(client, ledger, ("catalogue",), [fox])
     ...         return f"{len(first.submitted)} then {len(again.submitted)}"
-    >>> with EmulatorServer(EmulatorConfig.for_tests()) as emulator:
-    ...     asyncio.run(main(emulator.url, emulator.api_key))
+    >>> with emulator.EmulatorServer(emulator.EmulatorConfig.for_tests()) as server:
+    ...     asyncio.run(twice(server.url, server.api_key, TaskLedger(tempfile.mkdtemp())))
     '1 then 0'
 """
 
@@ -43,6 +40,8 @@ from collections.abc import Sequence
 
 from zimage_dagster.api import AsyncZImageClient, ZImageError
 from zimage_dagster.engine.claims import Owner, PartitionGate, RunAliveFn
+from zimage_dagster.engine.create import CreateGate
+from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.outcome import (
@@ -83,21 +82,26 @@ async def submit_jobs(
     logger: Log | None = None,
     step: str | None = None,
     is_run_alive: RunAliveFn | None = None,
+    budget: CreditBudget | None = None,
 ) -> BatchReport:
     """Create a task for each job that needs one, record it in the ledger, and return.
 
     ``callback_url`` (default ``$ZIMAGE_CALLBACK_URL``) is sent with each task; it is never
-    written to the ledger. ``run_id``, ``step`` and ``is_run_alive`` are for the partition
-    claims (see :class:`~zimage_dagster.engine.batch.BatchGenerator`).
+    written to the ledger. ``run_id``, ``step``, ``is_run_alive`` and ``budget`` mean what they
+    mean for :class:`~zimage_dagster.engine.batch.BatchGenerator`.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
     parts = asset_parts(asset)
     out = logger or log
     callback = resolve_callback_url(callback_url)
-    report = BatchReport()
     started = time.monotonic()
     limit = asyncio.Semaphore(concurrency)
+    creator = CreateGate(client, ledger, parts, budget=budget, run_id=run_id, logger=out)
+    refused = await creator.refused(jobs, reuse_stored=reuse_stored, retry_rejected=retry_rejected)
+    if refused is not None:
+        return refused
+    report = BatchReport(usage=creator.usage)
 
     gate = PartitionGate(
         ledger.claim_book(is_run_alive=is_run_alive),
@@ -141,26 +145,23 @@ async def submit_jobs(
             if callback is not None:
                 request = request.model_copy(update={"callback_url": callback})
             try:
-                task = await client.create_task(request)
+                task = await creator.create(
+                    request,
+                    partition_key=job.partition_key,
+                    fingerprint=job.fingerprint,
+                    record=job.request.to_wire(),
+                    extra={"deferred": True, "resubmits": 0},
+                )
             except ZImageError as exc:
                 report.failures.append(failure_from_error(job, exc))
                 return
-            await asyncio.to_thread(
-                ledger.record_submitted,
-                parts,
-                job.partition_key,
-                task_id=task.id,
-                request=job.request.to_wire(),
-                fingerprint=job.fingerprint,
-                run_id=run_id,
-                extra={"deferred": True, "resubmits": 0},
-            )
             report.submitted.append(SubmittedTask(job, task.id))
 
     with gate:
         await asyncio.gather(*(one(job) for job in jobs))
     report.elapsed_s = time.monotonic() - started
     out.info(f"deferred submit of {len(jobs)} partition(s): {report.summary()}")
+    out.info(f"credits of {'/'.join(parts)}: {report.usage.summary()}")
     return report
 
 
