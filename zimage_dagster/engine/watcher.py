@@ -55,6 +55,7 @@ from zimage_dagster.api import (
     is_retryable_task_error_code,
 )
 from zimage_dagster.engine.claims import Owner, PartitionGate
+from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import Log, error_code, is_transient
 from zimage_dagster.engine.store import AssetLike, asset_parts
@@ -189,6 +190,8 @@ class TaskWatcher:
         poll_deadline = started + self.tick_budget_s * 0.8
         call_deadline = started + self.tick_budget_s * 0.9
         report = TickReport()
+        # The one create path (402 stops the tick's creates; credits go to the ledger).
+        self._creator = CreateGate(client, self.ledger, self.asset, logger=self.log)
         entries = await asyncio.to_thread(self._read)
         report.scanned = len(entries)
         # Entries whose state is known (completed, failed, expired) need no poll: act on them
@@ -423,8 +426,20 @@ class TaskWatcher:
         request = GenerationRequest(**dict(entry.request))
         if self.callback_url is not None:
             request = request.model_copy(update={"callback_url": self.callback_url})
+        extra: dict[str, Any] = {
+            "deferred": True,
+            "resubmits": int(entry.extra.get("resubmits") or 0) + 1,
+            "regenerated": regenerated or bool(entry.extra.get("regenerated")),
+        }
         try:
-            task = await client.create_task(request)
+            task = await self._creator.create(
+                request,
+                partition_key=entry.partition_key,
+                fingerprint=entry.fingerprint,
+                record=entry.request,
+                run_id=entry.run_id,
+                extra=extra,
+            )
         except ZImageError as exc:
             report.errors.append(f"{entry.task_id}: resubmission failed: {exc}")
             if not is_transient(exc):
@@ -433,21 +448,6 @@ class TaskWatcher:
                 report.failures.append(self._failure(entry, code, str(exc)))
                 await self._mark_handled(entry, code, str(exc), status=entry.status)
             return None  # transient: the entry stays as it is, the next tick tries again
-        extra: dict[str, Any] = {
-            "deferred": True,
-            "resubmits": int(entry.extra.get("resubmits") or 0) + 1,
-            "regenerated": regenerated or bool(entry.extra.get("regenerated")),
-        }
-        await asyncio.to_thread(
-            self.ledger.record_submitted,
-            entry.asset,
-            entry.partition_key,
-            task_id=task.id,
-            request=entry.request,
-            fingerprint=entry.fingerprint,
-            run_id=entry.run_id,
-            extra=extra,
-        )
         return task.id
 
     async def _mark_handled(
