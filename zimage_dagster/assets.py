@@ -28,6 +28,7 @@ from dagster import AssetExecutionContext
 from PIL import Image
 
 from zimage_dagster.api import parse_size
+from zimage_dagster.balance import balance_definitions
 from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
@@ -38,7 +39,7 @@ from zimage_dagster.prompts import PromptDataset, load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.sensors import automation_definitions
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
-from zimage_dagster.step import generate_in_step, submit_in_step
+from zimage_dagster.step import StepOptions, run_in_step
 
 __all__ = [
     "CHECK_NAMES",
@@ -115,12 +116,15 @@ def build_image_definitions(
     job = dg.define_asset_job(
         spec.job_name, selection=dg.AssetSelection.assets(asset_def), partitions_def=None
     )
-    return dg.Definitions.merge(
+    parts = [
         dg.Definitions(assets=[asset_def], jobs=[job]),
         automation_definitions(
             spec, job, task_status_options=task_status_options, dataset_options=dataset_options
         ),
-    )
+    ]
+    if spec.balance_asset:
+        parts.append(balance_definitions(spec))
+    return dg.Definitions.merge(*parts)
 
 
 # -- partitions ---------------------------------------------------------------------------------
@@ -337,35 +341,19 @@ def _generate(
             )
         jobs = [job for job in jobs if job.partition_key not in done]
 
-    if spec.deferred and COLLECT_TAG not in context.run.tags:
-        # Deferred mode: create the tasks, write them to the ledger and end; the task-status
-        # sensor launches a collect run (tagged COLLECT_TAG) per finished task. Partitions whose
-        # image is already stored for the identical request are materialized at once below.
-        submitted = submit_in_step(
-            context,
-            resource,
-            ledger,
-            spec.asset_key,
-            jobs,
-            reuse_stored=spec.reuse_stored,
-            retry_rejected=spec.retry_rejected,
-            gallery_url=gallery_base_url(spec.gallery_url),
-        )
-        context.log.info(
-            f"deferred: {submitted.summary()}; the task-status sensor collects the rest"
-        )
-        return submitted, missing
-
-    report = generate_in_step(
-        context,
-        resource,
-        ledger,
-        spec.asset_key,
-        jobs,
+    # Deferred mode: create the tasks, write them to the ledger and end; the task-status sensor
+    # launches a collect run (tagged COLLECT_TAG) per finished task, which generates (blocking).
+    deferred = spec.deferred and COLLECT_TAG not in context.run.tags
+    options = StepOptions(
         reuse_stored=spec.reuse_stored,
         retry_rejected=spec.retry_rejected,
         gallery_url=gallery_base_url(spec.gallery_url),
+        budget=spec.credit_budget,
+        deferred=deferred,
     )
+    report = run_in_step(context, resource, ledger, spec.asset_key, jobs, options)
+    if deferred:
+        context.log.info(f"deferred: {report.summary()}; the task-status sensor collects the rest")
     return report, missing
 
 

@@ -19,10 +19,14 @@ from typing import Any
 
 import dagster as dg
 
+from zimage_dagster.engine.credits import Usage, from_micro, to_micro
 from zimage_dagster.engine.provenance import FIELD_NAMES, ImageRecord
 from zimage_dagster.engine.thumbnails import thumbnail_markdown
 
-__all__ = ["image_metadata"]
+__all__ = ["USAGE_PREFIX", "cost_metadata", "image_metadata", "usage_metadata"]
+
+#: Namespace of the usage keys, as Dagster's own integrations do (``openai.calls``...).
+USAGE_PREFIX = "zimage."
 
 
 def _number(value: float | int) -> dg.MetadataValue:
@@ -108,7 +112,45 @@ def image_metadata(
         md["previous_task_ids"] = dg.MetadataValue.json(list(record.previous_task_ids))
     if thumbnail is not None:
         md["thumbnail"] = dg.MetadataValue.md(thumbnail_markdown(thumbnail, record.prompt))
+    md |= cost_metadata(record)
     for name, value in record.extra.items():
         key = f"extra_{name}" if name in FIELD_NAMES or name in md else str(name)
         md[key] = _extra_value(value)
     return md
+
+
+def cost_metadata(record: ImageRecord) -> dict[str, dg.MetadataValue]:
+    """What one partition's image cost, under namespaced keys: the stored image's task
+    (``zimage.credits_image``), the earlier tasks of the partition (failed, expired, lost:
+    ``zimage.credits_earlier_tasks``), both (``zimage.credits_total``) and the tasks made
+    (``zimage.tasks``). A reused image shows what it cost when it was made.
+
+    >>> md = cost_metadata(ImageRecord(seed=1, task_id="t", prompt="p", credits_reserved=0.026,
+    ...                    credits_earlier_tasks=0.052, previous_task_ids=("a", "b")))
+    >>> md["zimage.credits_total"].value, md["zimage.tasks"].value
+    (0.078, 3)
+    """
+    image = to_micro(record.credits_reserved or 0.0)
+    earlier = to_micro(record.credits_earlier_tasks or 0.0)
+    return {
+        f"{USAGE_PREFIX}credits_image": dg.MetadataValue.float(from_micro(image)),
+        f"{USAGE_PREFIX}credits_earlier_tasks": dg.MetadataValue.float(from_micro(earlier)),
+        f"{USAGE_PREFIX}credits_total": dg.MetadataValue.float(from_micro(image + earlier)),
+        f"{USAGE_PREFIX}tasks": dg.MetadataValue.int(len(record.previous_task_ids) + 1),
+    }
+
+
+def usage_metadata(usage: Usage) -> dict[str, dg.MetadataValue]:
+    """A step's (or a user's asset's) spend, under namespaced keys.
+
+    >>> u = Usage(); u.created(0.026); u.created(0.026); u.failed(0.026)
+    >>> {k: v.value for k, v in usage_metadata(u).items()}  # doctest: +NORMALIZE_WHITESPACE
+    {'zimage.tasks_created': 2, 'zimage.credits_reserved': 0.052, 'zimage.tasks_failed': 1,
+     'zimage.credits_failed': 0.026}
+    """
+    return {
+        f"{USAGE_PREFIX}tasks_created": dg.MetadataValue.int(usage.tasks_created),
+        f"{USAGE_PREFIX}credits_reserved": dg.MetadataValue.float(usage.credits_reserved),
+        f"{USAGE_PREFIX}tasks_failed": dg.MetadataValue.int(usage.tasks_failed),
+        f"{USAGE_PREFIX}credits_failed": dg.MetadataValue.float(usage.credits_failed),
+    }

@@ -45,6 +45,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
@@ -53,7 +54,7 @@ from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery.links import gallery_base_url
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.step import generate_in_step
+from zimage_dagster.step import StepOptions, run_in_step
 
 __all__ = [
     "LoadPromptsConfig",
@@ -178,6 +179,8 @@ def build_generate_images_op(
     pool: str | None = "zimage",
     description: str | None = None,
     gallery_url: str | None = None,
+    max_credits_per_run: float | None = None,
+    budget: CreditBudget | None = None,
 ) -> dg.OpDefinition:
     """An op that generates one image per input row and records it as an asset partition.
 
@@ -204,6 +207,10 @@ def build_generate_images_op(
         pool: Dagster concurrency pool of the op.
         gallery_url: base URL of ``zimage-gallery`` (default ``$ZIMAGE_GALLERY_URL``): each
             materialization links to its image's page there.
+        max_credits_per_run: credits the run's tasks may reserve; when reached, the rows left
+            fail with ``budget_reached`` (not retried). The balance is read first (preflight).
+        budget: every budget knob at once (:class:`~zimage_dagster.engine.credits.CreditBudget`:
+            daily budget, price, ``over_budget``, preflight), instead of ``max_credits_per_run``.
 
     >>> op_def = build_generate_images_op(asset_key=["catalog", "hero"], storage="/tmp/x")
     >>> op_def.name
@@ -211,7 +218,17 @@ def build_generate_images_op(
     """
     key = asset_key if isinstance(asset_key, dg.AssetKey) else dg.AssetKey.from_coercible(asset_key)
     root = os.fspath(storage)
-    options = dict(storage_options or {})
+    store_options = dict(storage_options or {})
+    if budget is not None and max_credits_per_run is not None:
+        raise dg.DagsterInvalidDefinitionError(
+            "pass max_credits_per_run or budget (which has its own max_credits_per_run), not both"
+        )
+    options = StepOptions(
+        reuse_stored=reuse_stored,
+        retry_rejected=retry_rejected,
+        gallery_url=gallery_base_url(gallery_url),
+        budget=budget or CreditBudget(max_credits_per_run=max_credits_per_run),
+    )
 
     @dg.op(
         name=name,
@@ -229,7 +246,7 @@ def build_generate_images_op(
         dataset = rows_from_dicts(rows)
         for problem in dataset.problems:
             context.log.warning(f"input row left out: {problem}")
-        ledger = TaskLedger(ImageStore(root, options))
+        ledger = TaskLedger(ImageStore(root, store_options))
         jobs = [
             plan_job(
                 ledger, key.path, row.key, row, strategy=seed_strategy, default_size=default_size
@@ -237,16 +254,7 @@ def build_generate_images_op(
             for row in dataset
         ]
 
-        report = generate_in_step(
-            context,
-            resource,
-            ledger,
-            key,
-            jobs,
-            reuse_stored=reuse_stored,
-            retry_rejected=retry_rejected,
-            gallery_url=gallery_base_url(gallery_url),
-        )
+        report = run_in_step(context, resource, ledger, key, jobs, options)
         order = {job.partition_key: i for i, job in enumerate(jobs)}
         successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])
         records = [to_provenance(s.record) for s in successes]

@@ -2,16 +2,71 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
 
 import dagster as dg
 from pydantic import Field, PrivateAttr
 
 from zimage_dagster._docs import ui_docstring
-from zimage_dagster.api import AsyncZImageClient, PollPolicy, RetryPolicy, ZImageClient
+from zimage_dagster.api import (
+    AsyncZImageClient,
+    GenerationRequest,
+    GenerationResult,
+    PollPolicy,
+    RetryPolicy,
+    Task,
+    ZImageClient,
+)
+from zimage_dagster.engine.credits import Usage
 
-__all__ = ["ZImageResource"]
+__all__ = ["MeteredClient", "ZImageResource"]
+
+
+def _then(
+    first: Callable[[Task], Any], then: Callable[[Task], Any] | None
+) -> Callable[[Task], None]:
+    """A callback calling ``first``, then the caller's own ``then`` (if any)."""
+
+    def both(task: Task) -> None:
+        first(task)
+        if then is not None:
+            then(task)
+
+    return both
+
+
+class MeteredClient(ZImageClient):
+    """A :class:`~zimage_dagster.api.ZImageClient` that counts what its tasks reserve
+    (:class:`~zimage_dagster.engine.credits.Usage`) and reports the counts after each change
+    (``on_usage``): see :meth:`ZImageResource.metered_client`."""
+
+    def __init__(self, on_usage: Callable[[Usage], Any], **options: Any) -> None:
+        super().__init__(**options)
+        self.usage = Usage()
+        self._on_usage = on_usage
+        self._failed: set[str] = set()
+
+    def _created(self, task: Task) -> None:
+        self.usage.created(task.credits_reserved)
+        self._on_usage(self.usage)
+
+    def _polled(self, task: Task) -> None:
+        if task.is_failed and task.id not in self._failed:
+            self._failed.add(task.id)
+            self.usage.failed(task.credits_reserved)
+            self._on_usage(self.usage)
+
+    def create_task(self, request: GenerationRequest) -> Task:
+        task = super().create_task(request)
+        self._created(task)
+        return task
+
+    def generate(self, request: GenerationRequest, **options: Any) -> GenerationResult:
+        options["on_task_created"] = _then(self._created, options.get("on_task_created"))
+        options["on_poll"] = _then(self._polled, options.get("on_poll"))
+        return super().generate(request, **options)
 
 
 def _poll_policy(max_interval: float, deadline: float) -> PollPolicy:
@@ -141,6 +196,36 @@ class ZImageResource(dg.ConfigurableResource):
         if self._client is None:
             self._client = ZImageClient(**self._client_options())  # type: ignore[arg-type]
         return self._client
+
+    @contextmanager
+    def metered_client(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        output_name: str | None = None,
+    ) -> Iterator[MeteredClient]:
+        """A sync client whose tasks' credits go to the step's output metadata, as
+        ``zimage.tasks_created``, ``zimage.credits_reserved``, ``zimage.tasks_failed`` and
+        ``zimage.credits_failed`` (the keys the image assets' run-level events use), and to the
+        run log when it closes.
+
+        Example::
+
+            @dg.asset
+            def hero(context: dg.AssetExecutionContext, zimage: ZImageResource) -> None:
+                with zimage.metered_client(context) as client:
+                    client.generate(GenerationRequest(prompt="a lighthouse", seed=7))
+        """
+        from zimage_dagster.metadata import usage_metadata
+
+        def report(usage: Usage) -> None:
+            context.add_output_metadata(usage_metadata(usage), output_name)
+
+        client = MeteredClient(report, **self._client_options())
+        try:
+            yield client
+        finally:
+            client.close()
+            context.log.info(f"zimage credits: {client.usage.summary()}")
 
     @asynccontextmanager
     async def async_client(self) -> AsyncIterator[AsyncZImageClient]:

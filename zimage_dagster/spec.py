@@ -28,6 +28,7 @@ import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from zimage_dagster.api import RequestValidationError, validate_size
+from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.request import SeedStrategy
 from zimage_dagster.engine.store import resolve_storage
 from zimage_dagster.prompts import PromptDataset
@@ -317,6 +318,63 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
             "normally such a partition fails without retries."
         ),
     )
+    max_credits_per_run: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Credits one run's tasks may reserve (its step retries and resubmissions included); "
+            "when reached, no further task is created and the partitions left fail with "
+            "budget_reached. null: no cap."
+        ),
+    )
+    daily_credits: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Credits this asset's tasks may reserve in any 24 hours, across runs and pods (kept "
+            "in the ledger's storage). null: no cap."
+        ),
+    )
+    credits_per_task: float | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Price used to estimate a run before it starts; null: what the provider reserved for "
+            "the last task, else 0.026 (the provider's documented price)."
+        ),
+    )
+    over_budget: Literal["refuse", "fit"] = Field(
+        default="refuse",
+        description=(
+            "When a run's estimate exceeds a budget or the balance: refuse (create no task, fail "
+            "every partition saying why) or fit (create what fits, the rest fail budget_reached)."
+        ),
+    )
+    credits_preflight: bool = Field(
+        default=True,
+        description=(
+            "Read the account's balance (GET /v1/credits) before a run creates tasks and treat "
+            "it as one more budget."
+        ),
+    )
+    balance_asset: bool = Field(
+        default=False,
+        description=(
+            "Add an observable source asset <asset_name>_credits recording the account's "
+            "balance over time (observed by a sensor), with a check warning below "
+            "balance_warn_below."
+        ),
+    )
+    balance_warn_below: float | None = Field(
+        default=None,
+        ge=0,
+        description="The balance check warns when the account has fewer credits than this.",
+    )
+    balance_interval_s: int = Field(
+        default=3600,
+        ge=30,
+        description="Seconds between two observations of the balance (the balance sensor's interval).",
+    )
     resource_key: str = Field(
         default="zimage", description="Resource key of the ZImageResource the asset uses."
     )
@@ -433,6 +491,8 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
             raise ValueError(
                 f"dataset_sensor needs partitioning: dynamic (got partitioning: {self.partitioning})"
             )
+        if self.balance_warn_below is not None and not self.balance_asset:
+            raise ValueError("balance_warn_below needs balance_asset: true")
         if self.dataset_sensor and not isinstance(self.prompts, str):
             raise ValueError("dataset_sensor watches a dataset file or URL, not inline prompts")
         return self
@@ -443,6 +503,17 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
     def asset_key(self) -> dg.AssetKey:
         """The asset's key (``key_prefix`` + ``asset_name``)."""
         return dg.AssetKey([*self.key_prefix, self.asset_name])
+
+    @property
+    def credit_budget(self) -> CreditBudget:
+        """The run's budgets and preflight, for the engine's create gate."""
+        return CreditBudget(
+            max_credits_per_run=self.max_credits_per_run,
+            daily_credits=self.daily_credits,
+            credits_per_task=self.credits_per_task,
+            over_budget=self.over_budget,
+            preflight=self.credits_preflight,
+        )
 
     @property
     def deferred(self) -> bool:

@@ -1,18 +1,22 @@
 """Running the engine inside a Dagster step (an asset or an op): one way, used by both.
 
-:func:`generate_in_step` builds the :class:`~zimage_dagster.engine.batch.BatchGenerator` from the
-resource's settings, runs it on a fresh event loop, and records an ``AssetMaterialization`` (with
-the image's metadata and thumbnail) the moment each image is stored. :func:`submit_deferred` runs a
-deferred submit (:func:`~zimage_dagster.engine.submit.submit_jobs`) from synchronous code, and
-:func:`submit_in_step` is deferred mode's step: it submits and materializes the partitions whose
-identical image was already stored.
+:func:`run_in_step` is the one step: in blocking mode it builds the
+:class:`~zimage_dagster.engine.batch.BatchGenerator` from the resource's settings, runs it on a
+fresh event loop, and records an ``AssetMaterialization`` (with the image's metadata and
+thumbnail) the moment each image is stored; in deferred mode (``StepOptions.deferred``) it runs a
+deferred submit (:func:`submit_deferred`: :func:`~zimage_dagster.engine.submit.submit_jobs` from
+synchronous code) and materializes the partitions whose identical image was already stored.
+Either way it ends by recording the credits the step spent (tasks created, credits reserved,
+credits of failed tasks) in the run log and on a run-level ``AssetObservation`` of the asset
+(:func:`~zimage_dagster.metadata.usage_metadata`).
 
 Example::
 
     @dg.op(required_resource_keys={"zimage"})
     def make(context: dg.OpExecutionContext) -> None:
-        report = generate_in_step(
-            context, context.resources.zimage, TaskLedger(store), dg.AssetKey("images"), jobs
+        report = run_in_step(
+            context, context.resources.zimage, TaskLedger(store), dg.AssetKey("images"), jobs,
+            StepOptions(budget=CreditBudget(max_credits_per_run=5.0)),
         )
         context.log.info(report.summary())
 """
@@ -23,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -32,16 +37,17 @@ from dagster._core.definitions.data_version import (
 
 from zimage_dagster.engine.batch import BatchGenerator
 from zimage_dagster.engine.claims import RunAliveFn
+from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
 from zimage_dagster.engine.store import AssetLike
 from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.gallery.links import materialization_url
-from zimage_dagster.metadata import image_metadata
+from zimage_dagster.metadata import image_metadata, usage_metadata
 from zimage_dagster.resource import ZImageResource
 
-__all__ = ["generate_in_step", "submit_deferred", "submit_in_step"]
+__all__ = ["StepOptions", "run_in_step", "submit_deferred"]
 
 StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -106,22 +112,57 @@ def run_alive_fn(instance: dg.DagsterInstance) -> RunAliveFn:
     return is_run_alive
 
 
-def generate_in_step(
+@dataclass(frozen=True)
+class StepOptions:
+    """What a step asks of the engine, the same for the factory, the component and the ops.
+
+    ``reuse_stored`` / ``retry_rejected``: see :class:`~zimage_dagster.engine.batch.BatchGenerator`;
+    ``gallery_url``: base URL of the gallery the materializations link to; ``budget``: the
+    credit budgets and preflight (:class:`~zimage_dagster.engine.credits.CreditBudget`);
+    ``deferred``: submit the tasks and end (deferred mode) instead of waiting for the images.
+
+    >>> StepOptions(budget=CreditBudget(max_credits_per_run=1.0)).budget.limited
+    True
+    """
+
+    reuse_stored: bool = True
+    retry_rejected: bool = False
+    gallery_url: str | None = None
+    budget: CreditBudget | None = None
+    deferred: bool = False
+
+
+def _record_usage(context: StepContext, asset_key: dg.AssetKey, report: BatchReport) -> None:
+    """The step's spend: a line in the run log and a run-level observation of the asset."""
+    usage = report.usage
+    context.log.info(f"credits of {asset_key.to_user_string()} in this step: {usage.summary()}")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=asset_key,
+            description="Credits spent by this step of the run",
+            metadata=usage_metadata(usage),
+        )
+    )
+
+
+def run_in_step(
     context: StepContext,
     resource: ZImageResource,
     ledger: TaskLedger,
     asset_key: dg.AssetKey,
     jobs: Sequence[ImageJob],
-    *,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    gallery_url: str | None = None,
+    options: StepOptions = StepOptions(),
 ) -> BatchReport:
-    """Generate ``jobs`` with the resource's client and settings; materialize each stored image
-    of ``asset_key`` (partition = the job's partition key) as it is stored (linking to its page
-    in the gallery at ``gallery_url``, when given)."""
+    """Run ``jobs`` of ``asset_key`` (partition = the job's partition key) with the resource's
+    client and settings, and record the step's spend.
 
-    async def run() -> BatchReport:
+    Blocking (default): generate them, materializing each image as it is stored (linking to its
+    page in the gallery at ``options.gallery_url``, when given). Deferred
+    (``options.deferred``): :func:`submit_deferred`, then materialize at once the partitions
+    whose identical image was already stored.
+    """
+
+    async def generate() -> BatchReport:
         async with resource.async_client() as client:
             engine = BatchGenerator(
                 client,
@@ -130,23 +171,44 @@ def generate_in_step(
                 asset_key.path,
                 concurrency=resource.concurrency,
                 max_resubmits=resource.max_resubmits,
-                reuse_stored=reuse_stored,
-                retry_rejected=retry_rejected,
+                reuse_stored=options.reuse_stored,
+                retry_rejected=options.retry_rejected,
                 wait_deadline=resource.wait_deadline,
-                on_success=lambda success: _record(context, asset_key, success, gallery_url),
+                on_success=lambda success: _record(
+                    context, asset_key, success, options.gallery_url
+                ),
                 run_id=context.run.run_id,
                 logger=context.log,
                 step=asset_key.to_user_string(),
                 is_run_alive=run_alive_fn(context.instance),
+                budget=options.budget,
             )
             return await engine.run(jobs)
 
-    context.log.info(
-        f"generating {len(jobs)} image(s) of {asset_key.to_user_string()} with up to "
-        f"{resource.concurrency} task(s) in flight"
-    )
     with engine_warnings_in_run_log(context):
-        return asyncio.run(run())
+        if options.deferred:
+            report = submit_deferred(
+                resource,
+                ledger,
+                asset_key.path,
+                jobs,
+                reuse_stored=options.reuse_stored,
+                retry_rejected=options.retry_rejected,
+                run_id=context.run.run_id,
+                logger=context.log,
+                is_run_alive=run_alive_fn(context.instance),
+                budget=options.budget,
+            )
+            for success in report.successes:
+                _record(context, asset_key, success, options.gallery_url)
+        else:
+            context.log.info(
+                f"generating {len(jobs)} image(s) of {asset_key.to_user_string()} with up to "
+                f"{resource.concurrency} task(s) in flight"
+            )
+            report = asyncio.run(generate())
+    _record_usage(context, asset_key, report)
+    return report
 
 
 def submit_deferred(
@@ -162,6 +224,7 @@ def submit_deferred(
     run_id: str | None = None,
     logger: Log | None = None,
     is_run_alive: RunAliveFn | None = None,
+    budget: CreditBudget | None = None,
 ) -> BatchReport:
     """:func:`~zimage_dagster.engine.submit.submit_jobs` from synchronous code, with the
     resource's async client (``concurrency`` defaults to the resource's)."""
@@ -180,36 +243,7 @@ def submit_deferred(
                 run_id=run_id,
                 logger=logger,
                 is_run_alive=is_run_alive,
+                budget=budget,
             )
 
     return asyncio.run(run())
-
-
-def submit_in_step(
-    context: StepContext,
-    resource: ZImageResource,
-    ledger: TaskLedger,
-    asset_key: dg.AssetKey,
-    jobs: Sequence[ImageJob],
-    *,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    gallery_url: str | None = None,
-) -> BatchReport:
-    """Deferred mode's step: :func:`submit_deferred`, then the partitions whose identical image
-    was already stored are materialized at once."""
-    with engine_warnings_in_run_log(context):
-        report = submit_deferred(
-            resource,
-            ledger,
-            asset_key.path,
-            jobs,
-            reuse_stored=reuse_stored,
-            retry_rejected=retry_rejected,
-            run_id=context.run.run_id,
-            logger=context.log,
-            is_run_alive=run_alive_fn(context.instance),
-        )
-    for success in report.successes:
-        _record(context, asset_key, success, gallery_url)
-    return report
