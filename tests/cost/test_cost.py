@@ -5,6 +5,7 @@ sums against ``/_emulator/stats`` and ``/v1/credits``, the balance asset and its
 resource used directly. Every test counts the emulator's tasks: a refused run must create none.
 """
 
+import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,18 @@ from typing import Any
 import dagster as dg
 import httpx
 import pytest
+from dagster.components.testing import create_defs_folder_sandbox
+from upath import UPath
 
+from tests.component._support import loaded, write_component
 from tests.dagster import _support as support
 from tests.dagster._support import make_fast, materializations, resource_for, rows, values
 from zimage_dagster import build_image_assets
 from zimage_dagster.api import GenerationRequest
 from zimage_dagster.balance import BALANCE_CHECK
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.engine.credits import CreditBudget, to_micro
+from zimage_dagster.engine.atomic import conditional_files
+from zimage_dagster.engine.credits import DAY_S, CreditBudget, SpendCounter, to_micro
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.ops import build_generate_images_op
 from zimage_dagster.resource import ZImageResource
@@ -284,3 +289,68 @@ def test_budget_settings_are_checked() -> None:
         CreditBudget(over_budget="maybe")  # type: ignore[arg-type]
     with pytest.raises(Exception, match="balance_warn_below needs balance_asset"):
         build_image_assets("imgs", ["a fox"], balance_warn_below=5)
+
+
+def test_the_component_caps_a_run_like_the_factory(
+    emulator: EmulatorServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    make_fast(emulator)
+    monkeypatch.setenv("COST_BASE_URL", emulator.url)
+    monkeypatch.setenv("COST_API_KEY", emulator.api_key)
+    attributes = {
+        "asset_name": "posters",
+        "prompts": "prompts.csv",
+        "default_size": "376x376",
+        "storage": str(tmp_path / "images"),
+        "retry": None,
+        "max_credits_per_run": 2 * PRICE,
+        "over_budget": "fit",
+        "resource": {"api_key": "{{ env.COST_API_KEY }}", "base_url": "{{ env.COST_BASE_URL }}"},
+    }
+    with create_defs_folder_sandbox() as sandbox:
+        path = write_component(sandbox, attributes, requirements=["COST_API_KEY"])
+        with loaded(sandbox, path) as (_, defs), dg.instance_for_test() as instance:
+            result = defs.resolve_job_def("posters_job").execute_in_process(
+                instance=instance,
+                raise_on_error=False,
+                tags={
+                    "dagster/asset_partition_range_start": "fox",
+                    "dagster/asset_partition_range_end": "poster",
+                },
+            )
+    assert emulator.stats()["tasks_created"] == 2
+    (message,) = _failed(result).values()
+    assert message.startswith("budget_reached: this run's budget (max_credits_per_run 0.052")
+
+
+def test_a_resubmission_past_the_budget_is_refused_mid_run(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    # The estimate (one task) fits; the task fails with a retryable error, and the resubmission
+    # would pass the budget: no second task, the partition fails "budget reached".
+    make_fast(emulator, failure_rates={"service_error": 1.0})
+    asset = support.image_asset(
+        build_image_assets("imgs", rows(1), storage=tmp_path, max_credits_per_run=PRICE)
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = support.run_range(asset, instance, resource_for(emulator), "p0", "p0")
+    assert emulator.stats()["tasks_created"] == 1
+    (message,) = _failed(result).values()
+    assert "budget_reached" in message
+    assert "0.026 spent so far" in message
+    assert _retries(result) == 0
+
+
+def _spend(root: str, n: int) -> int:
+    """``n`` tries to spend 1 micro-credit of a shared daily budget of 25; how many succeeded."""
+    files = conditional_files(UPath(root))
+    counter = SpendCounter(files, UPath(root) / "spend.json", window_s=DAY_S)
+    return sum(counter.try_add(1, limit=25) is not None for _ in range(n))
+
+
+def test_a_shared_budget_holds_across_processes(tmp_path: Path) -> None:
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        won = pool.starmap(_spend, [(str(tmp_path), 10)] * 4)
+    assert sum(won) == 25
+    counter = SpendCounter(conditional_files(UPath(tmp_path)), UPath(tmp_path) / "spend.json")
+    assert counter.spent() == 25
