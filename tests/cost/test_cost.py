@@ -5,6 +5,7 @@ sums against ``/_emulator/stats`` and ``/v1/credits``, the balance asset and its
 resource used directly. Every test counts the emulator's tasks: a refused run must create none.
 """
 
+import asyncio
 import multiprocessing
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,13 +21,17 @@ from tests.component._support import loaded, write_component
 from tests.dagster import _support as support
 from tests.dagster._support import make_fast, materializations, resource_for, rows, values
 from zimage_dagster import build_image_assets
-from zimage_dagster.api import GenerationRequest
+from zimage_dagster.api import AsyncZImageClient, GenerationRequest
 from zimage_dagster.balance import BALANCE_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.atomic import conditional_files
 from zimage_dagster.engine.credits import DAY_S, CreditBudget, SpendCounter, to_micro
+from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.submit import submit_jobs
+from zimage_dagster.engine.watcher import TaskWatcher
 from zimage_dagster.ops import build_generate_images_op
+from zimage_dagster.prompts import PromptRow
 from zimage_dagster.resource import ZImageResource
 
 PRICE = 0.026  # the emulator's credits_reserved per task (the provider's documented example)
@@ -354,3 +359,30 @@ def test_a_shared_budget_holds_across_processes(tmp_path: Path) -> None:
     assert sum(won) == 25
     counter = SpendCounter(conditional_files(UPath(tmp_path)), UPath(tmp_path) / "spend.json")
     assert counter.spent() == 25
+
+
+def test_the_watchers_resubmissions_stop_at_the_first_402(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    make_fast(emulator, failure_rates={"service_error": 1.0})
+    ledger = TaskLedger(tmp_path)
+    jobs = [
+        ImageJob.from_row(
+            PromptRow(f"p{i}", f"a kite, number {i}", "376x376", i + 1, None), seed=i + 1
+        )
+        for i in range(3)
+    ]
+
+    async def go() -> Any:
+        async with AsyncZImageClient(api_key=emulator.api_key, base_url=emulator.url) as client:
+            submitted = await submit_jobs(client, ledger, "imgs", jobs)
+            assert len(submitted.submitted) == 3
+            emulator.advance_clock(5)  # every task has failed (and been refunded)
+            emulator.configure(initial_credits=0.0, failure_rates={})
+            return await TaskWatcher(ledger, "imgs", concurrency=1).tick(client)
+
+    report = asyncio.run(go())
+    assert emulator.stats()["requests"]["create"] == {"200": 3, "402": 1}
+    assert len(report.failures) == 3
+    assert all(f.code == "insufficient_quota" for f in report.failures)
+    assert all(e.credits_reserved == PRICE for e in ledger.iter_entries("imgs"))
