@@ -322,7 +322,7 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         default=None,
         ge=0,
         description=(
-            "Credits one run's tasks may reserve (its step retries and resubmissions included); "
+            "Credits this asset's tasks may reserve in one run (its step retries included); "
             "when reached, no further task is created and the partitions left fail with "
             "budget_reached. null: no cap."
         ),

@@ -84,8 +84,9 @@ class CreateGate:
         ledger: where each task is recorded, and where the budget counters live.
         asset: the asset key's parts.
         budget: the budgets; ``None``: no budget, no preflight.
-        run_id: the run the tasks belong to: its budget counter is shared by all its steps
-            (and by the resubmissions of its tasks).
+        run_id: the run the tasks belong to: the asset's budget counter for the run is shared
+            by all the run's steps (a step retry finds what the earlier attempts spent); without
+            one the counter is this gate's alone.
         logger: where the gate says what it refused.
     """
 

@@ -93,8 +93,8 @@ class CreditBudget:
     """What a run may spend, and how it checks before spending.
 
     Args:
-        max_credits_per_run: credits the tasks of one Dagster run may reserve (all its step
-            attempts together; resubmissions of its tasks count too). ``None``: no cap.
+        max_credits_per_run: credits one asset's tasks may reserve in one Dagster run (all its
+            step attempts together). ``None``: no cap.
         daily_credits: credits one asset's tasks may reserve in any 24 hours, across runs and
             pods (a counter in the ledger's storage). ``None``: no cap.
         credits_per_task: the price used to estimate; ``None``: what the provider reserved for
