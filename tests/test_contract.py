@@ -34,7 +34,7 @@ from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.ops import build_generate_images_op, load_prompts_op
 
 KEYS = ["fox", "owl", "elk"]
-TODAY = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+TODAY = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")  # once: a run may cross midnight
 CELLS = [(p, m) for p in ("static", "dynamic", "daily") for m in ("blocking", "deferred")]
 
 
@@ -131,7 +131,9 @@ def _partition_keys(
         instance.add_dynamic_partitions(add.partitions_def_name, list(add.partition_keys))
         assert sorted(str(r.partition_key) for r in result.run_requests) == sorted(KEYS)
         return KEYS
-    when = dt.datetime.now(dt.timezone.utc).replace(hour=6, minute=0, second=0, microsecond=0)
+    # The tick of TODAY's 06:00, whatever the clock says now (the module may have been loaded
+    # before midnight: the wall clock would then name tomorrow's partitions).
+    when = dt.datetime.fromisoformat(f"{TODAY}T06:00:00+00:00")
     requests = schedule_requests(defs, "imgs_schedule", when)
     keys = sorted(str(r.partition_key) for r in requests)
     assert keys == sorted(f"{TODAY}|{k}" for k in KEYS)
