@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
+import socket
 import ssl
 import subprocess
 import sys
@@ -269,3 +271,26 @@ def test_cli_tls_prints_the_api_url_the_files_url_and_the_ca_path() -> None:
         process.wait(10)
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_a_client_gone_mid_body_is_counted_not_logged_as_a_crash(
+    emulator: EmulatorServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run SIGKILLed while sending a create leaves a half-sent body: the emulator counts a 499
+    (client closed request) and logs no 'Exception in ASGI application', creates no task."""
+    url = httpx.URL(emulator.url)
+    head = (
+        "POST /v1/images/generations HTTP/1.1\r\nHost: emulator\r\n"
+        f"Authorization: Bearer {emulator.api_key}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 1000\r\n\r\n"
+    )
+    with caplog.at_level(logging.ERROR):
+        with socket.create_connection((url.host, url.port)) as sock:
+            sock.sendall(head.encode() + b'{"model": "z-image-turbo",')
+        deadline = time.monotonic() + 10
+        while emulator.stats()["requests"].get("create") is None:
+            assert time.monotonic() < deadline, "the emulator never saw the request end"
+            time.sleep(0.02)
+    assert emulator.stats()["requests"]["create"] == {"499": 1}
+    assert emulator.stats()["tasks_created"] == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

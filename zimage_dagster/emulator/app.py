@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -197,6 +197,12 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client closed the connection before its body arrived (a killed run): nothing to
+    answer and nothing broke. 499 is nginx's "client closed request"; the stats count it."""
+    return Response(status_code=499)
+
+
 async def _server_error(request: Request, exc: Exception) -> Response:
     return await _api_error(request, ApiError(500, "internal_error", "Internal server error"))
 
@@ -219,6 +225,7 @@ class EmulatorApp(Starlette):
 _EXCEPTION_HANDLERS: Mapping[Any, Any] = {
     ApiError: _api_error,
     HTTPException: _http_error,
+    ClientDisconnect: _client_gone,
     Exception: _server_error,
 }
 
