@@ -285,7 +285,7 @@ def test_a_client_gone_mid_body_is_counted_not_logged_as_a_crash(
         "Content-Length: 1000\r\n\r\n"
     )
     with caplog.at_level(logging.ERROR):
-        with socket.create_connection((url.host, url.port)) as sock:
+        with socket.create_connection((url.host, url.port or 80)) as sock:
             sock.sendall(head.encode() + b'{"model": "z-image-turbo",')
         deadline = time.monotonic() + 10
         while emulator.stats()["requests"].get("create") is None:
