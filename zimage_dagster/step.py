@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -116,10 +117,12 @@ def generate_in_step(
     reuse_stored: bool = True,
     retry_rejected: bool = False,
     gallery_url: str | None = None,
+    ledger_extra: Mapping[str, Any] | None = None,
 ) -> BatchReport:
     """Generate ``jobs`` with the resource's client and settings; materialize each stored image
     of ``asset_key`` (partition = the job's partition key) as it is stored (linking to its page
-    in the gallery at ``gallery_url``, when given)."""
+    in the gallery at ``gallery_url``, when given). ``ledger_extra`` goes into the ledger entry of
+    each task created."""
 
     async def run() -> BatchReport:
         async with resource.async_client() as client:
@@ -138,6 +141,7 @@ def generate_in_step(
                 logger=context.log,
                 step=asset_key.to_user_string(),
                 is_run_alive=run_alive_fn(context.instance),
+                ledger_extra=ledger_extra,
             )
             return await engine.run(jobs)
 

@@ -101,6 +101,18 @@ def tick(
     )
 
 
+def execute_request(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    **kw: Any,
+) -> dg.ExecuteInProcessResult:
+    """Run a sensor's run request in process, as the daemon would launch it."""
+    return job.execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags, **kw
+    )
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:

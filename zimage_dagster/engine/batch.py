@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,6 +124,7 @@ class BatchGenerator:
         is_run_alive: ``run_id -> True/False/None``: a claim of a run reported dead is taken over
             at once (else when its lease expires).
         claim_lease_s: lease of the partition claims (renewed while working).
+        ledger_extra: written into the ledger entry of each task created (``LedgerEntry.extra``).
     """
 
     def __init__(
@@ -146,6 +147,7 @@ class BatchGenerator:
         step: str | None = None,
         is_run_alive: RunAliveFn | None = None,
         claim_lease_s: float | None = None,
+        ledger_extra: Mapping[str, Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -163,6 +165,7 @@ class BatchGenerator:
         self.run_id = run_id
         self.log: Log = logger or log
         self.progress_interval = progress_interval
+        self.ledger_extra = dict(ledger_extra or {})
         self._live = asyncio.Semaphore(concurrency)
         self._gate = PartitionGate(
             ledger.claim_book(lease_s=claim_lease_s, is_run_alive=is_run_alive),
@@ -339,6 +342,7 @@ class BatchGenerator:
             request=job.request.to_wire(),
             fingerprint=job.fingerprint,
             run_id=self.run_id,
+            extra=self.ledger_extra,
         )
         return task
 
