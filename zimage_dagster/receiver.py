@@ -14,9 +14,12 @@ after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
   ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing; an entry
   that moved on meanwhile (a collect run marked it ``collected`` during the re-read) is left as it
   is: ledger states only move forward (a compare-and-set, see :mod:`zimage_dagster.engine.ledger`);
+- reads at most 64 KiB of body (413 as soon as ``Content-Length`` or the bytes read say more,
+  chunked bodies too; the rest is never read), cuts off a client whose headers or body take
+  more than 10 s, answers a body it cannot parse (deeply nested JSON too) with 400;
 - answers at once (2xx) unless the API could not be read, in which case 503 lets the provider
-  retry. The task-status sensor launches the collect run (or resubmits) on its next tick without
-  polling the task.
+  retry. The task-status sensor puts the partition into its next collect run without polling
+  the task.
 
 Run it::
 
@@ -31,12 +34,26 @@ deferred submit and the sensor) to ``https://hooks.example.com/callbacks/<token>
 Behind HTTPS: the provider only calls ``https://`` URLs on public addresses, so put the receiver
 (bound to loopback) behind a TLS reverse proxy. Caddy (certificates automatic)::
 
+    {
+        servers {
+            timeouts {
+                read_header 10s
+                read_body 10s
+            }
+        }
+    }
     hooks.example.com {
         handle /callbacks/* {
+            request_body {
+                max_size 64KB
+            }
             reverse_proxy 127.0.0.1:8787
         }
         respond 404
     }
+
+(Caddy writes no access log unless a ``log`` directive asks for one: keep it that way here,
+the path holds the token.)
 
 nginx::
 
