@@ -52,6 +52,7 @@ from zimage_dagster.engine.request import DEFAULT_SIZE, request_fingerprint
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
     COLLECT_TAG,
+    DEFAULT_MAX_ACTIVE_RUNS,
     DEFAULT_MAX_COLLECT_RUNS,
     DEFAULT_MAX_PER_RUN,
     DEFAULT_RESULT_TTL_S,
@@ -103,6 +104,7 @@ def build_task_status_sensor(
     max_resubmits: int = 2,
     max_per_run: int = DEFAULT_MAX_PER_RUN,
     max_collect_runs: int = DEFAULT_MAX_COLLECT_RUNS,
+    max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
     result_ttl_s: float = DEFAULT_RESULT_TTL_S,
     expiry_margin_s: float = 3600.0,
     recollect_after_s: float = 600.0,
@@ -130,6 +132,8 @@ def build_task_status_sensor(
         max_per_run: partitions per collect run (a tick asks for one run per this many).
         max_collect_runs: collect runs a partition may go through uncollected before it is
             reported as failed for good.
+        max_active_runs: collect runs of the asset queued or running at once; while that many
+            are, ready partitions wait for a later tick and one bigger batch (fewer run starts).
         result_ttl_s: lifetime of the provider's result links (24 h).
         expiry_margin_s: regenerate, rather than collect, a result this close to expiring.
         recollect_after_s: ask again (same run key) for a collect run not created after this long.
@@ -146,6 +150,7 @@ def build_task_status_sensor(
         "max_resubmits": max_resubmits,
         "max_per_run": max_per_run,
         "max_collect_runs": max_collect_runs,
+        "max_active_runs": max_active_runs,
         "result_ttl_s": result_ttl_s,
         "expiry_margin_s": expiry_margin_s,
         "recollect_after_s": recollect_after_s,

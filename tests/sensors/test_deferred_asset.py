@@ -3,11 +3,9 @@ collect runs materialize every partition, each task created once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from zimage_dagster import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
@@ -23,12 +21,6 @@ from ._support import (
     tick,
     wait_terminal,
 )
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def test_deferred_asset_submits_then_the_sensor_collects(

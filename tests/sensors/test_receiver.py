@@ -89,9 +89,7 @@ def test_callbacks_update_the_ledger_and_spare_the_polls(
     assert failed is not None
     assert failed.error_code == "content_policy_violation"
     # The emulator counts a delivery once it has read the answer, after the ledger was written.
-    wait_for(
-        lambda: emulator.stats()["callbacks_delivered"] == 2, what="both deliveries counted"
-    )
+    wait_for(lambda: emulator.stats()["callbacks_delivered"] == 2, what="both deliveries counted")
 
     # The sensor acts on them without polling the provider.
     spec = make_spec(tmp_path / "out")

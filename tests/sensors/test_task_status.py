@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pytest
 from dagster import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 
@@ -26,15 +24,10 @@ from ._support import (
     make_defs,
     make_resource,
     make_spec,
+    submitted,
     tick,
     wait_terminal,
 )
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def _batch_entries(ledger: TaskLedger, spec: ImageAssetSpec, batch_id: str) -> set[str]:
@@ -96,12 +89,8 @@ def test_max_per_run_splits_the_batch(
 def test_a_tick_evaluated_twice_launches_nothing_twice(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
-    spec = make_spec(tmp_path, mode="deferred")
-    resource = make_resource(emulator)
-    defs = make_defs(spec, resource)
-    ledger = ledger_of(spec)
-    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for())
-    wait_terminal(emulator, 3)
+    done = submitted(tmp_path, emulator)
+    spec, resource, defs = done.spec, done.resource, done.defs
     # The same tick evaluated twice (same cursor), at once: the second asks for nothing.
     sensor = build_task_status_sensor(spec, "cards_job")
     first = tick(sensor, instance, resource)
@@ -154,12 +143,8 @@ def test_collect_run_materializes_its_batch_without_a_new_task(
 def test_a_failed_collect_run_is_collected_again_on_the_next_tick(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
-    spec = make_spec(tmp_path, mode="deferred")
-    resource = make_resource(emulator)
-    defs = make_defs(spec, resource)
-    ledger = ledger_of(spec)
-    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for())
-    wait_terminal(emulator, 3)
+    done = submitted(tmp_path, emulator)
+    spec, resource, defs, ledger = done.spec, done.resource, done.defs, done.ledger
     sensor = defs.get_sensor_def("cards_task_status")
     first = tick(sensor, instance, resource)
     [request] = first.run_requests
@@ -199,12 +184,8 @@ def test_retryable_failure_is_resubmitted_inside_the_collect_run(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
     emulator.configure(failure_rules=[{"pattern": "(?i)owl", "code": "service_error"}])
-    spec = make_spec(tmp_path, mode="deferred")
-    resource = make_resource(emulator, max_resubmits=1)
-    defs = make_defs(spec, resource)
-    ledger = ledger_of(spec)
-    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for())
-    wait_terminal(emulator, 3)
+    done = submitted(tmp_path, emulator, max_resubmits=1)
+    spec, resource, defs, ledger = done.spec, done.resource, done.defs, done.ledger
     sensor = build_task_status_sensor(spec, "cards_job", max_resubmits=1)
 
     first = tick(sensor, instance, resource)
@@ -276,12 +257,8 @@ def test_permanent_failure_is_reported_once_and_not_retried(
 def test_expired_result_is_regenerated_inside_the_collect_run(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
-    spec = make_spec(tmp_path, ROWS[:1], mode="deferred")
-    resource = make_resource(emulator)
-    defs = make_defs(spec, resource)
-    ledger = ledger_of(spec)
-    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for(ROWS[:1]))
-    wait_terminal(emulator, 1)
+    done = submitted(tmp_path, emulator, ROWS[:1])
+    spec, resource, defs, ledger = done.spec, done.resource, done.defs, done.ledger
     old_task = ledger.get(spec.asset_key.path, "fox").task_id  # type: ignore[union-attr]
     sensor = build_task_status_sensor(spec, "cards_job")
     first = tick(sensor, instance, resource)
@@ -344,3 +321,22 @@ def test_cursor_is_small_json(tmp_path: Path, emulator: EmulatorServer) -> None:
         result = tick(sensor, instance, make_resource(emulator))
     assert result.cursor is None
     assert result.skip_reason is not None
+
+
+def test_new_work_waits_while_max_active_runs_are_active(
+    tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
+) -> None:
+    done = submitted(tmp_path, emulator, ROWS[:2])
+    spec, resource, ledger = done.spec, done.resource, done.ledger
+    sensor = build_task_status_sensor(spec, "cards_job", max_active_runs=1)
+    [first] = tick(sensor, instance, resource).run_requests
+    # elk finishes while fox and owl's run is asked for: it waits, for one run instead of two.
+    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for(ROWS[2:]))
+    wait_terminal(emulator, 3)
+    held = tick(sensor, instance, resource)
+    assert not held.run_requests
+    assert held.skip_reason is not None
+    assert "1 held for a later run" in held.skip_reason
+    assert execute_request(done.defs.resolve_job_def("cards_job"), instance, first).success
+    [second] = tick(sensor, instance, resource).run_requests
+    assert _batch_entries(ledger, spec, second.tags[COLLECT_TAG]) == {"elk"}

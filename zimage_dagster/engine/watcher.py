@@ -72,6 +72,7 @@ from zimage_dagster.engine.store import AssetLike, asset_parts
 
 __all__ = [
     "COLLECT_TAG",
+    "DEFAULT_MAX_ACTIVE_RUNS",
     "DEFAULT_MAX_COLLECT_RUNS",
     "DEFAULT_MAX_PER_RUN",
     "DEFAULT_RESULT_TTL_S",
@@ -93,6 +94,9 @@ DEFAULT_RESULT_TTL_S = 24 * 3600.0
 DEFAULT_MAX_PER_RUN = 500
 #: Collect runs a partition may go through without being collected before it is reported.
 DEFAULT_MAX_COLLECT_RUNS = 3
+#: Collect runs of one asset queued or running at once: while that many are, new work waits for
+#: a later tick and goes into one bigger batch (fewer run starts).
+DEFAULT_MAX_ACTIVE_RUNS = 2
 
 #: The state of a batch's collect run: ``"active"`` (queued or running), ``"finished"``, or
 #: ``None`` when no run with that batch's tag exists (yet).
@@ -142,6 +146,8 @@ class TickReport:
     polled: int = 0
     poll_errors: int = 0
     waiting: int = 0  # entries whose collect run is queued or running
+    active_runs: int = 0  # collect runs queued or running (or just asked for)
+    held: int = 0  # entries ready, held for a later tick: max_active_runs reached
     cursor: str | None = None  # next tick polls the entries after this storage key
     complete: bool = True  # every submitted entry was polled this tick
     elapsed_s: float = 0.0
@@ -157,7 +163,9 @@ class TickReport:
             f"{self.scanned} deferred ledger entries, {self.open_entries} awaiting the provider; "
             f"polled {self.polled} ({self.poll_errors} errors); {self.to_collect} partition(s) "
             f"for {len(self.batches)} collect run(s) ({new} to resubmit or regenerate), "
-            f"{self.waiting} in collect runs, {len(self.failures)} failed for good; "
+            f"{self.waiting} in {self.active_runs} active collect run(s)"
+            f"{f', {self.held} held for a later run' if self.held else ''}, "
+            f"{len(self.failures)} failed for good; "
             f"{'all polled' if self.complete else f'resume after {self.cursor!r}'}; "
             f"{self.elapsed_s:.2f} s"
         )
@@ -191,6 +199,8 @@ class TaskWatcher:
         max_per_run: partitions per collect run.
         max_collect_runs: collect runs a partition may go through uncollected before it is
             reported as failed for good.
+        max_active_runs: collect runs queued or running at once; while that many are, ready
+            partitions wait for a later tick (and a bigger batch).
         clock: unix seconds (tests pass a shifted clock to simulate a day passing).
     """
 
@@ -207,6 +217,7 @@ class TaskWatcher:
         recollect_after_s: float = 600.0,
         max_per_run: int = DEFAULT_MAX_PER_RUN,
         max_collect_runs: int = DEFAULT_MAX_COLLECT_RUNS,
+        max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
         clock: Callable[[], float] = time.time,
         logger: Log | None = None,
     ) -> None:
@@ -224,8 +235,10 @@ class TaskWatcher:
         self.recollect_after_s = recollect_after_s
         self.max_per_run = max_per_run
         self.max_collect_runs = max_collect_runs
+        self.max_active_runs = max_active_runs
         self.clock = clock
         self.log: Log = logger or log
+        self._asked: set[str] = set()  # batches asked for whose run does not exist yet
 
     async def tick(
         self,
@@ -241,6 +254,7 @@ class TaskWatcher:
         poll_deadline = started + self.tick_budget_s * 0.8
         call_deadline = started + self.tick_budget_s * 0.9
         report = TickReport()
+        self._asked = set()
         states: dict[str, Literal["active", "finished"] | None] = {}
 
         def state_of(batch_id: str) -> Literal["active", "finished"] | None:
@@ -252,10 +266,12 @@ class TaskWatcher:
         report.scanned = len(entries)
         due: list[_Due] = []
         awaiting: list[LedgerEntry] = []
+        active: set[str] = set()
         for entry in entries:
             batch = entry.extra.get("collect_batch")
             if isinstance(batch, str) and state_of(batch) == "active":
                 report.waiting += 1  # its collect run is on it: no poll, no decision
+                active.add(batch)
             elif entry.status == LedgerStatus.SUBMITTED:
                 awaiting.append(entry)
             else:  # known (a callback, an earlier tick): no poll
@@ -282,6 +298,10 @@ class TaskWatcher:
         await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(awaiting)))))
         report.complete = len(polled) >= len(awaiting)
         report.cursor = None if report.complete else polled[-1].partition_key if polled else cursor
+        active.update(self._asked)
+        report.active_runs = len(active)
+        if len(active) >= self.max_active_runs:
+            report.held, due = len(due), []  # next tick, in one bigger batch
         await asyncio.to_thread(self._write_batches, due, report)
         for failure in report.failures:
             await asyncio.to_thread(self._mark_handled, failure)
@@ -371,6 +391,7 @@ class TaskWatcher:
                     self.clock() - float(asked) < self.recollect_after_s
                 ):
                     report.waiting += 1  # asked for; the run is about to be created
+                    self._asked.add(batch)
                     return
         if runs >= self.max_collect_runs:
             report.failures.append(
