@@ -4,8 +4,8 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred. A full run (all
-benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred. A full
+run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
 

@@ -11,10 +11,9 @@ Timed: one evaluation of the sensor from :func:`zimage_dagster.sensors.build_tas
 (the rest resume from its cursor next tick), puts the settled ones into collect batches, answers.
 Figures: its wall time (within the budget), its status requests (none for a task a callback
 settled), and the ticks a full pass over the open tasks takes at that pace. Baselines in the
-same run:
-listing and reading the ledger entries alone (``TaskLedger.iter_entries``), and one bare
-``httpx`` GET of each open task with the same 32 in flight (what the polling itself costs this
-machine's Python, with no plugin code).
+same run: listing and reading the ledger entries alone (``TaskLedger.iter_entries``), and one
+bare ``httpx`` GET of each open task with the same 32 in flight (what the polling itself costs
+this machine's Python, with no plugin code).
 """
 
 from __future__ import annotations
