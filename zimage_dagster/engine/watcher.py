@@ -249,10 +249,11 @@ class TaskWatcher:
         """Read the ledger, poll what needs polling (from ``cursor`` on), decide; see the
         module doc. ``batch_state`` tells the state of an earlier batch's collect run."""
         started = time.monotonic()
-        # No new work after 80 % of the budget; calls in flight end by 90 %; the rest is left
-        # for the ledger writes that follow them.
+        # No new polls after 80 % of the budget; calls in flight end by 90 %; the ledger writes
+        # of the batches stop at 95 % (what is not written waits for the next tick).
         poll_deadline = started + self.tick_budget_s * 0.8
         call_deadline = started + self.tick_budget_s * 0.9
+        write_deadline = started + self.tick_budget_s * 0.95
         report = TickReport()
         self._asked = set()
         states: dict[str, Literal["active", "finished"] | None] = {}
@@ -302,7 +303,7 @@ class TaskWatcher:
         report.active_runs = len(active)
         if len(active) >= self.max_active_runs:
             report.held, due = len(due), []  # next tick, in one bigger batch
-        await asyncio.to_thread(self._write_batches, due, report)
+        await asyncio.to_thread(self._write_batches, due, report, write_deadline)
         for failure in report.failures:
             await asyncio.to_thread(self._mark_handled, failure)
         report.elapsed_s = time.monotonic() - started
@@ -451,8 +452,9 @@ class TaskWatcher:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def _write_batches(self, due: Sequence[_Due], report: TickReport) -> None:
-        """Cut ``due`` into batches of ``max_per_run`` and record each entry's batch."""
+    def _write_batches(self, due: Sequence[_Due], report: TickReport, deadline: float) -> None:
+        """Cut ``due`` into batches of ``max_per_run`` and record each entry's batch, until
+        ``deadline`` (monotonic): entries not written by then wait for the next tick."""
         ordered = sorted(due, key=lambda d: d.entry.partition_key)
         now = self.clock()
         for start in range(0, len(ordered), self.max_per_run):
@@ -461,7 +463,8 @@ class TaskWatcher:
             written = [
                 d
                 for d in chunk
-                if self._write_sync(
+                if time.monotonic() < deadline
+                and self._write_sync(
                     self.ledger.update,
                     d.entry,
                     d.entry.status,
