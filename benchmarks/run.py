@@ -4,8 +4,8 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery. A full run (all
-benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred. A full
+run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
 
@@ -22,6 +22,7 @@ from typing import Any
 
 from benchmarks import (
     claims,
+    deferred,
     emulator_capacity,
     gallery,
     memory,
@@ -43,6 +44,7 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     emulator_capacity.NAME: emulator_capacity.run,
     claims.NAME: claims.run,
     gallery.NAME: gallery.run,
+    deferred.NAME: deferred.run,
 }
 
 

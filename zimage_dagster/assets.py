@@ -33,9 +33,10 @@ from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG
+from zimage_dagster.engine.watcher import COLLECT_TAG, batch_partitions
 from zimage_dagster.gallery.links import gallery_base_url, grid_url
-from zimage_dagster.prompts import PromptDataset, load_prompts
+from zimage_dagster.partitions import partitions_def_for, prompt_key, spec_dataset
+from zimage_dagster.prompts import PromptDataset
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.sensors import automation_definitions
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
@@ -49,9 +50,6 @@ __all__ = [
 
 #: The checks evaluated for the partitions a run stored.
 CHECK_NAMES = ("image_decodes", "dimensions_match_request", "sha256_matches")
-
-_PROMPT_DIMENSION = "prompt"
-_DATE_DIMENSION = "date"
 
 
 def build_image_assets(
@@ -100,11 +98,11 @@ def build_image_definitions(
 
     The options go to the sensor builders (see :func:`~zimage_dagster.sensors.automation_definitions`).
     """
-    dataset = _load(spec.prompts)
+    dataset = spec_dataset(spec.prompts)
     left_out = dataset.left_out_summary(spec.asset_name)
     if left_out:  # one line per asset on load; the full report is in the definition metadata
         dg.get_dagster_logger().warning(left_out)
-    partitions_def = _partitions_def(spec, dataset)
+    partitions_def = partitions_def_for(spec, dataset)
     with warnings.catch_warnings():
         # A single-run BackfillPolicy is what lets one run cover a range of partitions (the batch
         # engine's reason to exist); Dagster marks the parameter beta. Chosen knowingly, so that
@@ -119,52 +117,16 @@ def build_image_definitions(
     parts = [
         dg.Definitions(assets=[asset_def], jobs=[job]),
         automation_definitions(
-            spec, job, task_status_options=task_status_options, dataset_options=dataset_options
+            spec,
+            job,
+            partitions_def=partitions_def,
+            task_status_options=task_status_options,
+            dataset_options=dataset_options,
         ),
     ]
     if spec.balance_asset:
         parts.append(balance_definitions(spec))
     return dg.Definitions.merge(*parts)
-
-
-# -- partitions ---------------------------------------------------------------------------------
-
-
-def _load(source: PromptSource) -> PromptDataset:
-    if isinstance(source, PromptDataset):
-        return source
-    return load_prompts(source)
-
-
-def _partitions_def(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.PartitionsDefinition:
-    if spec.partitioning == "static":
-        return dg.StaticPartitionsDefinition(dataset.keys)
-    if spec.partitioning == "dynamic":
-        return dg.DynamicPartitionsDefinition(name=spec.partitions_name)
-    if spec.partitioning == "daily":
-        return dg.MultiPartitionsDefinition(
-            {
-                # end_offset=1: today's partition exists from midnight, so the morning
-                # schedule can ask for today's image (without it the newest is yesterday's).
-                _DATE_DIMENSION: dg.DailyPartitionsDefinition(
-                    start_date=spec.daily_start_date,
-                    timezone=spec.timezone,
-                    end_offset=1,
-                ),
-                _PROMPT_DIMENSION: dg.StaticPartitionsDefinition(dataset.keys),
-            }
-        )
-    raise dg.DagsterInvalidDefinitionError(f"unknown partitioning {spec.partitioning!r}")
-
-
-def _prompt_key(partition_key: str, partitions_def: dg.PartitionsDefinition) -> str:
-    """The dataset key of a partition (the ``prompt`` dimension of a date x prompt key)."""
-    if isinstance(partition_key, dg.MultiPartitionKey):
-        return partition_key.keys_by_dimension[_PROMPT_DIMENSION]
-    if isinstance(partitions_def, dg.MultiPartitionsDefinition):
-        multi = partitions_def.get_partition_key_from_str(str(partition_key))
-        return multi.keys_by_dimension[_PROMPT_DIMENSION]
-    return str(partition_key)
 
 
 # -- the asset ----------------------------------------------------------------------------------
@@ -229,12 +191,14 @@ def _image_asset(
     )
     def _asset(context: AssetExecutionContext) -> Iterator[Any]:
         resource: ZImageResource = getattr(context.resources, spec.resource_key)
-        rows = _load(spec.prompts) if spec.partitioning == "dynamic" else dataset
+        rows = spec_dataset(spec.prompts) if spec.partitioning == "dynamic" else dataset
         for problem in rows.problems:
             context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         report, missing = _generate(context, spec, resource, rows)
         yield from _check_results(spec, report)
-        if report.failures or missing:
+        if _collect_batch(spec, context) is not None:
+            _log_collect_failures(context, report, missing)
+        elif report.failures or missing:
             policy = spec.retry_policy
             retries_left = policy is not None and context.retry_number < policy.max_retries
             raise _failure(report, missing, len(context.partition_keys), retries_left)
@@ -314,11 +278,21 @@ def _generate(
     missing: list[str] = []
     partitions_def = context.assets_def.partitions_def
     assert partitions_def is not None
-    for partition_key in context.partition_keys:
-        prompt_key = _prompt_key(partition_key, partitions_def)
-        row = dataset.get(prompt_key)
+    batch = _collect_batch(spec, context)
+    partition_keys: Sequence[str] = context.partition_keys
+    if batch is not None:
+        # A collect run covers the range around its batch: it works on the batch alone.
+        wanted = batch_partitions(ledger, spec.asset_key.path, batch)
+        partition_keys = [k for k in partition_keys if str(k) in wanted]
+        context.log.info(
+            f"collect batch {batch}: {len(partition_keys)} partition(s) to collect, resubmit or "
+            f"regenerate, of the {len(context.partition_keys)} in the run's range"
+        )
+    for partition_key in partition_keys:
+        row_key = prompt_key(partition_key, partitions_def)
+        row = dataset.get(row_key)
         if row is None:
-            missing.append(f"{partition_key}: no row with key {prompt_key!r} in {dataset.source}")
+            missing.append(f"{partition_key}: no row with key {row_key!r} in {dataset.source}")
             continue
         jobs.append(
             plan_job(
@@ -342,19 +316,42 @@ def _generate(
         jobs = [job for job in jobs if job.partition_key not in done]
 
     # Deferred mode: create the tasks, write them to the ledger and end; the task-status sensor
-    # launches a collect run (tagged COLLECT_TAG) per finished task, which generates (blocking).
-    deferred = spec.deferred and COLLECT_TAG not in context.run.tags
+    # launches collect runs (tagged COLLECT_TAG) over batches of finished tasks. Partitions whose
+    # image is already stored for the identical request are materialized at once.
+    deferred = spec.deferred and batch is None
     options = StepOptions(
         reuse_stored=spec.reuse_stored,
         retry_rejected=spec.retry_rejected,
         gallery_url=gallery_base_url(spec.gallery_url),
         budget=spec.credit_budget,
         deferred=deferred,
+        # A task a collect run creates (resubmission, regeneration) stays watched by the sensor,
+        # and is left alone while this run is on it.
+        ledger_extra=None if batch is None else {"deferred": True, "collect_batch": batch},
     )
     report = run_in_step(context, resource, ledger, spec.asset_key, jobs, options)
     if deferred:
         context.log.info(f"deferred: {report.summary()}; the task-status sensor collects the rest")
     return report, missing
+
+
+def _collect_batch(spec: ImageAssetSpec, context: dg.AssetExecutionContext) -> str | None:
+    """The batch ID of a deferred asset's collect run (tag ``zimage/collect``), else ``None``."""
+    return context.run.tags.get(COLLECT_TAG) if spec.deferred else None
+
+
+def _log_collect_failures(
+    context: dg.AssetExecutionContext, report: BatchReport, missing: Sequence[str]
+) -> None:
+    """A collect run does not fail for its failed partitions: a failed step would mark every
+    partition of its range failed, those outside the batch too. The sensor decides what comes
+    next for each (another collect run, or a report of a failure for good)."""
+    lines = [*missing, *(f.describe() for f in report.failures)]
+    if lines:
+        context.log.warning(
+            f"{len(lines)} partition(s) of the batch not collected (the task-status sensor "
+            "decides what comes next for each):\n" + "\n".join(f"- {line}" for line in lines[:50])
+        )
 
 
 def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:

@@ -14,9 +14,12 @@ after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
   ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing; an entry
   that moved on meanwhile (a collect run marked it ``collected`` during the re-read) is left as it
   is: ledger states only move forward (a compare-and-set, see :mod:`zimage_dagster.engine.ledger`);
+- reads at most 64 KiB of body (413 as soon as ``Content-Length`` or the bytes read say more,
+  chunked bodies too; the rest is never read), cuts off a client whose headers or body take
+  more than 10 s, answers a body it cannot parse (deeply nested JSON too) with 400;
 - answers at once (2xx) unless the API could not be read, in which case 503 lets the provider
-  retry. The task-status sensor launches the collect run (or resubmits) on its next tick without
-  polling the task.
+  retry. The task-status sensor puts the partition into its next collect run without polling
+  the task.
 
 Run it::
 
@@ -31,12 +34,26 @@ deferred submit and the sensor) to ``https://hooks.example.com/callbacks/<token>
 Behind HTTPS: the provider only calls ``https://`` URLs on public addresses, so put the receiver
 (bound to loopback) behind a TLS reverse proxy. Caddy (certificates automatic)::
 
+    {
+        servers {
+            timeouts {
+                read_header 10s
+                read_body 10s
+            }
+        }
+    }
     hooks.example.com {
         handle /callbacks/* {
+            request_body {
+                max_size 64KB
+            }
             reverse_proxy 127.0.0.1:8787
         }
         respond 404
     }
+
+(Caddy writes no access log unless a ``log`` directive asks for one: keep it that way here,
+the path holds the token.)
 
 nginx::
 
@@ -75,12 +92,14 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h11
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from upath import UPath
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerStatus, TaskLedger
@@ -92,6 +111,7 @@ __all__ = [
     "TASK_ID_PATTERN",
     "CallbackReceiver",
     "create_receiver_app",
+    "guarded_http_protocol",
     "load_or_create_token",
     "main",
 ]
@@ -103,6 +123,48 @@ CALLBACK_PATH = "/callbacks"
 TASK_ID_PATTERN = re.compile(r"task-unified-[0-9]{1,20}-[a-z0-9]{8}")
 MAX_BODY_BYTES = 64 * 1024
 MIN_TOKEN_CHARS = 16
+#: A request whose headers (or body) take longer than this is cut off (a slow client).
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0
+
+
+def guarded_http_protocol(header_timeout_s: float = HEADER_TIMEOUT_S) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers are not all
+    received within ``header_timeout_s`` (uvicorn itself waits for them for ever; its keep-alive
+    timeout only covers idle connections between requests). Pass it as ``uvicorn.Config(http=)``.
+    """
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is h11.IDLE:
+                if self._header_timer is None:
+                    self._arm()  # part of a request's headers: they must all come in time
+            elif self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._header_timer = self.loop.call_later(header_timeout_s, self._headers_too_slow)
+
+        def _headers_too_slow(self) -> None:
+            self._header_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    return GuardedH11Protocol
 
 
 def create_receiver_app(
@@ -113,6 +175,8 @@ def create_receiver_app(
     base_url: str | None = None,
     api_timeout_s: float = 5.0,
     client: AsyncZImageClient | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+    body_timeout_s: float = BODY_TIMEOUT_S,
 ) -> Starlette:
     """The receiver as an ASGI app.
 
@@ -122,6 +186,9 @@ def create_receiver_app(
         api_key / base_url: for the receiver's own client (default: the environment).
         api_timeout_s: how long re-reading one task may take (the provider waits 10 s).
         client: an open client to use instead (the caller closes it).
+        max_body_bytes: a larger body is answered 413 as soon as that is known (a larger
+            ``Content-Length``, or the bytes read so far), without reading the rest.
+        body_timeout_s: a body not received within this is answered 408 (the connection closes).
     """
     if len(token) < MIN_TOKEN_CHARS or not re.fullmatch(r"[A-Za-z0-9_\-]+", token):
         raise ValueError(
@@ -148,13 +215,17 @@ def create_receiver_app(
         given = str(request.path_params.get("token", "")).encode()
         if not hmac.compare_digest(given, expected):
             return PlainTextResponse("Not Found", status_code=404)
-        raw = await request.body()
-        if len(raw) > MAX_BODY_BYTES:
-            return PlainTextResponse("body too large", status_code=413)
+        try:
+            raw = await asyncio.wait_for(_read_body(request, max_body_bytes), body_timeout_s)
+        except _BodyTooLarge:
+            # The rest of the body is not read: the connection closes after the answer.
+            return PlainTextResponse("body too large", status_code=413, headers=_CLOSE)
+        except asyncio.TimeoutError:
+            return PlainTextResponse("body not received in time", status_code=408, headers=_CLOSE)
         try:
             body = json.loads(raw)
             task_id = body["id"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deep nesting
             return PlainTextResponse("expected a task JSON object with an id", status_code=400)
         if not isinstance(task_id, str) or not TASK_ID_PATTERN.fullmatch(task_id):
             return PlainTextResponse("not a task ID", status_code=400)
@@ -174,6 +245,29 @@ def create_receiver_app(
         ],
         lifespan=lifespan,
     )
+
+
+_CLOSE = {"Connection": "close"}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, read chunk by chunk; :class:`_BodyTooLarge` as soon as it is known to
+    exceed ``limit`` (from ``Content-Length``, or from the bytes read so far: chunked bodies)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 async def _record(
@@ -255,12 +349,17 @@ class CallbackReceiver(Service):
         *,
         host: str = "127.0.0.1",
         port: int = 0,
+        header_timeout_s: float = HEADER_TIMEOUT_S,
         **app_options: Any,
     ) -> None:
         self.app = create_receiver_app(storage, token, **app_options)
         self._token = token
         self._serving = ThreadedServer(
-            self.app, host=host, port=port, name="zimage-callback-receiver"
+            self.app,
+            host=host,
+            port=port,
+            name="zimage-callback-receiver",
+            http=guarded_http_protocol(header_timeout_s),
         )
         self.url = ""
 
@@ -310,7 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sock = bind_socket(args.host, args.port)
     print(socket_url(sock), flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            http=guarded_http_protocol(),
+        )
     )
     server.run(sockets=[sock])
     return 0

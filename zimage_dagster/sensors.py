@@ -2,10 +2,12 @@
 
 - :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.engine.watcher.TaskWatcher`
   reads the asset's deferred ledger entries in bulk, polls the open tasks concurrently within a
-  time budget (a cursor spreads a large backlog over ticks), and answers with a collect run per
-  completed task (``run_key`` = task ID, tag ``zimage/collect``), resubmissions of retryable
-  failures, regenerations of expired results, and one ``AssetObservation`` per partition that
-  failed for good (with the provider's code and message; shown on the partition's events).
+  time budget (a cursor spreads a large backlog over ticks), and answers with one collect run
+  per batch of up to ``max_per_run`` partitions (completed tasks to store, retryable failures to
+  resubmit, expired results to regenerate: the run does all three; ``run_key`` =
+  ``collect:<batch ID>``, a digest of the batch's task IDs, tag ``zimage/collect``), and one
+  ``AssetObservation`` per partition that failed for good (with the provider's code and message;
+  shown on the partition's events). It never creates a task itself.
 - :func:`build_prompt_dataset_sensor`: watches a prompt dataset (a file or a folder of files,
   local or any fsspec URL), adds new keys as dynamic partitions and requests their runs, requests
   the regeneration of a key whose prompt changed, and reports keys that left the dataset (it
@@ -35,16 +37,31 @@ import json
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from upath import UPath
 
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.request import DEFAULT_SIZE, request_fingerprint
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG, DEFAULT_RESULT_TTL_S, TaskWatcher, TickReport
+from zimage_dagster.engine.watcher import (
+    COLLECT_TAG,
+    DEFAULT_MAX_ACTIVE_RUNS,
+    DEFAULT_MAX_COLLECT_RUNS,
+    DEFAULT_MAX_PER_RUN,
+    DEFAULT_RESULT_TTL_S,
+    BatchState,
+    CollectBatch,
+    TaskWatcher,
+    TickReport,
+)
+from zimage_dagster.partitions import partition_range, partitions_def_for, spec_dataset
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.spec import ImageAssetSpec
 
@@ -80,15 +97,18 @@ def build_task_status_sensor(
     job_name: str,
     *,
     name: str | None = None,
+    partitions_def: dg.PartitionsDefinition | None = None,
     minimum_interval_seconds: int = 30,
     tick_budget_s: float = 30.0,
     concurrency: int = 32,
     max_resubmits: int = 2,
+    max_per_run: int = DEFAULT_MAX_PER_RUN,
+    max_collect_runs: int = DEFAULT_MAX_COLLECT_RUNS,
+    max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
     result_ttl_s: float = DEFAULT_RESULT_TTL_S,
     expiry_margin_s: float = 3600.0,
     recollect_after_s: float = 600.0,
     resource_key: str | None = None,
-    callback_url: str | None = None,
     default_status: dg.DefaultSensorStatus = dg.DefaultSensorStatus.RUNNING,
     clock: Callable[[], float] = time.time,
 ) -> dg.SensorDefinition:
@@ -96,25 +116,52 @@ def build_task_status_sensor(
 
     Args:
         spec: the image asset's spec (storage, asset key, resource key).
-        job_name: the job that materializes the asset (``<name>_job``); collect runs run it for
-            one partition with the tag ``zimage/collect=<task ID>`` and ``run_key=<task ID>``.
+        job_name: the job that materializes the asset (``<name>_job``); a collect run runs it
+            over the smallest partition range holding its batch, with the tag
+            ``zimage/collect=<batch ID>`` and ``run_key=collect:<batch ID>``, and works on the
+            batch's partitions alone.
         name: the sensor's name (default ``<asset name>_task_status``).
+        partitions_def: the asset's partitions (default: built from the spec, which reads the
+            dataset once); they order the partitions of a collect run's range.
         minimum_interval_seconds: seconds between ticks.
         tick_budget_s: a tick's time budget; keep it well under Dagster's sensor timeout (60 s,
             ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``). Work that does not fit resumes next tick.
         concurrency: status requests in flight at once.
-        max_resubmits: new tasks per partition after retryable failures or expired results.
+        max_resubmits: new tasks per partition after retryable failures or expired results
+            (created by the collect run, never by the sensor).
+        max_per_run: partitions per collect run (a tick asks for one run per this many).
+        max_collect_runs: collect runs a partition may go through uncollected before it is
+            reported as failed for good.
+        max_active_runs: collect runs of the asset queued or running at once; while that many
+            are, ready partitions wait for a later tick and one bigger batch (fewer run starts).
         result_ttl_s: lifetime of the provider's result links (24 h).
         expiry_margin_s: regenerate, rather than collect, a result this close to expiring.
-        recollect_after_s: ask again (same run key) for a collect run not done after this long.
+        recollect_after_s: ask again (same run key) for a collect run not created after this long.
         resource_key: the :class:`~zimage_dagster.ZImageResource` key (default the spec's).
-        callback_url: sent with resubmitted tasks (default ``$ZIMAGE_CALLBACK_URL``).
         default_status: RUNNING by default: it only acts on tasks submitted in deferred mode,
             and deferred mode does nothing useful without it.
         clock: unix seconds (tests shift it to simulate a day passing).
     """
     key = resource_key or spec.resource_key
     sensor_name = name or f"{_safe_name(spec)}_task_status"
+    watcher_options: dict[str, Any] = {
+        "tick_budget_s": tick_budget_s,
+        "concurrency": concurrency,
+        "max_resubmits": max_resubmits,
+        "max_per_run": max_per_run,
+        "max_collect_runs": max_collect_runs,
+        "max_active_runs": max_active_runs,
+        "result_ttl_s": result_ttl_s,
+        "expiry_margin_s": expiry_margin_s,
+        "recollect_after_s": recollect_after_s,
+        "clock": clock,
+    }
+    ordering: list[dg.PartitionsDefinition] = [partitions_def] if partitions_def else []
+
+    def partitions() -> dg.PartitionsDefinition:
+        if not ordering:  # built once, when first needed
+            ordering.append(partitions_def_for(spec, spec_dataset(spec.prompts)))
+        return ordering[0]
 
     @dg.sensor(
         name=sensor_name,
@@ -123,9 +170,10 @@ def build_task_status_sensor(
         default_status=default_status,
         required_resource_keys={key},
         description=(
-            f"Deferred mode of {spec.asset_key.to_user_string()}: polls the submitted tasks, "
-            "launches a collect run per completed task (run key = task ID), resubmits "
-            "retryable failures, regenerates expired results, reports permanent failures."
+            f"Deferred mode of {spec.asset_key.to_user_string()}: polls the submitted tasks and "
+            f"launches collect runs over batches of up to {max_per_run} partitions (they also "
+            "resubmit retryable failures and regenerate expired results); reports permanent "
+            "failures."
         ),
     )
     def _task_status_sensor(context: dg.SensorEvaluationContext, **_: Any) -> dg.SensorResult:
@@ -133,25 +181,32 @@ def build_task_status_sensor(
         watcher = TaskWatcher(
             TaskLedger(_store(spec), clock=clock),
             spec.asset_key.path,
-            tick_budget_s=tick_budget_s,
-            concurrency=concurrency,
-            max_resubmits=max_resubmits,
-            result_ttl_s=result_ttl_s,
-            expiry_margin_s=expiry_margin_s,
-            recollect_after_s=recollect_after_s,
-            callback_url=callback_url,
-            clock=clock,
             logger=context.log,
+            **watcher_options,
         )
 
         async def run() -> TickReport:
             async with resource.async_client() as client:
-                return await watcher.tick(client, _cursor_after(context.cursor))
+                return await watcher.tick(
+                    client, _cursor_after(context.cursor), _batch_state(context.instance)
+                )
 
         report = asyncio.run(run())
-        return _task_status_result(spec, job_name, report, context)
+        return _task_status_result(spec, job_name, report, partitions, context)
 
     return _task_status_sensor
+
+
+def _batch_state(instance: dg.DagsterInstance) -> BatchState:
+    """The state of a batch's collect run, from the instance's runs (by tag)."""
+
+    def state(batch_id: str) -> Literal["active", "finished"] | None:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={COLLECT_TAG: batch_id}), limit=1)
+        if not runs:
+            return None
+        return "finished" if runs[0].is_finished else "active"
+
+    return state
 
 
 def _cursor_after(cursor: str | None) -> str | None:
@@ -164,20 +219,45 @@ def _cursor_after(cursor: str | None) -> str | None:
     return after if isinstance(after, str) else None
 
 
+def _collect_request(
+    job_name: str,
+    batch: CollectBatch,
+    partitions: Callable[[], dg.PartitionsDefinition],
+    instance: dg.DagsterInstance,
+) -> dg.RunRequest:
+    """One collect run: the asset's job over the smallest range holding the batch."""
+    tags = {COLLECT_TAG: batch.batch_id}
+    if len(batch.partitions) == 1:
+        return dg.RunRequest(
+            run_key=batch.run_key,
+            job_name=job_name,
+            partition_key=batch.partitions[0],
+            tags=tags,
+        )
+    first, last = partition_range(partitions(), batch.partitions, instance)
+    return dg.RunRequest(
+        run_key=batch.run_key,
+        job_name=job_name,
+        tags={
+            **tags,
+            ASSET_PARTITION_RANGE_START_TAG: first,
+            ASSET_PARTITION_RANGE_END_TAG: last,
+        },
+    )
+
+
 def _task_status_result(
-    spec: ImageAssetSpec, job_name: str, report: TickReport, context: dg.SensorEvaluationContext
+    spec: ImageAssetSpec,
+    job_name: str,
+    report: TickReport,
+    partitions: Callable[[], dg.PartitionsDefinition],
+    context: dg.SensorEvaluationContext,
 ) -> dg.SensorResult:
     context.log.info(report.summary())
     for error in report.errors[:20]:
         context.log.warning(error)
     run_requests = [
-        dg.RunRequest(
-            run_key=c.task_id,
-            job_name=job_name,
-            partition_key=c.partition_key,
-            tags={COLLECT_TAG: c.task_id},
-        )
-        for c in report.collect
+        _collect_request(job_name, batch, partitions, context.instance) for batch in report.batches
     ]
     events: list[dg.AssetObservation] = []
     for f in report.failures:
@@ -516,6 +596,7 @@ def automation_definitions(
     spec: ImageAssetSpec,
     job: dg.UnresolvedAssetJobDefinition,
     *,
+    partitions_def: dg.PartitionsDefinition | None = None,
     task_status_options: Mapping[str, Any] | None = None,
     dataset_options: Mapping[str, Any] | None = None,
 ) -> dg.Definitions:
@@ -528,11 +609,13 @@ def automation_definitions(
       ``dagster.build_schedule_from_partitioned_job`` at the schedule's hour and minute, in the
       partitions' time zone, stopped by default.
 
-    The options are passed to the sensor builders (intervals, budgets, default status).
+    The options are passed to the sensor builders (intervals, budgets, default status);
+    ``partitions_def`` (the asset's) orders the partitions of the collect runs' ranges.
     """
     sensors: list[dg.SensorDefinition] = []
     if spec.deferred:
-        sensors.append(build_task_status_sensor(spec, job.name, **dict(task_status_options or {})))
+        options = {"partitions_def": partitions_def, **dict(task_status_options or {})}
+        sensors.append(build_task_status_sensor(spec, job.name, **options))
     if spec.wants_dataset_sensor:
         sensors.append(build_prompt_dataset_sensor(spec, job.name, **dict(dataset_options or {})))
     schedules: list[Any] = []

@@ -12,6 +12,7 @@ True
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import socket
 import threading
@@ -133,7 +134,8 @@ class ThreadedServer(Service):
 
     ``sockets``: sockets already bound (``bind_socket``) to serve on besides the one it binds
     itself, so one server can answer on several origins (the app tells them apart by
-    ``scope["server"]``). ``ssl``: ``(certfile, keyfile)`` to serve https.
+    ``scope["server"]``). ``ssl``: ``(certfile, keyfile)`` to serve https. ``http``: uvicorn's
+    HTTP protocol (a name or a class; e.g. the callback receiver's, which bounds header reads).
     """
 
     def __init__(
@@ -145,8 +147,10 @@ class ThreadedServer(Service):
         name: str = "asgi-server",
         sockets: list[socket.socket] | None = None,
         ssl: tuple[str, str] | None = None,
+        http: type[asyncio.Protocol] | str = "auto",
     ) -> None:
         self.app = app
+        self._http = http
         self._host = host
         self._port = port
         self._name = name
@@ -175,6 +179,7 @@ class ThreadedServer(Service):
             timeout_keep_alive=KEEP_ALIVE_S,
             ssl_certfile=self._ssl[0] if self._ssl else None,
             ssl_keyfile=self._ssl[1] if self._ssl else None,
+            http=self._http,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -26,8 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.data_version import (
@@ -119,7 +120,9 @@ class StepOptions:
     ``reuse_stored`` / ``retry_rejected``: see :class:`~zimage_dagster.engine.batch.BatchGenerator`;
     ``gallery_url``: base URL of the gallery the materializations link to; ``budget``: the
     credit budgets and preflight (:class:`~zimage_dagster.engine.credits.CreditBudget`);
-    ``deferred``: submit the tasks and end (deferred mode) instead of waiting for the images.
+    ``deferred``: submit the tasks and end (deferred mode) instead of waiting for the images;
+    ``ledger_extra``: written into the ledger entry of each task created (a collect run marks
+    its resubmissions so that the task-status sensor keeps watching them).
 
     >>> StepOptions(budget=CreditBudget(max_credits_per_run=1.0)).budget.limited
     True
@@ -130,6 +133,7 @@ class StepOptions:
     gallery_url: str | None = None
     budget: CreditBudget | None = None
     deferred: bool = False
+    ledger_extra: Mapping[str, Any] | None = None
 
 
 def _record_usage(context: StepContext, asset_key: dg.AssetKey, report: BatchReport) -> None:
@@ -182,6 +186,7 @@ def run_in_step(
                 step=asset_key.to_user_string(),
                 is_run_alive=run_alive_fn(context.instance),
                 budget=options.budget,
+                ledger_extra=options.ledger_extra,
             )
             return await engine.run(jobs)
 

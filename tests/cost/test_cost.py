@@ -25,6 +25,7 @@ from zimage_dagster.api import AsyncZImageClient, GenerationRequest
 from zimage_dagster.balance import BALANCE_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.atomic import conditional_files
+from zimage_dagster.engine.batch import BatchGenerator
 from zimage_dagster.engine.credits import DAY_S, CreditBudget, SpendCounter, to_micro
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
@@ -361,9 +362,12 @@ def test_a_shared_budget_holds_across_processes(tmp_path: Path) -> None:
     assert counter.spent() == 25
 
 
-def test_the_watchers_resubmissions_stop_at_the_first_402(
+def test_the_collect_runs_resubmissions_stop_at_the_first_402(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
+    """Deferred mode: the task-status tick creates nothing (it hands the failed tasks to a collect
+    run); the collect run's resubmissions go through the one create gate, so the provider's
+    first 402 stops them."""
     make_fast(emulator, failure_rates={"service_error": 1.0})
     ledger = TaskLedger(tmp_path)
     jobs = [
@@ -379,7 +383,19 @@ def test_the_watchers_resubmissions_stop_at_the_first_402(
             assert len(submitted.submitted) == 3
             emulator.advance_clock(5)  # every task has failed (and been refunded)
             emulator.configure(initial_credits=0.0, failure_rates={})
-            return await TaskWatcher(ledger, "imgs", concurrency=1).tick(client)
+            tick = await TaskWatcher(ledger, "imgs", concurrency=1).tick(client)
+            assert emulator.stats()["requests"]["create"] == {"200": 3}  # the tick made none
+            (batch,) = tick.batches
+            assert sorted(batch.partitions) == ["p0", "p1", "p2"]
+            collect = BatchGenerator(
+                client,
+                ledger.store,
+                ledger,
+                "imgs",
+                concurrency=1,
+                ledger_extra={"deferred": True, "collect_batch": batch.batch_id},
+            )
+            return await collect.run(jobs)
 
     report = asyncio.run(go())
     assert emulator.stats()["requests"]["create"] == {"200": 3, "402": 1}

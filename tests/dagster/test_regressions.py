@@ -197,7 +197,7 @@ def test_9_a_static_key_that_looks_like_a_date_pair_is_collected_under_its_own_k
             task = await client.get_task(ledger.get("imgs", key).task_id)  # type: ignore[union-attr]
             await client.wait(task)
             report = await TaskWatcher(ledger, ("imgs",)).tick(client)
-        return [c.partition_key for c in report.collect]
+        return [key for batch in report.batches for key in batch.partitions]
 
     assert asyncio.run(tick()) == [key]
     assert ledger.get("imgs", key).partition_key == key  # type: ignore[union-attr]

@@ -74,14 +74,15 @@ def test_a_restarted_sensor_collects_everything_once_without_new_tasks(
         lambda: sum(t["status"] == "completed" for t in emulator.tasks()) >= 4,
         what="a few tasks to finish",
     )
-    sensor = build_task_status_sensor(spec, "cards_job")
+    # Batches of two: several collect runs, so that some can be lost.
+    sensor = build_task_status_sensor(spec, "cards_job", max_per_run=2)
     early = tick(sensor, instance, resource)
     assert 0 < len(early.run_requests) < len(ROWS)
     launched = collect(early.run_requests[: len(early.run_requests) // 2 or 1])
 
     # Stopped while the rest finish; then a new sensor (no cursor) in a new code location.
     wait_terminal(emulator, len(ROWS))
-    restarted = build_task_status_sensor(spec, "cards_job", recollect_after_s=0.0)
+    restarted = build_task_status_sensor(spec, "cards_job", recollect_after_s=0.0, max_per_run=2)
     later = tick(restarted, instance, resource, cursor=None)
     launched += collect([r for r in later.run_requests if r.run_key not in launched])
 

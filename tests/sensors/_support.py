@@ -18,6 +18,7 @@ from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.spec import ImageAssetSpec
+from zimage_dagster.step import submit_deferred
 
 ROWS: list[dict[str, Any]] = [
     {"key": "fox", "prompt": "a red fox in the snow", "size": "1:1", "seed": 11},
@@ -64,6 +65,28 @@ def ledger_of(spec: ImageAssetSpec) -> TaskLedger:
 
 
 @dataclass
+class Submitted:
+    """A deferred image asset whose tasks were submitted and have ended at the emulator."""
+
+    spec: ImageAssetSpec
+    resource: ZImageResource
+    defs: dg.Definitions
+    ledger: TaskLedger
+
+
+def submitted(
+    storage: Path, emulator: EmulatorServer, rows: Sequence[dict[str, Any]] = ROWS, **kw: Any
+) -> Submitted:
+    """Deferred submit of ``rows`` (``kw``: resource fields), then wait for their tasks' end."""
+    spec = make_spec(storage, rows, mode="deferred")
+    resource = make_resource(emulator, **kw)
+    ledger = ledger_of(spec)
+    submit_deferred(resource, ledger, spec.asset_key.path, jobs_for(rows))
+    wait_terminal(emulator, len(rows))
+    return Submitted(spec, resource, make_defs(spec, resource), ledger)
+
+
+@dataclass
 class Tick:
     """A sensor result with its optional lists made lists (and typed for the tests)."""
 
@@ -98,6 +121,18 @@ def tick(
         asset_events=list(result.asset_events),
         cursor=result.cursor,
         skip_reason=result.skip_reason.skip_message if result.skip_reason else None,
+    )
+
+
+def execute_request(
+    job: dg.JobDefinition,
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    **kw: Any,
+) -> dg.ExecuteInProcessResult:
+    """Run a sensor's run request in process, as the daemon would launch it."""
+    return job.execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags, **kw
     )
 
 

@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -32,12 +31,6 @@ ROWS: list[dict[str, object]] = [
     {"key": "owl", "prompt": "an owl", "seed": 2},
     {"key": "elk", "prompt": "an elk", "seed": 3},
 ]
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
 
 
 def apply(result: Tick, instance: dg.DagsterInstance) -> None:

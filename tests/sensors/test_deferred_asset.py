@@ -3,24 +3,24 @@ collect runs materialize every partition, each task created once."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import pytest
 
 from zimage_dagster import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import LedgerStatus
 from zimage_dagster.engine.watcher import COLLECT_TAG
 
-from ._support import ROWS, ledger_of, make_resource, make_spec, tick, wait_terminal
-
-
-@pytest.fixture
-def instance() -> Iterator[dg.DagsterInstance]:
-    with dg.instance_for_test() as inst:
-        yield inst
+from ._support import (
+    ROWS,
+    execute_request,
+    ledger_of,
+    make_resource,
+    make_spec,
+    tick,
+    wait_terminal,
+)
 
 
 def test_deferred_asset_submits_then_the_sensor_collects(
@@ -51,13 +51,12 @@ def test_deferred_asset_submits_then_the_sensor_collects(
 
     wait_terminal(emulator, 3)
     result = tick(defs.get_sensor_def("cards_task_status"), instance, resource)
-    assert {r.run_key for r in result.run_requests} == {e.task_id for e in entries.values()}
-    for request in result.run_requests:
-        run = job.execute_in_process(
-            instance=instance, partition_key=request.partition_key, tags=request.tags
-        )
-        assert run.success
-        assert run.dagster_run.tags[COLLECT_TAG] == request.run_key
+    [request] = result.run_requests  # one collect run for the three finished tasks
+    run = execute_request(job, instance, request)
+    assert run.success
+    assert run.dagster_run.tags[COLLECT_TAG] == request.tags[COLLECT_TAG]
+    assert run.dagster_run.tags["dagster/asset_partition_range_start"] == "fox"
+    assert run.dagster_run.tags["dagster/asset_partition_range_end"] == "elk"
 
     assert instance.get_materialized_partitions(key) == {"fox", "owl", "elk"}
     records = instance.fetch_materializations(key, limit=10).records

@@ -34,6 +34,7 @@ __all__ = [
     "is_internal_host",
     "parse_ipv4_any",
     "parse_size",
+    "redact_url",
     "validate_callback_url",
     "validate_prompt",
     "validate_seed",
@@ -280,51 +281,73 @@ def validate_callback_url(url: object) -> str | None:
     """``None``, or an ``https`` URL of at most 2048 characters whose host is not internal.
 
     Userinfo (``user@host``) is refused outright: parsers disagree about it, which makes it a
-    classic way to smuggle an internal host past a check.
+    classic way to smuggle an internal host past a check. An error shows the URL without its
+    path, query and credentials (:func:`redact_url`): a callback URL carries a secret token.
 
     >>> validate_callback_url("https://hooks.example.com/zimage")
     'https://hooks.example.com/zimage'
     >>> validate_callback_url("https://good.com@127.0.0.1/")
     Traceback (most recent call last):
     ...
-    zimage_dagster.api.errors.RequestValidationError: callback_url: must not contain credentials (user@host) (got 'https://good.com@127.0.0.1/')
+    zimage_dagster.api.errors.RequestValidationError: callback_url: must not contain credentials (user@host) (got 'https://127.0.0.1/...')
     """
     if url is None:
         return None
     field = "callback_url"
     if not isinstance(url, str):
-        raise RequestValidationError(field, url, f"must be a string, not {type(url).__name__}")
+        raise RequestValidationError(field, "...", f"must be a string, not {type(url).__name__}")
+    shown = redact_url(url)
     if len(url) > MAX_CALLBACK_URL_LENGTH:
         raise RequestValidationError(
-            field, url, f"is {len(url)} characters long; the limit is {MAX_CALLBACK_URL_LENGTH}"
+            field, shown, f"is {len(url)} characters long; the limit is {MAX_CALLBACK_URL_LENGTH}"
         )
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in url) or "\\" in url:
         raise RequestValidationError(
-            field, url, "must not contain whitespace, control characters or backslashes"
+            field, shown, "must not contain whitespace, control characters or backslashes"
         )
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise RequestValidationError(field, url, f"is not a valid URL ({exc})") from None
+        raise RequestValidationError(field, shown, f"is not a valid URL ({exc})") from None
     if parts.scheme.lower() != "https":
-        raise RequestValidationError(field, url, "must use https")
+        raise RequestValidationError(field, shown, "must use https")
     if "@" in parts.netloc:
-        raise RequestValidationError(field, url, "must not contain credentials (user@host)")
+        raise RequestValidationError(field, shown, "must not contain credentials (user@host)")
     host = parts.netloc
     if port is not None or host.endswith(":"):
         host = host.rsplit(":", 1)[0]
     if not host:
-        raise RequestValidationError(field, url, "has no host")
+        raise RequestValidationError(field, shown, "has no host")
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except UnicodeError:
             raise RequestValidationError(
-                field, url, "has a host name that is not valid IDNA"
+                field, shown, "has a host name that is not valid IDNA"
             ) from None
     if is_internal_host(host):
         raise RequestValidationError(
-            field, url, f"host {host!r} is an internal, loopback or otherwise non-public address"
+            field, shown, f"host {host!r} is an internal, loopback or otherwise non-public address"
         )
     return url
+
+
+def redact_url(url: str) -> str:
+    """``scheme://host[:port]/...``: what an error may show of a URL that may hold a secret in
+    its path, query or credentials.
+
+    >>> redact_url("http://user:pw@hooks.example.com:8443/callbacks/SECRET?k=v")
+    'http://hooks.example.com:8443/...'
+    >>> redact_url("not a url at all")
+    '<URL not shown>'
+    """
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError:
+        return "<URL not shown>"
+    if not parts.scheme or not host:
+        return "<URL not shown>"
+    return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}/..."

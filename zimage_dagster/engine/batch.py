@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +128,7 @@ class BatchGenerator:
         claim_lease_s: lease of the partition claims (renewed while working).
         budget: credit budgets and the balance preflight (see
             :class:`~zimage_dagster.engine.create.CreateGate`); ``None``: none.
+        ledger_extra: written into the ledger entry of each task created (``LedgerEntry.extra``).
     """
 
     def __init__(
@@ -151,6 +152,7 @@ class BatchGenerator:
         is_run_alive: RunAliveFn | None = None,
         claim_lease_s: float | None = None,
         budget: CreditBudget | None = None,
+        ledger_extra: Mapping[str, Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -168,6 +170,7 @@ class BatchGenerator:
         self.run_id = run_id
         self.log: Log = logger or log
         self.progress_interval = progress_interval
+        self.ledger_extra = dict(ledger_extra or {})
         self._live = asyncio.Semaphore(concurrency)
         self._gate = PartitionGate(
             ledger.claim_book(lease_s=claim_lease_s, is_run_alive=is_run_alive),
@@ -345,7 +348,10 @@ class BatchGenerator:
         # Still ours? (A run that looked dead may have had its claim taken over.)
         await asyncio.to_thread(self._gate.check, job.partition_key)
         task = await self.creator.create(
-            job.request, partition_key=job.partition_key, fingerprint=job.fingerprint
+            job.request,
+            partition_key=job.partition_key,
+            fingerprint=job.fingerprint,
+            extra=self.ledger_extra or None,
         )
         state.attempts += 1
         state.reattached = False

@@ -3,23 +3,35 @@
 After a deferred submit (:mod:`zimage_dagster.engine.submit`), each tick of the task-status sensor
 (:mod:`zimage_dagster.sensors`) runs :meth:`TaskWatcher.tick`: it reads the asset's ledger in
 bulk, polls the deferred tasks it does not know the end of (concurrently, within a time budget,
-resuming from a cursor), and decides: a completed task gets a short *collect run* (run key = task
-ID, tag ``zimage/collect``) that runs the normal blocking engine, which re-attaches to the
-completed task and stores it; a retryable failure is resubmitted with the same seed (bounded); a
-permanent one is reported once; a completed task whose link has expired (24 h) is regenerated
-with the same seed and flagged.
+resuming from a cursor; a task a callback already settled is never polled), and decides:
+
+- every partition with work for a run (a completed task to collect, a retryable failure to
+  resubmit, an expired result to regenerate) goes into a :class:`CollectBatch`: at most
+  ``max_per_run`` partitions each, so one tick asks for one collect run per asset (per
+  ``max_per_run`` partitions). The run (the asset's own job over the batch's partitions, tag
+  ``zimage/collect=<batch ID>``) runs the normal blocking engine, which re-attaches to completed
+  tasks and stores them, and creates the new tasks of resubmissions and regenerations: inside a
+  run, so pools, retry policies and run attribution apply. The watcher never creates a task;
+- a failure that resubmitting cannot fix (a fixable error, or the resubmission budget spent) is
+  reported once (:class:`PermanentFailure`).
+
+The batch ID is a digest of its task IDs (and of how many collect runs each has been through),
+so a tick evaluated twice asks for the same run key, which Dagster launches once. A collect run
+that ended (failed, canceled, or succeeded without storing a partition) leaves its partitions
+uncollected: the next tick puts them into a new batch (a new run key), up to
+``max_collect_runs`` times.
 
 Nothing here imports Dagster: the watcher returns plain decisions (:class:`TickReport`) that
-:mod:`zimage_dagster.sensors` turns into ``RunRequest`` and ``AssetObservation`` objects.
+:mod:`zimage_dagster.sensors` turns into ``RunRequest`` and ``AssetObservation`` objects; the
+state of earlier batches' runs comes from a ``batch_state`` function the sensor passes.
 
 Ledger conventions (``LedgerEntry.extra``) of deferred entries:
 
 - ``deferred``: True (only such entries are watched: a blocking run's own tasks are its business).
-- ``resubmits``: tasks created by the watcher after retryable failures or expiry.
+- ``collect_batch``: the batch last asked to collect the entry; ``collect_requested_at``: when.
+- ``collect_runs``: collect runs that ended without collecting the entry.
 - ``regenerated``: the task replaces one whose result link expired.
-- ``collect_requested_at``: when a collect run was requested (it is asked for once; again only
-  after ``recollect_after_s``, with the same run key, which Dagster deduplicates).
-- ``handled_at``: a failure was resubmitted or reported (reported once).
+- ``handled_at``: a failure was reported (reported once).
 - ``via``: ``"callback"`` when the callback receiver recorded the result.
 
 Example:
@@ -39,51 +51,75 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from zimage_dagster.api import (
     AsyncZImageClient,
-    GenerationRequest,
     NotFoundError,
     RateLimitError,
     Task,
     ZImageError,
     is_retryable_task_error_code,
 )
-from zimage_dagster.engine.claims import Owner, PartitionGate
-from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.engine.outcome import Log, error_code, is_transient
+from zimage_dagster.engine.outcome import Log
 from zimage_dagster.engine.store import AssetLike, asset_parts
-from zimage_dagster.engine.submit import resolve_callback_url
 
 __all__ = [
     "COLLECT_TAG",
+    "DEFAULT_MAX_ACTIVE_RUNS",
+    "DEFAULT_MAX_COLLECT_RUNS",
+    "DEFAULT_MAX_PER_RUN",
     "DEFAULT_RESULT_TTL_S",
-    "CollectRequest",
+    "BatchState",
+    "CollectBatch",
     "PermanentFailure",
     "TaskWatcher",
     "TickReport",
+    "batch_partitions",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Tag of the collect runs launched by the task-status sensor (value: the task ID).
+#: Tag of the collect runs launched by the task-status sensor (value: the batch ID).
 COLLECT_TAG = "zimage/collect"
 #: The provider keeps result links for 24 h.
 DEFAULT_RESULT_TTL_S = 24 * 3600.0
+#: Partitions per collect run.
+DEFAULT_MAX_PER_RUN = 500
+#: Collect runs a partition may go through without being collected before it is reported.
+DEFAULT_MAX_COLLECT_RUNS = 3
+#: Collect runs of one asset queued or running at once: while that many are, new work waits for
+#: a later tick and goes into one bigger batch (fewer run starts).
+DEFAULT_MAX_ACTIVE_RUNS = 2
+
+#: The state of a batch's collect run: ``"active"`` (queued or running), ``"finished"``, or
+#: ``None`` when no run with that batch's tag exists (yet).
+BatchState = Callable[[str], Literal["active", "finished"] | None]
+
+
+def _no_runs(batch_id: str) -> Literal["active", "finished"] | None:
+    return None
 
 
 @dataclass(frozen=True)
-class CollectRequest:
-    """Launch a collect run for this partition's completed task (run key = ``task_id``)."""
+class CollectBatch:
+    """Partitions for one collect run: completed tasks to store, failures to resubmit, expired
+    results to regenerate. ``batch_id`` is a digest of the task IDs and collect-run counts."""
 
-    partition_key: str
-    task_id: str
+    batch_id: str
+    partitions: tuple[str, ...]
+    task_ids: tuple[str, ...]
+    new_tasks: int = 0  # partitions whose run creates a task (resubmit or regenerate)
+
+    @property
+    def run_key(self) -> str:
+        return f"collect:{self.batch_id}"
 
 
 @dataclass(frozen=True)
@@ -103,28 +139,45 @@ class PermanentFailure:
 class TickReport:
     """What one watcher tick decided and how far it got."""
 
-    collect: list[CollectRequest] = field(default_factory=list)
+    batches: list[CollectBatch] = field(default_factory=list)
     failures: list[PermanentFailure] = field(default_factory=list)
-    resubmitted: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
-    regenerated: list[tuple[str, str, str]] = field(default_factory=list)  # key, old, new
     scanned: int = 0  # deferred entries read from the ledger
     open_entries: int = 0  # of which still awaiting the provider (submitted)
     polled: int = 0
     poll_errors: int = 0
+    waiting: int = 0  # entries whose collect run is queued or running
+    active_runs: int = 0  # collect runs queued or running (or just asked for)
+    held: int = 0  # entries ready, held for a later tick: max_active_runs reached
     cursor: str | None = None  # next tick polls the entries after this storage key
     complete: bool = True  # every submitted entry was polled this tick
     elapsed_s: float = 0.0
     errors: list[str] = field(default_factory=list)
 
+    @property
+    def to_collect(self) -> int:
+        return sum(len(b.partitions) for b in self.batches)
+
     def summary(self) -> str:
+        new = sum(b.new_tasks for b in self.batches)
         return (
             f"{self.scanned} deferred ledger entries, {self.open_entries} awaiting the provider; "
-            f"polled {self.polled} ({self.poll_errors} errors); {len(self.collect)} to collect, "
-            f"{len(self.resubmitted)} resubmitted, {len(self.regenerated)} regenerated, "
+            f"polled {self.polled} ({self.poll_errors} errors); {self.to_collect} partition(s) "
+            f"for {len(self.batches)} collect run(s) ({new} to resubmit or regenerate), "
+            f"{self.waiting} in {self.active_runs} active collect run(s)"
+            f"{f', {self.held} held for a later run' if self.held else ''}, "
             f"{len(self.failures)} failed for good; "
             f"{'all polled' if self.complete else f'resume after {self.cursor!r}'}; "
             f"{self.elapsed_s:.2f} s"
         )
+
+
+@dataclass
+class _Due:
+    """An entry a collect run should take, and its collect-run count."""
+
+    entry: LedgerEntry
+    collect_runs: int
+    new_task: bool
 
 
 class TaskWatcher:
@@ -137,12 +190,17 @@ class TaskWatcher:
             ledger writes that follow), so it never overruns Dagster's sensor timeout (60 s
             unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise).
         concurrency: polls in flight at once.
-        max_resubmits: new tasks per partition after retryable failures (and expiries).
+        max_resubmits: new tasks per partition after retryable failures (and expiries); the
+            collect run creates them.
         result_ttl_s: how long the provider keeps result links (24 h).
         expiry_margin_s: regenerate rather than collect when a link is this close to expiring.
-        recollect_after_s: ask again for a collect run (same run key) after this long without
-            the entry being collected (covers a tick whose run requests were lost).
-        callback_url: sent with resubmitted tasks (default ``$ZIMAGE_CALLBACK_URL``).
+        recollect_after_s: ask again (same run key) for a batch whose run does not exist this
+            long after it was asked for (covers a tick whose run requests were lost).
+        max_per_run: partitions per collect run.
+        max_collect_runs: collect runs a partition may go through uncollected before it is
+            reported as failed for good.
+        max_active_runs: collect runs queued or running at once; while that many are, ready
+            partitions wait for a later tick (and a bigger batch).
         clock: unix seconds (tests pass a shifted clock to simulate a day passing).
     """
 
@@ -157,12 +215,16 @@ class TaskWatcher:
         result_ttl_s: float = DEFAULT_RESULT_TTL_S,
         expiry_margin_s: float = 3600.0,
         recollect_after_s: float = 600.0,
-        callback_url: str | None = None,
+        max_per_run: int = DEFAULT_MAX_PER_RUN,
+        max_collect_runs: int = DEFAULT_MAX_COLLECT_RUNS,
+        max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
         clock: Callable[[], float] = time.time,
         logger: Log | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
+        if max_per_run < 1:
+            raise ValueError("max_per_run must be >= 1")
         self.ledger = ledger
         self.asset = asset_parts(asset)
         self.tick_budget_s = tick_budget_s
@@ -171,36 +233,54 @@ class TaskWatcher:
         self.result_ttl_s = result_ttl_s
         self.expiry_margin_s = expiry_margin_s
         self.recollect_after_s = recollect_after_s
-        self.callback_url = resolve_callback_url(callback_url)
+        self.max_per_run = max_per_run
+        self.max_collect_runs = max_collect_runs
+        self.max_active_runs = max_active_runs
         self.clock = clock
         self.log: Log = logger or log
-        # Resubmissions take the partition's claim like any run (held for the create only).
-        self._gate = PartitionGate(
-            ledger.claim_book(),
-            lambda key: ledger.claim_path(self.asset, key),
-            Owner.here(step="task-status sensor"),
-            logger=self.log,
-        )
+        self._asked: set[str] = set()  # batches asked for whose run does not exist yet
 
-    async def tick(self, client: AsyncZImageClient, cursor: str | None = None) -> TickReport:
-        """Read the ledger, poll what needs polling (from ``cursor`` on), act; see the module doc."""
+    async def tick(
+        self,
+        client: AsyncZImageClient,
+        cursor: str | None = None,
+        batch_state: BatchState = _no_runs,
+    ) -> TickReport:
+        """Read the ledger, poll what needs polling (from ``cursor`` on), decide; see the
+        module doc. ``batch_state`` tells the state of an earlier batch's collect run."""
         started = time.monotonic()
-        # No new work after 80 % of the budget; calls in flight end by 90 %; the rest is left
-        # for the ledger writes that follow them.
+        # No new polls after 80 % of the budget; calls in flight end by 90 %; the ledger writes
+        # of the batches stop at 95 % (what is not written waits for the next tick).
         poll_deadline = started + self.tick_budget_s * 0.8
         call_deadline = started + self.tick_budget_s * 0.9
+        write_deadline = started + self.tick_budget_s * 0.95
         report = TickReport()
-        # The one create path (402 stops the tick's creates; credits go to the ledger).
-        self._creator = CreateGate(client, self.ledger, self.asset, logger=self.log)
+        self._asked = set()
+        states: dict[str, Literal["active", "finished"] | None] = {}
+
+        def state_of(batch_id: str) -> Literal["active", "finished"] | None:
+            if batch_id not in states:
+                states[batch_id] = batch_state(batch_id)
+            return states[batch_id]
+
         entries = await asyncio.to_thread(self._read)
         report.scanned = len(entries)
-        # Entries whose state is known (completed, failed, expired) need no poll: act on them
-        # first; then poll the submitted ones, from the cursor on.
-        known = [e for e in entries if e.status != LedgerStatus.SUBMITTED]
-        awaiting = _rotate((e for e in entries if e.status == LedgerStatus.SUBMITTED), cursor)
+        due: list[_Due] = []
+        awaiting: list[LedgerEntry] = []
+        active: set[str] = set()
+        for entry in entries:
+            batch = entry.extra.get("collect_batch")
+            if isinstance(batch, str) and state_of(batch) == "active":
+                report.waiting += 1  # its collect run is on it: no poll, no decision
+                active.add(batch)
+            elif entry.status == LedgerStatus.SUBMITTED:
+                awaiting.append(entry)
+            else:  # known (a callback, an earlier tick): no poll
+                self._decide(entry, report, due, state_of)
+        awaiting = _rotate(awaiting, cursor)
         report.open_entries = len(awaiting)
-        queue = iter([*known, *awaiting])
-        taken: list[LedgerEntry] = []
+        queue = iter(awaiting)
+        polled: list[LedgerEntry] = []
         stop = asyncio.Event()
 
         async def worker() -> None:
@@ -208,20 +288,24 @@ class TaskWatcher:
                 if stop.is_set() or time.monotonic() >= poll_deadline:
                     stop.set()
                     return
-                taken.append(entry)
+                polled.append(entry)
                 try:
-                    if entry.status == LedgerStatus.SUBMITTED:
-                        await self._poll(client, entry, call_deadline, report, stop)
-                    else:
-                        await self._act_on_known(client, entry, report)
+                    known = await self._poll(client, entry, call_deadline, report, stop)
+                    if known is not None:
+                        self._decide(known, report, due, state_of)
                 except Exception as exc:  # one bad entry never sinks the tick
                     report.errors.append(f"{entry.partition_key}: {type(exc).__name__}: {exc}")
 
-        workers = min(self.concurrency, len(known) + len(awaiting))
-        await asyncio.gather(*(worker() for _ in range(workers)))
-        polled = [e for e in taken if e.status == LedgerStatus.SUBMITTED]
+        await asyncio.gather(*(worker() for _ in range(min(self.concurrency, len(awaiting)))))
         report.complete = len(polled) >= len(awaiting)
         report.cursor = None if report.complete else polled[-1].partition_key if polled else cursor
+        active.update(self._asked)
+        report.active_runs = len(active)
+        if len(active) >= self.max_active_runs:
+            report.held, due = len(due), []  # next tick, in one bigger batch
+        await asyncio.to_thread(self._write_batches, due, report, write_deadline)
+        for failure in report.failures:
+            await asyncio.to_thread(self._mark_handled, failure)
         report.elapsed_s = time.monotonic() - started
         return report
 
@@ -232,9 +316,7 @@ class TaskWatcher:
         for entry in self.ledger.iter_entries(self.asset):
             if not entry.extra.get("deferred"):
                 continue
-            if entry.status == LedgerStatus.FAILED and entry.extra.get("handled_at"):
-                continue
-            if entry.status == LedgerStatus.EXPIRED and entry.extra.get("handled_at"):
+            if entry.status in _REPORTABLE and entry.extra.get("handled_at"):
                 continue
             if entry.status in _WATCHED:
                 watched.append(entry)
@@ -249,114 +331,113 @@ class TaskWatcher:
         deadline: float,
         report: TickReport,
         stop: asyncio.Event,
-    ) -> None:
+    ) -> LedgerEntry | None:
+        """Poll a submitted entry; the entry as written after it ended, else ``None``."""
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            return
+            return None
         try:
             task = await asyncio.wait_for(client.get_task(entry.task_id), timeout=remaining)
         except NotFoundError:
             report.polled += 1
-            await self._on_failed(
-                client, entry, "task_not_found", "the provider does not know this task", report
+            return await self._write(
+                self.ledger.mark_failed,
+                entry,
+                "task_not_found",
+                "the provider does not know this task",
             )
-            return
         except RateLimitError as exc:
             report.poll_errors += 1
             report.errors.append(f"{entry.task_id}: {exc}")
             stop.set()  # throttled: leave the rest to the next tick
-            return
+            return None
         except (ZImageError, asyncio.TimeoutError) as exc:
             report.poll_errors += 1
             report.errors.append(f"{entry.task_id}: {type(exc).__name__}: {exc}")
-            return
+            return None
         report.polled += 1
-        await self._act_on_task(client, entry, task, report)
+        return await self._record_end(entry, task)
 
-    async def _act_on_task(
-        self, client: AsyncZImageClient, entry: LedgerEntry, task: Task, report: TickReport
-    ) -> None:
+    async def _record_end(self, entry: LedgerEntry, task: Task) -> LedgerEntry | None:
         if task.is_completed:
-            now = self.clock()
-            if now - entry.submitted_at > self.result_ttl_s - self.expiry_margin_s:
-                await self._regenerate(client, entry, report)
-                return
-            updated = await self._write(
+            return await self._write(
                 self.ledger.update,
                 entry,
                 LedgerStatus.COMPLETED,
-                extra={"completed_at": now, "collect_requested_at": now},
+                extra={"completed_at": self.clock()},
             )
-            if updated is not None:
-                report.collect.append(CollectRequest(entry.partition_key, entry.task_id))
-        elif task.is_failed:
+        if task.is_failed:
             code = str(task.error.code) if task.error and task.error.code else "unknown_error"
             message = (task.error.message if task.error else None) or "failed"
-            await self._on_failed(client, entry, code, message, report)
+            return await self._write(self.ledger.mark_failed, entry, code, message)
+        return None
 
-    async def _act_on_known(
-        self, client: AsyncZImageClient, entry: LedgerEntry, report: TickReport
+    def _decide(
+        self,
+        entry: LedgerEntry,
+        report: TickReport,
+        due: list[_Due],
+        state_of: Callable[[str], Literal["active", "finished"] | None],
     ) -> None:
-        if entry.status == LedgerStatus.COMPLETED:
-            await self._on_completed(client, entry, self.clock(), report)
-        elif entry.status == LedgerStatus.FAILED:
-            await self._on_failed(
-                client, entry, entry.error_code, entry.error_message, report, write=False
+        """A known entry (completed, failed, expired): into a batch, reported, or left."""
+        runs = int(entry.extra.get("collect_runs") or 0)
+        batch = entry.extra.get("collect_batch")
+        if isinstance(batch, str):
+            state = state_of(batch)
+            if state == "finished":
+                runs += 1  # its run ended and did not collect it
+            else:
+                asked = entry.extra.get("collect_requested_at")
+                if isinstance(asked, int | float) and (
+                    self.clock() - float(asked) < self.recollect_after_s
+                ):
+                    report.waiting += 1  # asked for; the run is about to be created
+                    self._asked.add(batch)
+                    return
+        if runs >= self.max_collect_runs:
+            report.failures.append(
+                self._failure(
+                    entry,
+                    "collect_failed",
+                    f"{runs} collect run(s) ended without collecting it; see their logs",
+                )
             )
+            return
+        resubmits = entry.attempt - 1
+        if entry.status == LedgerStatus.COMPLETED and self._near_expiry(entry):
+            entry = self.ledger.mark_expired(entry.asset, entry.partition_key, entry.task_id)
+        if entry.status == LedgerStatus.COMPLETED:
+            due.append(_Due(entry, runs, new_task=False))
         elif entry.status == LedgerStatus.EXPIRED:
-            await self._regenerate(client, entry, report)
+            if resubmits >= self.max_resubmits:
+                report.failures.append(
+                    self._failure(
+                        entry,
+                        "result_expired",
+                        f"the result link expired before it was collected, {resubmits + 1} "
+                        "time(s); gave up (is the collect job running?)",
+                    )
+                )
+            else:
+                due.append(_Due(entry, runs, new_task=True))
+        elif entry.status == LedgerStatus.FAILED:
+            code = entry.error_code or "unknown_error"
+            message = entry.error_message or "failed"
+            if not is_retryable_task_error_code(code, attempt=entry.attempt):
+                report.failures.append(self._failure(entry, code, message))
+            elif resubmits >= self.max_resubmits:
+                report.failures.append(
+                    self._failure(
+                        entry, code, f"{message} (gave up after {resubmits} resubmission(s))"
+                    )
+                )
+            else:
+                due.append(_Due(entry, runs, new_task=True))
 
-    async def _on_completed(
-        self, client: AsyncZImageClient, entry: LedgerEntry, now: float, report: TickReport
-    ) -> None:
-        """A completed entry (known from an earlier tick or a callback)."""
+    def _near_expiry(self, entry: LedgerEntry) -> bool:
         completed_at = entry.extra.get("completed_at")
         since = float(completed_at) if isinstance(completed_at, int | float) else entry.updated_at
-        if now - since > self.result_ttl_s - self.expiry_margin_s:
-            await self._regenerate(client, entry, report)
-            return
-        asked = entry.extra.get("collect_requested_at")
-        if isinstance(asked, int | float) and now - float(asked) < self.recollect_after_s:
-            return  # a collect run was requested already
-        updated = await self._write(
-            self.ledger.update,
-            entry,
-            LedgerStatus.COMPLETED,
-            extra={"collect_requested_at": now},
-        )
-        if updated is not None:
-            report.collect.append(CollectRequest(entry.partition_key, entry.task_id))
-
-    async def _on_failed(
-        self,
-        client: AsyncZImageClient,
-        entry: LedgerEntry,
-        code: str | None,
-        message: str | None,
-        report: TickReport,
-        *,
-        write: bool = True,
-    ) -> None:
-        """Resubmit a retryable failure within budget; else report it once."""
-        code = code or "unknown_error"
-        message = message or "failed"
-        if write:
-            entry = await self._write(self.ledger.mark_failed, entry, code, message) or entry
-        resubmits = int(entry.extra.get("resubmits") or 0)
-        attempt = resubmits + 1
-        if is_retryable_task_error_code(code, attempt=attempt) and resubmits < self.max_resubmits:
-            new = await self._create(client, entry, report, regenerated=False)
-            if new is not None:
-                report.resubmitted.append((entry.partition_key, entry.task_id, new))
-                self.log.info(
-                    f"partition {entry.partition_key}: task {entry.task_id} failed with {code}; "
-                    f"resubmitted with the same seed: task {new}"
-                )
-            return
-        if is_retryable_task_error_code(code, attempt=attempt):
-            message = f"{message} (gave up after {resubmits} resubmission(s))"
-        report.failures.append(self._failure(entry, code, message))
-        await self._mark_handled(entry, code, message)
+        return self.clock() - since > self.result_ttl_s - self.expiry_margin_s
 
     def _failure(self, entry: LedgerEntry, code: str, message: str) -> PermanentFailure:
         return PermanentFailure(
@@ -369,120 +450,95 @@ class TaskWatcher:
             entry.attempt,
         )
 
-    async def _regenerate(
-        self, client: AsyncZImageClient, entry: LedgerEntry, report: TickReport
-    ) -> None:
-        if entry.status != LedgerStatus.EXPIRED:
-            entry = await self._write(self.ledger.mark_expired, entry) or entry
-        resubmits = int(entry.extra.get("resubmits") or 0)
-        if resubmits >= self.max_resubmits:
-            message = (
-                f"the result link expired before it was collected, {resubmits + 1} time(s); "
-                "gave up (is the collect job running?)"
-            )
-            report.failures.append(self._failure(entry, "result_expired", message))
-            await self._mark_handled(entry, "result_expired", message, status=LedgerStatus.EXPIRED)
+    # -- writing -------------------------------------------------------------------------------
+
+    def _write_batches(self, due: Sequence[_Due], report: TickReport, deadline: float) -> None:
+        """Cut ``due`` into batches of ``max_per_run`` and record each entry's batch, until
+        ``deadline`` (monotonic): entries not written by then wait for the next tick."""
+        ordered = sorted(due, key=lambda d: d.entry.partition_key)
+        now = self.clock()
+        for start in range(0, len(ordered), self.max_per_run):
+            chunk = ordered[start : start + self.max_per_run]
+            batch_id = batch_digest((d.entry.task_id, d.collect_runs) for d in chunk)
+            written = [
+                d
+                for d in chunk
+                if time.monotonic() < deadline
+                and self._write_sync(
+                    self.ledger.update,
+                    d.entry,
+                    d.entry.status,
+                    error_code=d.entry.error_code,
+                    error_message=d.entry.error_message,
+                    extra={
+                        "collect_batch": batch_id,
+                        "collect_requested_at": now,
+                        "collect_runs": d.collect_runs,
+                    },
+                )
+                is not None
+            ]
+            if written:
+                report.batches.append(
+                    CollectBatch(
+                        batch_id,
+                        tuple(d.entry.partition_key for d in written),
+                        tuple(d.entry.task_id for d in written),
+                        sum(1 for d in written if d.new_task),
+                    )
+                )
+
+    def _mark_handled(self, failure: PermanentFailure) -> None:
+        entry = self.ledger.get(self.asset, failure.partition_key)
+        if entry is None or entry.task_id != failure.task_id:
             return
-        new = await self._create(client, entry, report, regenerated=True)
-        if new is not None:
-            report.regenerated.append((entry.partition_key, entry.task_id, new))
-            self.log.info(
-                f"partition {entry.partition_key}: the result of task {entry.task_id} expired "
-                f"before it was collected; regenerated with the same seed: task {new}"
-            )
-
-    async def _create(
-        self,
-        client: AsyncZImageClient,
-        entry: LedgerEntry,
-        report: TickReport,
-        *,
-        regenerated: bool,
-    ) -> str | None:
-        key = entry.partition_key
-        attempt = await asyncio.to_thread(self._gate.try_take, key)
-        if not attempt.acquired:
-            self.log.info(
-                f"partition {key}: being generated by {attempt.claim.owner.describe()}; "
-                "not resubmitted"
-            )
-            return None
-        try:
-            current = await asyncio.to_thread(self.ledger.get, entry.asset, key)
-            if current is None or current.task_id != entry.task_id:
-                return None  # another run moved the partition on meanwhile
-            return await self._create_claimed(client, entry, report, regenerated=regenerated)
-        finally:
-            await asyncio.to_thread(self._gate.release, key)
-
-    async def _create_claimed(
-        self,
-        client: AsyncZImageClient,
-        entry: LedgerEntry,
-        report: TickReport,
-        *,
-        regenerated: bool,
-    ) -> str | None:
-        request = GenerationRequest(**dict(entry.request))
-        if self.callback_url is not None:
-            request = request.model_copy(update={"callback_url": self.callback_url})
-        extra: dict[str, Any] = {
-            "deferred": True,
-            "resubmits": int(entry.extra.get("resubmits") or 0) + 1,
-            "regenerated": regenerated or bool(entry.extra.get("regenerated")),
-        }
-        try:
-            task = await self._creator.create(
-                request,
-                partition_key=entry.partition_key,
-                fingerprint=entry.fingerprint,
-                record=entry.request,
-                run_id=entry.run_id,
-                extra=extra,
-            )
-        except ZImageError as exc:
-            report.errors.append(f"{entry.task_id}: resubmission failed: {exc}")
-            if not is_transient(exc):
-                # Do not try again blindly: report it (a task may exist; or the request is bad).
-                code = error_code(exc)
-                report.failures.append(self._failure(entry, code, str(exc)))
-                await self._mark_handled(entry, code, str(exc), status=entry.status)
-            return None  # transient: the entry stays as it is, the next tick tries again
-        return task.id
-
-    async def _mark_handled(
-        self,
-        entry: LedgerEntry,
-        code: str,
-        message: str,
-        *,
-        status: LedgerStatus = LedgerStatus.FAILED,
-    ) -> None:
-        if status not in (LedgerStatus.FAILED, LedgerStatus.EXPIRED):
-            status = LedgerStatus.FAILED
-        await self._write(
+        status = entry.status if entry.status in _REPORTABLE else LedgerStatus.FAILED
+        self._write_sync(
             self.ledger.update,
             entry,
             status,
-            error_code=code,
-            error_message=message,
+            error_code=failure.code,
+            error_message=failure.message,
             extra={"handled_at": self.clock()},
         )
 
     async def _write(self, method: Any, entry: LedgerEntry, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(self._write_sync, method, entry, *args, **kwargs)
+
+    def _write_sync(self, method: Any, entry: LedgerEntry, *args: Any, **kwargs: Any) -> Any:
         """A ledger update of ``entry``'s current task; ``None`` if the entry has moved on."""
         try:
-            return await asyncio.to_thread(
-                method, entry.asset, entry.partition_key, entry.task_id, *args, **kwargs
-            )
+            return method(entry.asset, entry.partition_key, entry.task_id, *args, **kwargs)
         except (LedgerConflictError, KeyError) as exc:
             self.log.info(f"partition {entry.partition_key}: {exc}; leaving it")
             return None
 
 
+def batch_digest(items: Iterable[tuple[str, int]]) -> str:
+    """The batch ID of ``(task ID, collect runs)`` pairs: the same set, the same ID.
+
+    >>> batch_digest([("task-a", 0), ("task-b", 0)]) == batch_digest([("task-b", 0), ("task-a", 0)])
+    True
+    >>> batch_digest([("task-a", 0)]) == batch_digest([("task-a", 1)])
+    False
+    """
+    text = "\n".join(sorted(f"{task_id}#{runs}" for task_id, runs in items))
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def batch_partitions(ledger: TaskLedger, asset: AssetLike, batch_id: str) -> dict[str, str]:
+    """``partition key -> task ID`` of the ledger entries a collect batch is asked to collect."""
+    return {
+        e.partition_key: e.task_id
+        for e in ledger.iter_entries(asset)
+        if e.extra.get("collect_batch") == batch_id
+    }
+
+
 _WATCHED = frozenset(
     {LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED, LedgerStatus.FAILED, LedgerStatus.EXPIRED}
 )
+_REPORTABLE = frozenset({LedgerStatus.FAILED, LedgerStatus.EXPIRED})
 
 
 def _rotate(entries: Iterable[LedgerEntry], cursor: str | None) -> list[LedgerEntry]:
