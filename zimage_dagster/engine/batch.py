@@ -364,7 +364,9 @@ class BatchGenerator:
                     outcome = await self.client.wait(task, deadline=self.wait_deadline)
                 await self._ledger_update(job, task.id, LedgerStatus.COMPLETED)
                 started = time.monotonic()
-                image = await self.client.download(_result_url(outcome.task), task_id=task.id)
+                image = await self.client.download(
+                    _result_url(outcome.task), task_id=task.id, keep_pixels=True
+                )
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:
                 self.creator.task_failed(task)
@@ -446,7 +448,9 @@ class BatchGenerator:
             to_provenance(record),
         )
         self.ledger.mark_collected(self.asset, job.partition_key, task.id)
-        return ImageSuccess(job, record, make_thumbnail(image.data))
+        # The pixels the download's decode check kept: no second decode for the thumbnail.
+        pixels = image.pixels if image.pixels is not None else image.data
+        return ImageSuccess(job, record, make_thumbnail(pixels))
 
     async def _ledger_update(
         self,
