@@ -119,18 +119,24 @@ RenderKey = tuple[str, int, int, int, str]
 class RenderCache:
     """Renders in worker threads (never on the event loop), caching by (prompt, seed, w, h, format).
 
-    `start(key)` begins a render and returns at once; `get(key)` awaits it. A bounded LRU keeps
-    memory in check: an evicted image is rendered again on demand (same bytes).
+    `start(key)` begins a render and returns at once; `get(key)` awaits it. An LRU bounded by
+    the finished images' bytes (and a count) keeps memory in check: an evicted image is rendered
+    again on demand (same bytes). The bound is in bytes so that a batch's renders, started when
+    its tasks are created, are still there when the images are downloaded (a count of 64 evicted
+    a quarter of them in a batch of 32 tasks in flight, each then rendered twice).
     """
 
     def __init__(
         self,
-        max_entries: int = 64,
+        max_entries: int = 4096,
         workers: int = 2,
         on_render: Callable[[float], None] | None = None,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._entries: OrderedDict[RenderKey, asyncio.Future[bytes]] = OrderedDict()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self.on_render = on_render
@@ -170,18 +176,34 @@ class RenderCache:
                 if self.on_render is not None:
                     self.on_render(seconds)
                 future.set_result(data)
+                if self._entries.get(key) is future:
+                    self._bytes += len(data)
+                    self._evict()
 
         work.add_done_callback(finish)
+        self._forget(key)
         self._entries[key] = future
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._evict()
         return future
+
+    def _forget(self, key: RenderKey) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None and found.done() and not found.cancelled() and not found.exception():
+            self._bytes -= len(found.result())
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond the count or the bytes bound."""
+        while len(self._entries) > self._max_entries or (
+            self._bytes > self._max_bytes and len(self._entries) > 1
+        ):
+            self._forget(next(iter(self._entries)))
 
     async def get(self, key: RenderKey) -> bytes:
         return await asyncio.shield(self.start(key))
 
     def close(self) -> None:
         self._entries.clear()
+        self._bytes = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread outlives the server
             self._executor = None
