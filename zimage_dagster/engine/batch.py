@@ -342,8 +342,9 @@ class BatchGenerator:
     async def _create(self, job: ImageJob, state: _Attempt) -> Task:
         if state.task is not None:
             state.previous.append(state.task.id)
-        # Still ours? (A run that looked dead may have had its claim taken over.)
-        await asyncio.to_thread(self._gate.check, job.partition_key)
+        # Still ours? (A run that looked dead may have had its claim taken over.) In memory, so
+        # checked here: a hop through the thread pool, busy with fsyncs, delayed every create.
+        self._gate.check(job.partition_key)
         task = await self.creator.create(
             job.request, partition_key=job.partition_key, fingerprint=job.fingerprint
         )
