@@ -86,9 +86,9 @@ def resource_for(emu: EmulatorProcess) -> ZImageResource:
     return ZImageResource(api_key=emu.api_key, base_url=emu.url, concurrency=CONCURRENCY)
 
 
-def run_dagster(emu: EmulatorProcess, n: int, workdir: str) -> dict[str, Any]:
+def run_dagster(emu: EmulatorProcess, n: int, workdir: str, prefix: str = "d") -> dict[str, Any]:
     """A single-run backfill of ``n`` partitions of the image asset; returns timings and stats."""
-    rows = prompt_rows(n, prefix="d")
+    rows = prompt_rows(n, prefix=prefix)
     defs = build_image_assets("bench_images", rows, storage=os.path.join(workdir, "images"))
     (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
     keys = [r["key"] for r in rows]
@@ -290,8 +290,10 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
                 concurrency_cap=CONCURRENCY,
             ) as emu,
         ):
-            # Warm-up (imports, first connections), not measured.
+            # Warm-up (imports, Dagster's included: its first run imports the storage, executor
+            # and plan modules; first connections), not measured.
             run_engine(emu, 2, os.path.join(tmp, "warm"), prefix="w")
+            run_dagster(emu, 2, os.path.join(tmp, "warm_dagster"), prefix="wd")
             emu.reset()  # back to the configuration it started with, no tasks, no stats
             emu_cpu_before = process_cpu_s(emu.pid) if emu.pid else None
             dag = run_dagster(emu, n, os.path.join(tmp, "dagster"))
