@@ -76,9 +76,7 @@ USER_AGENT = f"zimage-dagster/{__version__} httpx/{httpx.__version__}"
 #: one, all of them again) twice per request: with the 30-odd idle connections a batch's first
 #: burst of polls leaves, that scan was most of a batch's client CPU (1.5-3 s tasks, 200 images:
 #: 13 s of 22 s profiled on the event loop; 4 s with 16 kept, and 8 kept churned connections).
-HTTP_LIMITS = httpx.Limits(
-    max_connections=256, max_keepalive_connections=16, keepalive_expiry=30.0
-)
+HTTP_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16, keepalive_expiry=30.0)
 #: Where the provider's request ID comes back (its gateway uses the first two).
 REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "x-trace-id")
 EXPIRED_STATUSES = frozenset({403, 404, 410})
