@@ -1,8 +1,9 @@
 """Benchmark 4, overhead: the CPU the plugin spends per image beyond the provider's wait.
 
 The emulator runs in its own process, so this process's CPU time (all threads, ``process_time``)
-is the client's and the plugin's own work. For the same number of images (1024x1024 PNG, 0.5 s
-tasks), one after another on one emulator:
+is the client's and the plugin's own work. For the same number of images (1024x1024 WebP, the
+emulator's default and the provider's format; 0.5 s tasks, announced as 10 s), one after another
+on one emulator:
 
 - **raw httpx** (the baseline): create, poll, download the bytes with plain ``httpx.AsyncClient``,
   nothing checked, nothing stored: the irreducible HTTP cost;

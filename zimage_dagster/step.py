@@ -26,7 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,27 @@ def _record(
             },
         )
     )
+
+
+class _EventWriter:
+    """Records the step's materializations in order on a thread of its own: the event log's
+    write (with the default sqlite storage, a few commits and fsyncs per event) must not stall
+    the engine's event loop, which meanwhile polls, downloads and frees slots for new tasks.
+    :meth:`drain` waits for every write, then :meth:`check` raises the first error."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="zimage-events")
+        self._pending: list[Future[None]] = []
+
+    def submit(self, write: Callable[[], None]) -> None:
+        self._pending.append(self._pool.submit(write))
+
+    def drain(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def check(self) -> None:
+        for done in self._pending:
+            done.result()
 
 
 class _ToRunLog(logging.Handler):
@@ -165,6 +187,10 @@ def run_in_step(
     (``options.deferred``): :func:`submit_deferred`, then materialize at once the partitions
     whose identical image was already stored.
     """
+    events = _EventWriter()
+
+    def on_success(success: ImageSuccess) -> None:
+        events.submit(lambda: _record(context, asset_key, success, options.gallery_url))
 
     async def generate() -> BatchReport:
         async with resource.async_client() as client:
@@ -178,9 +204,7 @@ def run_in_step(
                 reuse_stored=options.reuse_stored,
                 retry_rejected=options.retry_rejected,
                 wait_deadline=resource.wait_deadline,
-                on_success=lambda success: _record(
-                    context, asset_key, success, options.gallery_url
-                ),
+                on_success=on_success,
                 run_id=context.run.run_id,
                 logger=context.log,
                 step=asset_key.to_user_string(),
@@ -211,7 +235,11 @@ def run_in_step(
                 f"generating {len(jobs)} image(s) of {asset_key.to_user_string()} with up to "
                 f"{resource.concurrency} task(s) in flight"
             )
-            report = asyncio.run(generate())
+            try:
+                report = asyncio.run(generate())
+            finally:
+                events.drain()
+            events.check()
     _record_usage(context, asset_key, report)
     return report
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from zimage_dagster.api import (
     AsyncZImageClient,
@@ -126,6 +128,43 @@ def test_generate_records_seed_and_everything(
     assert result.attempts == 1
     assert result.timings.total_s > 0
     assert emu.stats()["file_requests_with_authorization"] == 0
+
+
+def test_download_keeps_the_decoded_pixels_when_asked_sync_and_async(
+    client: ZImageClient, emu: Any
+) -> None:
+    """``keep_pixels``: the decode check's image comes back (the engine's thumbnail needs no
+    second decode); by default nothing is kept. The async client decodes in a worker thread."""
+    outcome = client.wait(client.create_task(GenerationRequest(prompt="a heron", seed=3)))
+    url = outcome.task.result_url
+    assert url is not None
+    plain = client.download(url)
+    kept = client.download(url, keep_pixels=True)
+    assert plain.pixels is None
+    assert kept.pixels is not None
+    assert kept.pixels.size == (kept.width, kept.height)
+    assert kept.to_pil().tobytes() == plain.to_pil().tobytes()  # the same pixels, decoded once
+    loop_threads: list[int] = []
+
+    async def main() -> Any:
+        async with AsyncZImageClient(emu.api_key, base_url=emu.url, timeout=10.0) as aclient:
+            loop_threads.append(threading.get_ident())
+            return await aclient.download(url, keep_pixels=True)
+
+    decoded_in: list[int] = []
+    real_load = Image.Image.load
+
+    def load(self: Image.Image) -> Any:
+        decoded_in.append(threading.get_ident())
+        return real_load(self)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Image.Image, "load", load)
+        again = asyncio.run(main())
+    assert again.pixels is not None
+    assert again.sha256 == kept.sha256
+    assert decoded_in
+    assert loop_threads[0] not in decoded_in
 
 
 def test_same_seed_same_image(client: ZImageClient) -> None:

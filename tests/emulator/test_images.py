@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from PIL import Image, ImageChops, ImageStat
 
 from tests.emulator._support import VALID, SpecClient
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.emulator.render import render_image
+from zimage_dagster.emulator.render import RenderCache, render_image
 from zimage_dagster.emulator.validation import RATIO_DIMENSIONS
 
 
@@ -159,3 +160,27 @@ def test_failed_tasks_are_not_rendered(api: SpecClient, emulator: EmulatorServer
     api.post("/v1/images/generations", json={**VALID, "prompt": "gore", "size": "401x401"})
     emulator.advance_clock(5)
     assert emulator.stats()["renders"] == 0
+
+
+def test_render_cache_is_bounded_by_bytes_and_evicts_the_least_recent() -> None:
+    renders: list[float] = []
+
+    async def scenario() -> tuple[int, int, int]:
+        cache = RenderCache(max_bytes=5000, on_render=renders.append)
+        keys = [("p", seed, 400, 400, "webp") for seed in range(6)]
+        try:
+            sizes = [len(await cache.get(key)) for key in keys]
+            kept = len(cache._entries)
+            await cache.get(keys[-1])  # still cached: no new render
+            again = len(renders)
+            await cache.get(keys[0])  # evicted long ago: rendered again, same bytes
+            assert len(await cache.get(keys[0])) == sizes[0]
+            return kept, again, sum(sizes)
+        finally:
+            cache.close()
+
+    kept, again, total = asyncio.run(scenario())
+    assert total > 5000  # the six images do not fit...
+    assert 1 <= kept < 6  # ...so the oldest were dropped
+    assert again == 6
+    assert len(renders) == 7

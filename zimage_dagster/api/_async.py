@@ -114,6 +114,8 @@ class AsyncZImageClient:
             if action.seconds > 0:
                 await self._sleep(action.seconds)
             return None
+        if isinstance(action, _core.Compute):  # off the event loop: the other tasks go on
+            return await asyncio.to_thread(action.work)
         guard = action.guard
         remaining = guard.remaining_s() if guard is not None else None
         if guard is None or remaining is None:
@@ -182,9 +184,14 @@ class AsyncZImageClient:
         ``outcome = await client.wait(task)``."""
         return await self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
 
-    async def download(self, url: str, *, task_id: str | None = None) -> DownloadedImage:
-        """See :meth:`ZImageClient.download`. ``image = await client.download(url)``."""
-        return await self._run(self._core.download_flow(url, task_id=task_id))
+    async def download(
+        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+    ) -> DownloadedImage:
+        """See :meth:`ZImageClient.download` (the decode check runs in a worker thread).
+        ``image = await client.download(url)``."""
+        return await self._run(
+            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels)
+        )
 
     async def generate(
         self,

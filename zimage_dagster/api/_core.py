@@ -11,6 +11,7 @@ once. Flows compose with ``yield from``.
 from __future__ import annotations
 
 import email.utils
+import functools
 import json
 import logging
 import math
@@ -70,11 +71,12 @@ CREDITS_PATH = "/v1/credits"
 #: A descriptive User-Agent: the provider sits behind Cloudflare, which has refused generic ones.
 USER_AGENT = f"zimage-dagster/{__version__} httpx/{httpx.__version__}"
 
-#: Connection pool of the clients we make: keep as many connections alive as a big batch has
-#: requests in flight (httpx keeps 20 by default; a batch of 32 would reconnect all the time).
-HTTP_LIMITS = httpx.Limits(
-    max_connections=256, max_keepalive_connections=128, keepalive_expiry=30.0
-)
+#: Connection pool of the clients we make: as many connections as a big batch has requests in
+#: flight, but only 16 kept idle. httpcore scans every pooled connection (and, for each idle
+#: one, all of them again) twice per request: with the 30-odd idle connections a batch's first
+#: burst of polls leaves, that scan was most of a batch's client CPU (1.5-3 s tasks, 200 images:
+#: 13 s of 22 s profiled on the event loop; 4 s with 16 kept, and 8 kept churned connections).
+HTTP_LIMITS = httpx.Limits(max_connections=256, max_keepalive_connections=16, keepalive_expiry=30.0)
 #: Where the provider's request ID comes back (its gateway uses the first two).
 REQUEST_ID_HEADERS = ("x-request-id", "x-oneapi-request-id", "request-id", "x-trace-id")
 EXPIRED_STATUSES = frozenset({403, 404, 410})
@@ -123,6 +125,15 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Compute:
+    """Run ``work`` (CPU-bound: checking that an image decodes) and send back its result; its
+    exceptions propagate. The async driver runs it in a worker thread, so that a batch's event
+    loop goes on polling and downloading meanwhile."""
+
+    work: Callable[[], object]
+
+
+@dataclass(frozen=True)
 class Received:
     """An HTTP answer with its body read (a download's body is read under its byte cap)."""
 
@@ -140,8 +151,8 @@ class Received:
         return request_ids(self.headers)
 
 
-Action = Send | Sleep
-Outcome = Received | Exception | None
+Action = Send | Sleep | Compute
+Outcome = Received | Exception | object | None
 Flow = Generator[Action, Outcome, T]
 
 
@@ -856,11 +867,14 @@ class ClientCore:
             ).with_request_id(received.request_id)
         return str(target)
 
-    def download_flow(self, url: str, *, task_id: str | None = None) -> Flow[DownloadedImage]:
+    def download_flow(
+        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+    ) -> Flow[DownloadedImage]:
         """Fetch a result image: no API key, capped size (counted after decoding), a total
         deadline (``self.deadline``, across attempts and however slowly bytes come), at most
         ``MAX_REDIRECTS`` redirects and none towards an internal address (unless
-        ``allow_internal_redirects``); decoded safely. Returns ``DownloadedImage``."""
+        ``allow_internal_redirects``); decoded safely (see :func:`decode_image`, also for
+        ``keep_pixels``). Returns ``DownloadedImage``."""
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(f"not an http(s) URL: {strip_query(str(url))!r}", task_id=task_id)
@@ -904,13 +918,19 @@ class ClientCore:
                     logger.debug("download %s redirected to %s", clean, strip_query(current))
                     continue
                 if outcome.is_success:
-                    image = decode_image(
-                        outcome.content,
-                        max_pixels=self.max_image_pixels,
-                        content_type=outcome.headers.get("content-type"),
-                        url=clean,
-                        task_id=task_id,
+                    image = yield Compute(
+                        functools.partial(
+                            decode_image,
+                            outcome.content,
+                            max_pixels=self.max_image_pixels,
+                            content_type=outcome.headers.get("content-type"),
+                            url=clean,
+                            task_id=task_id,
+                            keep_pixels=keep_pixels,
+                        )
                     )
+                    if not isinstance(image, DownloadedImage):  # pragma: no cover
+                        raise TypeError(f"unexpected decode outcome {image!r}")
                     logger.debug(
                         "downloaded %s: %s %dx%d, %d bytes (request id %s)",
                         clean,

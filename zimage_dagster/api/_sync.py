@@ -125,6 +125,8 @@ class ZImageClient:
             if action.seconds > 0:
                 self._sleep(action.seconds)
             return None
+        if isinstance(action, _core.Compute):
+            return action.work()
         try:
             response = self._http.send(
                 action.request, stream=True, auth=None, follow_redirects=action.follow_redirects
@@ -201,8 +203,12 @@ class ZImageClient:
         """
         return self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
 
-    def download(self, url: str, *, task_id: str | None = None) -> DownloadedImage:
+    def download(
+        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+    ) -> DownloadedImage:
         """Fetch a result image: streamed, size-capped, checked to decode; no API key is sent.
+        ``keep_pixels``: the result keeps the decoded image (``DownloadedImage.pixels``), for a
+        caller that needs the pixels (a thumbnail) and should not decode the file again.
 
         Raises ``ResultExpiredError`` (403/404/410), ``ImageTooLargeError``, ``NotAnImageError``,
         ``DownloadError``.
@@ -210,7 +216,7 @@ class ZImageClient:
         >>> image = client.download(outcome.task.result_url, task_id=outcome.task.id)  # doctest: +SKIP
         >>> image.format, image.width, image.sha256[:8]  # doctest: +SKIP
         """
-        return self._run(self._core.download_flow(url, task_id=task_id))
+        return self._run(self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels))
 
     def generate(
         self,

@@ -42,7 +42,7 @@ class DownloadedImage:
 
     Attributes: ``data`` (the bytes as served), ``format`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``),
     ``width``, ``height``, ``sha256`` (hex of ``data``), ``content_type`` (as served, may be
-    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string).
+    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string), ``pixels`` (see below).
     """
 
     data: builtins.bytes = field(repr=False)
@@ -52,6 +52,9 @@ class DownloadedImage:
     sha256: str
     content_type: str | None = None
     url: str | None = None
+    #: The image as decoded by the check, loaded, when the download was asked to keep it
+    #: (``keep_pixels``), else None. Read-only: :meth:`to_pil` gives a copy to change.
+    pixels: Image.Image | None = field(default=None, repr=False, compare=False)
 
     @property
     def bytes(self) -> int:
@@ -64,7 +67,9 @@ class DownloadedImage:
         return {"JPEG": ".jpg"}.get(self.format, "." + self.format.lower())
 
     def to_pil(self) -> Image.Image:
-        """Open the bytes with Pillow (fully loaded)."""
+        """The image with Pillow (fully loaded): a copy of ``pixels`` if kept, else decoded."""
+        if self.pixels is not None:
+            return self.pixels.copy()
         img = Image.open(io.BytesIO(self.data), formats=list(ALLOWED_FORMATS))
         img.load()
         return img
@@ -77,12 +82,21 @@ def decode_image(
     content_type: str | None = None,
     url: str | None = None,
     task_id: str | None = None,
+    keep_pixels: bool = False,
 ) -> DownloadedImage:
     """Check that ``data`` is an intact PNG, JPEG or WebP no larger than ``max_pixels``, and describe it.
 
     The declared size is checked before any pixel is decoded; Pillow's
     ``DecompressionBombWarning`` is an error here; the image is then fully loaded so a truncated
     file fails now, not later. Raises :class:`NotAnImageError` or :class:`ImageTooLargeError`.
+    With ``keep_pixels`` the loaded image is kept in ``pixels`` (a thumbnail then needs no
+    second decode); else it is dropped.
+
+    >>> buf = io.BytesIO(); Image.new("RGB", (8, 4), "red").save(buf, "PNG")
+    >>> decode_image(buf.getvalue(), keep_pixels=True).pixels.getpixel((7, 3))
+    (255, 0, 0)
+    >>> decode_image(buf.getvalue()).pixels is None
+    True
     """
     if not data:
         raise NotAnImageError("empty body: no image bytes", url=url, task_id=task_id)
@@ -106,6 +120,7 @@ def decode_image(
                         task_id=task_id,
                     )
                 img.load()
+                pixels = img if keep_pixels else None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
             f"decompression bomb refused: {exc}", url=url, task_id=task_id
@@ -129,4 +144,5 @@ def decode_image(
         sha256=hashlib.sha256(data).hexdigest(),
         content_type=content_type,
         url=url,
+        pixels=pixels,
     )

@@ -30,7 +30,7 @@ _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 _SAVE_OPTIONS: dict[str, dict[str, object]] = {
     "png": {"compress_level": 1},
     "jpeg": {"quality": 88},
-    "webp": {"quality": 82, "method": 0},
+    "webp": {"quality": 60, "method": 0},
 }
 
 
@@ -52,6 +52,12 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
+#: The picture is composed at 1 / ``_SCALE`` of the requested size and scaled up once; only the
+#: prompt's band is drawn at full size. The real service renders on its GPUs, not on the cores its
+#: clients share with this emulator, so a render here should cost little besides the encode.
+_SCALE = 4
+
+
 def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> bytes:
     """Render and encode one image (`fmt` in png, jpeg, webp). Pure: no state, no clock."""
     rng = _rng(prompt, seed)
@@ -60,19 +66,16 @@ def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> b
     c2 = _color(
         hue + 0.25 + 0.3 * rng.random(), 0.6 + 0.3 * rng.random(), 0.35 + 0.3 * rng.random()
     )
+    small = (max(1, width // _SCALE), max(1, height // _SCALE))
 
-    # Diagonal gradient at an angle drawn from the seed, built small and scaled up (cheap).
+    # Diagonal gradient at an angle drawn from the seed.
     mask = Image.linear_gradient("L").rotate(
         rng.uniform(0, 360), resample=Image.Resampling.BICUBIC, expand=False
     )
-    mask = mask.crop((48, 48, 208, 208)).resize((width, height), Image.Resampling.BILINEAR)
-    image = Image.composite(
-        Image.new("RGB", (width, height), c1), Image.new("RGB", (width, height), c2), mask
-    )
+    mask = mask.crop((48, 48, 208, 208)).resize(small, Image.Resampling.BILINEAR)
+    canvas = Image.composite(Image.new("RGB", small, c1), Image.new("RGB", small, c2), mask)
 
-    # Soft circles on a small layer, blurred there and scaled up.
-    scale = 8
-    small = (max(1, width // scale), max(1, height // scale))
+    # Soft circles on a layer, blurred premultiplied (mode "RGBa") so edges fade, not darken.
     layer = Image.new("RGBA", small, (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
     for _ in range(5 + rng.randrange(5)):
@@ -85,16 +88,11 @@ def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> b
             90 + rng.randrange(90),
         )
         draw.ellipse((x - r, y - r, x + r, y + r), fill=fill)
-    # Blur premultiplied (mode "RGBa") so edges fade instead of darkening.
-    layer = (
-        layer.convert("RGBa")
-        .filter(ImageFilter.GaussianBlur(1.5))
-        .resize((width, height), Image.Resampling.BILINEAR)
-    )
-    layer = layer.convert("RGBA")
-    image.paste(layer, (0, 0), layer)
+    layer = layer.convert("RGBa").filter(ImageFilter.GaussianBlur(3)).convert("RGBA")
+    canvas.paste(layer, (0, 0), layer)
+    image = canvas.resize((width, height), Image.Resampling.BILINEAR)
 
-    # The prompt, wrapped on a translucent band near the bottom.
+    # The prompt, wrapped on a translucent band near the bottom, at full size.
     font_size = max(14, min(width, height) // 24)
     font = _font(font_size)
     chars_per_line = max(8, int(width / (font_size * 0.5)) - 4)
@@ -102,9 +100,8 @@ def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> b
     line_h = int(font_size * 1.3)
     band_h = line_h * len(lines) + font_size
     top = height - band_h - height // 16
-    band = Image.new("RGBA", (width, band_h), (255, 255, 255, 0))
+    band = Image.new("RGBA", (width, band_h), (16, 16, 24, 120))
     band_draw = ImageDraw.Draw(band)
-    band_draw.rectangle((0, 0, width, band_h), fill=(16, 16, 24, 120))
     for i, line in enumerate(lines):
         band_draw.text(
             (font_size, font_size // 2 + i * line_h), line, font=font, fill=(255, 255, 255, 235)
@@ -122,18 +119,24 @@ RenderKey = tuple[str, int, int, int, str]
 class RenderCache:
     """Renders in worker threads (never on the event loop), caching by (prompt, seed, w, h, format).
 
-    `start(key)` begins a render and returns at once; `get(key)` awaits it. A bounded LRU keeps
-    memory in check: an evicted image is rendered again on demand (same bytes).
+    `start(key)` begins a render and returns at once; `get(key)` awaits it. An LRU bounded by
+    the finished images' bytes (and a count) keeps memory in check: an evicted image is rendered
+    again on demand (same bytes). The bound is in bytes so that a batch's renders, started when
+    its tasks are created, are still there when the images are downloaded (a count of 64 evicted
+    a quarter of them in a batch of 32 tasks in flight, each then rendered twice).
     """
 
     def __init__(
         self,
-        max_entries: int = 64,
+        max_entries: int = 4096,
         workers: int = 2,
         on_render: Callable[[float], None] | None = None,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._entries: OrderedDict[RenderKey, asyncio.Future[bytes]] = OrderedDict()
         self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._workers = workers
         self._executor: ThreadPoolExecutor | None = None
         self.on_render = on_render
@@ -173,18 +176,34 @@ class RenderCache:
                 if self.on_render is not None:
                     self.on_render(seconds)
                 future.set_result(data)
+                if self._entries.get(key) is future:
+                    self._bytes += len(data)
+                    self._evict()
 
         work.add_done_callback(finish)
+        self._forget(key)
         self._entries[key] = future
-        while len(self._entries) > self._max_entries:
-            self._entries.popitem(last=False)
+        self._evict()
         return future
+
+    def _forget(self, key: RenderKey) -> None:
+        found = self._entries.pop(key, None)
+        if found is not None and found.done() and not found.cancelled() and not found.exception():
+            self._bytes -= len(found.result())
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond the count or the bytes bound."""
+        while len(self._entries) > self._max_entries or (
+            self._bytes > self._max_bytes and len(self._entries) > 1
+        ):
+            self._forget(next(iter(self._entries)))
 
     async def get(self, key: RenderKey) -> bytes:
         return await asyncio.shield(self.start(key))
 
     def close(self) -> None:
         self._entries.clear()
+        self._bytes = 0
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)  # no thread outlives the server
             self._executor = None

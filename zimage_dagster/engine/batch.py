@@ -345,8 +345,9 @@ class BatchGenerator:
     async def _create(self, job: ImageJob, state: _Attempt) -> Task:
         if state.task is not None:
             state.previous.append(state.task.id)
-        # Still ours? (A run that looked dead may have had its claim taken over.)
-        await asyncio.to_thread(self._gate.check, job.partition_key)
+        # Still ours? (A run that looked dead may have had its claim taken over.) In memory, so
+        # checked here: a hop through the thread pool, busy with fsyncs, delayed every create.
+        self._gate.check(job.partition_key)
         task = await self.creator.create(
             job.request,
             partition_key=job.partition_key,
@@ -370,7 +371,9 @@ class BatchGenerator:
                     outcome = await self.client.wait(task, deadline=self.wait_deadline)
                 await self._ledger_update(job, task.id, LedgerStatus.COMPLETED)
                 started = time.monotonic()
-                image = await self.client.download(_result_url(outcome.task), task_id=task.id)
+                image = await self.client.download(
+                    _result_url(outcome.task), task_id=task.id, keep_pixels=True
+                )
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:
                 self.creator.task_failed(task)
@@ -452,7 +455,9 @@ class BatchGenerator:
             to_provenance(record),
         )
         self.ledger.mark_collected(self.asset, job.partition_key, task.id)
-        return ImageSuccess(job, record, make_thumbnail(image.data))
+        # The pixels the download's decode check kept: no second decode for the thumbnail.
+        pixels = image.pixels if image.pixels is not None else image.data
+        return ImageSuccess(job, record, make_thumbnail(pixels))
 
     async def _ledger_update(
         self,

@@ -412,11 +412,13 @@ class ClaimKeeper:
             try:
                 renewed = self.book.renew(claim)
             except ClaimLostError as exc:
-                log.warning("%s", exc)
                 with self._lock:
-                    if self._held.get(key) is claim:
+                    still_held = self._held.get(key) is claim
+                    if still_held:
                         del self._held[key]
                         self.lost[key] = str(exc)
+                if still_held:  # else released meanwhile: gone because we removed it
+                    log.warning("%s", exc)
                 continue
             except Exception as exc:  # storage hiccup: try again next interval
                 log.warning("could not renew claim %s: %s", key, exc)

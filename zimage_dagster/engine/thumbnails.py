@@ -19,9 +19,10 @@ __all__ = ["fit_image", "make_thumbnail", "thumbnail_markdown"]
 _MAX_THUMB_SOURCE_PIXELS = 64_000_000
 
 
-def fit_image(image_bytes: bytes, max_side: int) -> Image.Image:
-    """The image decoded upright, flattened onto white if it has alpha, as RGB, and scaled to fit
-    ``max_side`` x ``max_side`` (aspect kept; never enlarged).
+def fit_image(image: bytes | Image.Image, max_side: int) -> Image.Image:
+    """The image (encoded bytes, or an image already decoded: it is not changed) upright,
+    flattened onto white if it has alpha, as RGB, and scaled to fit ``max_side`` x ``max_side``
+    (aspect kept; never enlarged).
 
     Raises ``ValueError`` for an image over 64 megapixels (a decompression bomb) and Pillow's
     ``OSError`` for bytes that are not an image.
@@ -32,30 +33,37 @@ def fit_image(image_bytes: bytes, max_side: int) -> Image.Image:
     >>> fitted.size, fitted.mode, fitted.getpixel((0, 0))
     ((256, 128), 'RGB', (255, 255, 255))
     """
-    with Image.open(io.BytesIO(image_bytes)) as src:
-        if src.width * src.height > _MAX_THUMB_SOURCE_PIXELS:
-            raise ValueError(f"image too large for a thumbnail: {src.width}x{src.height}")
+    if isinstance(image, Image.Image):
+        return _fit(image, max_side)
+    with Image.open(io.BytesIO(image)) as src:
         src.draft("RGB", (max_side, max_side))  # fast JPEG downscale on decode
-        img = ImageOps.exif_transpose(src)
-        if img.mode in ("RGBA", "LA", "P", "PA"):
-            rgba = img.convert("RGBA")
-            flat = Image.new("RGB", rgba.size, "white")
-            flat.paste(rgba, mask=rgba.getchannel("A"))
-            img = flat
-        else:
-            img = img.convert("RGB")
+        return _fit(src, max_side)
+
+
+def _fit(src: Image.Image, max_side: int) -> Image.Image:
+    if src.width * src.height > _MAX_THUMB_SOURCE_PIXELS:
+        raise ValueError(f"image too large for a thumbnail: {src.width}x{src.height}")
+    img = ImageOps.exif_transpose(src)  # a new image: ``src`` is left as it is
+    if img.mode in ("RGBA", "LA", "P", "PA"):
+        rgba = img.convert("RGBA")
+        flat = Image.new("RGB", rgba.size, "white")
+        flat.paste(rgba, mask=rgba.getchannel("A"))
+        img = flat
+    else:
+        img = img.convert("RGB")
     img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return img
 
 
 def make_thumbnail(
-    image_bytes: bytes,
+    image: bytes | Image.Image,
     max_side: int = 256,
     *,
     max_uri_chars: int = 8000,
     format: str = "JPEG",
 ) -> str:
-    """A small ``data:image/jpeg;base64,...`` (or webp) URI of the image, a few KB at most.
+    """A small ``data:image/jpeg;base64,...`` (or webp) URI of the image (encoded bytes, or an
+    image already decoded), a few KB at most.
 
     The default, 256 px on the long side within 8,000 characters (6 KB of JPEG), is what Dagster's
     UI shows well in the metadata's markdown dialog.
@@ -72,7 +80,7 @@ def make_thumbnail(
     fmt = format.upper()
     if fmt not in ("JPEG", "WEBP"):
         raise ValueError("thumbnail format must be JPEG or WEBP")
-    img = fit_image(image_bytes, max_side)
+    img = fit_image(image, max_side)
     side = max_side
     mime = "image/jpeg" if fmt == "JPEG" else "image/webp"
     uri = ""
