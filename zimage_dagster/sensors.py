@@ -81,6 +81,8 @@ __all__ = [
 
 #: Tag saying why the prompt-dataset sensor requested a run: ``new`` or ``changed``.
 REASON_TAG = "zimage/reason"
+#: The task watcher's share of a task-status tick's budget (the rest: building the answer).
+WATCHER_SHARE = 0.85
 #: File suffixes read from a dataset folder.
 DATASET_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", ".json", ".parquet", ".pq")
 
@@ -125,7 +127,8 @@ def build_task_status_sensor(
             dataset once); they order the partitions of a collect run's range.
         minimum_interval_seconds: seconds between ticks.
         tick_budget_s: a tick's time budget; keep it well under Dagster's sensor timeout (60 s,
-            ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``). Work that does not fit resumes next tick.
+            ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``). The watcher gets 85 % of it (polls, ledger
+            writes), the answer the rest. Work that does not fit resumes next tick.
         concurrency: status requests in flight at once.
         max_resubmits: new tasks per partition after retryable failures or expired results
             (created by the collect run, never by the sensor).
@@ -145,7 +148,8 @@ def build_task_status_sensor(
     key = resource_key or spec.resource_key
     sensor_name = name or f"{_safe_name(spec)}_task_status"
     watcher_options: dict[str, Any] = {
-        "tick_budget_s": tick_budget_s,
+        # The watcher's share; the rest is for the answer (partition ranges, run requests).
+        "tick_budget_s": tick_budget_s * WATCHER_SHARE,
         "concurrency": concurrency,
         "max_resubmits": max_resubmits,
         "max_per_run": max_per_run,
