@@ -21,10 +21,13 @@ from playwright.sync_api import Browser, ViewportSize, expect
 
 from tests.dagster._support import make_fast
 from tests.ui._support import (
+    CATALOGUE,
     REPO_ROOT,
     Webserver,
-    child_env,
+    catalogue_job,
     chromium_executable,
+    example_home,
+    in_child_env,
     launched_chromium,
     running_webserver,
 )
@@ -33,7 +36,7 @@ from zimage_dagster.gallery import Gallery, links
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
-ASSET = "catalogue_images"
+ASSET = CATALOGUE
 LOCATION = "zimage_example"
 UI_TIMEOUT_MS = 30_000
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
@@ -58,14 +61,8 @@ class Served:
 
 def _materialize(home: Path, storage: Path) -> Latest:
     """Two catalogue partitions in one real run on the persistent instance at ``home``."""
-    from examples.project import build_defs
-
-    defs = build_defs(str(storage))
+    keys, job = catalogue_job(storage)
     key = dg.AssetKey(ASSET)
-    partitions_def = defs.resolve_asset_graph().get(key).partitions_def
-    assert partitions_def is not None
-    keys = list(partitions_def.get_partition_keys())
-    job = defs.resolve_job_def(f"{ASSET}_job")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         tags = {
             "dagster/asset_partition_range_start": keys[0],
@@ -94,16 +91,10 @@ def served(
     emulator_server.reset()
     make_fast(emulator_server)
     root = tmp_path_factory.mktemp("gallery-ui")
-    home, storage = root / "dagster_home", root / "zimage_output"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    home, storage, env = example_home(root, emulator_server)
     with Gallery(storage, cache_dir=root / "thumbs", refresh_s=0) as gallery:
-        env = child_env(home, storage, emulator_server, ZIMAGE_GALLERY_URL=gallery.url)
-        with pytest.MonkeyPatch.context() as patch:
-            for name in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL"):
-                patch.setenv(name, env[name])
-            patch.setenv("ZIMAGE_GALLERY_URL", env["ZIMAGE_GALLERY_URL"])
-            patch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+        env = {**env, "ZIMAGE_GALLERY_URL": gallery.url}
+        with in_child_env(env):
             latest = _materialize(home, storage)
         with running_webserver(env, root / "webserver.log", LOCATION) as webserver:
             yield Served(webserver, gallery, latest)

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import dagster as dg
 import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
@@ -22,6 +23,8 @@ from zimage_dagster.emulator import EmulatorServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
+#: The example project's image asset the browser tests look at.
+CATALOGUE = "catalogue_images"
 
 # What Debian's Chromium needs to run headless as root in a container, and nothing that phones home.
 CHROMIUM_ARGS = [
@@ -102,6 +105,36 @@ def child_env(home: Path, storage: Path, emulator: EmulatorServer, **extra: str)
         **extra,
     )
     return env
+
+
+def example_home(root: Path, emulator: EmulatorServer) -> tuple[Path, Path, dict[str, str]]:
+    """Under ``root``: a ``DAGSTER_HOME`` with telemetry off and an image folder, and the child
+    environment over them (:func:`child_env`)."""
+    home, storage = root / "dagster_home", root / "zimage_output"
+    home.mkdir()
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return home, storage, child_env(home, storage, emulator)
+
+
+@contextlib.contextmanager
+def in_child_env(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's ``ZIMAGE_*`` and ``DAGSTER_HOME`` settings as the child's while the block
+    runs: for in-process runs of the example project on the child's instance."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            if name.startswith("ZIMAGE_") or name == "DAGSTER_HOME":
+                patch.setenv(name, value)
+        yield
+
+
+def catalogue_job(storage: Path) -> tuple[list[str], dg.JobDefinition]:
+    """The example project's catalogue asset over ``storage``: its partition keys and its job."""
+    from examples.project import build_defs
+
+    defs = build_defs(str(storage))
+    partitions_def = defs.resolve_asset_graph().get(dg.AssetKey(CATALOGUE)).partitions_def
+    assert partitions_def is not None
+    return list(partitions_def.get_partition_keys()), defs.resolve_job_def(f"{CATALOGUE}_job")
 
 
 def free_port() -> int:

@@ -40,10 +40,13 @@ from PIL import Image
 from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect
 
 from tests.ui._support import (
+    CATALOGUE,
     REPO_ROOT,
     Webserver,
-    child_env,
+    catalogue_job,
     chromium_executable,
+    example_home,
+    in_child_env,
     launched_chromium,
     running_webserver,
 )
@@ -51,7 +54,7 @@ from zimage_dagster.emulator import EmulatorServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
-ASSET = "catalogue_images"
+ASSET = CATALOGUE
 LOCATION = "zimage_example"
 DOCS = REPO_ROOT / "docs"
 UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
@@ -116,14 +119,8 @@ class Project:
 
 def _materialize(home: Path, storage: Path) -> tuple[list[str], set[str], Recorded, Recorded]:
     """Real runs on the persistent instance at ``home``: a range of 5, then one more partition."""
-    from examples.project import build_defs
-
-    defs = build_defs(str(storage))
+    keys, job = catalogue_job(storage)
     key = dg.AssetKey(ASSET)
-    partitions_def = defs.resolve_asset_graph().get(key).partitions_def
-    assert partitions_def is not None
-    keys = list(partitions_def.get_partition_keys())
-    job = defs.resolve_job_def(f"{ASSET}_job")
     with dg.DagsterInstance.from_config(str(home)) as instance:
         ranged = job.execute_in_process(
             instance=instance,
@@ -160,13 +157,8 @@ def project(
     chromium_executable()  # fail before the slow part when the browser is missing
     emulator_server.reset()
     root = tmp_path_factory.mktemp("ui")
-    home, storage = root / "dagster_home", root / "zimage_output"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    env = child_env(home, storage, emulator_server)
-    with pytest.MonkeyPatch.context() as patch:
-        for name in ("ZIMAGE_API_KEY", "ZIMAGE_BASE_URL", "ZIMAGE_STORAGE_URL", "DAGSTER_HOME"):
-            patch.setenv(name, env[name])
+    home, storage, env = example_home(root, emulator_server)
+    with in_child_env(env):
         keys, materialized, latest, chosen = _materialize(home, storage)
     with running_webserver(env, root / "webserver.log", LOCATION) as server:
         yield Project(server.url, server, keys, materialized, latest, chosen)
