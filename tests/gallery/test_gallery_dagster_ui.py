@@ -8,7 +8,6 @@ sha256. The asset's description links to the asset's grid.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,12 +16,17 @@ from typing import Any
 
 import dagster as dg
 import pytest
-from playwright.sync_api import Browser, ViewportSize, expect
+from playwright.sync_api import Browser, expect
 
 from tests.dagster._support import make_fast
 from tests.ui._support import (
     CATALOGUE,
+    LOCATION,
+    QUIET,
     REPO_ROOT,
+    UI_TIMEOUT_MS,
+    UPDATE_SCREENSHOTS,
+    VIEWPORT,
     Webserver,
     catalogue_job,
     chromium_executable,
@@ -37,11 +41,6 @@ from zimage_dagster.gallery import Gallery, links
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
 ASSET = CATALOGUE
-LOCATION = "zimage_example"
-UI_TIMEOUT_MS = 30_000
-VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
-UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ def _materialize(home: Path, storage: Path) -> Latest:
             "dagster/asset_partition_range_start": keys[0],
             "dagster/asset_partition_range_end": keys[1],
         }
-        assert job.execute_in_process(instance=instance, run_config=_QUIET, tags=tags).success
+        assert job.execute_in_process(instance=instance, run_config=QUIET, tags=tags).success
         event = instance.get_latest_materialization_event(key)
         assert event is not None
         assert event.asset_materialization is not None

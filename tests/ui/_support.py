@@ -17,14 +17,22 @@ from pathlib import Path
 import dagster as dg
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, ViewportSize, sync_playwright
 
 from zimage_dagster.emulator import EmulatorServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 DEBIAN_CHROMIUM = "/usr/bin/chromium"
-#: The example project's image asset the browser tests look at.
+#: The example project's image asset the browser tests look at, and its code location.
 CATALOGUE = "catalogue_images"
+LOCATION = "zimage_example"
+#: Generous for a slow 2-core machine: each wait returns as soon as its condition holds.
+UI_TIMEOUT_MS = 30_000
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
+#: ``ZIMAGE_UPDATE_SCREENSHOTS=1``: screenshots are also copied into ``docs/``.
+UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
+#: Run config of the in-process runs: the console logger says only warnings and errors.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 # What Debian's Chromium needs to run headless as root in a container, and nothing that phones home.
 CHROMIUM_ARGS = [

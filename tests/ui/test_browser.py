@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
 import shutil
 from collections.abc import Iterator
@@ -37,11 +36,16 @@ import dagster as dg
 import httpx
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Locator, Page, ViewportSize, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
 from tests.ui._support import (
     CATALOGUE,
+    LOCATION,
+    QUIET,
     REPO_ROOT,
+    UI_TIMEOUT_MS,
+    UPDATE_SCREENSHOTS,
+    VIEWPORT,
     Webserver,
     catalogue_job,
     chromium_executable,
@@ -55,16 +59,10 @@ from zimage_dagster.emulator import EmulatorServer
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 ASSET = CATALOGUE
-LOCATION = "zimage_example"
 DOCS = REPO_ROOT / "docs"
-UPDATE_SCREENSHOTS = os.environ.get("ZIMAGE_UPDATE_SCREENSHOTS") == "1"
-# Generous for a slow 2-core machine: each wait returns as soon as its condition holds.
-UI_TIMEOUT_MS = 30_000
 # Playwright's `expect` has its own timeout (5 s by default), apart from the page's: under load
 # that was the UI test's flake ("Latest materialization" not found within 5 s).
 expect.set_options(timeout=UI_TIMEOUT_MS)
-VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
-_QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 _SCROLL_ANCESTORS_TO_TOP = """element => {
     for (let node = element.parentElement; node; node = node.parentElement) {
         if (node.scrollHeight > node.clientHeight) node.scrollTop = 0;
@@ -124,14 +122,14 @@ def _materialize(home: Path, storage: Path) -> tuple[list[str], set[str], Record
     with dg.DagsterInstance.from_config(str(home)) as instance:
         ranged = job.execute_in_process(
             instance=instance,
-            run_config=_QUIET,
+            run_config=QUIET,
             tags={
                 "dagster/asset_partition_range_start": keys[0],
                 "dagster/asset_partition_range_end": keys[4],
             },
         )
         assert ranged.success
-        single = job.execute_in_process(instance=instance, run_config=_QUIET, partition_key=keys[7])
+        single = job.execute_in_process(instance=instance, run_config=QUIET, partition_key=keys[7])
         assert single.success
 
         materialized = set(instance.get_materialized_partitions(key))
