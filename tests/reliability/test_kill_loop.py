@@ -64,19 +64,28 @@ def kill_loop(
         "resource": {"concurrency": 4, "max_poll_interval": 0.3},
     }
     killed = 0
-    for i in range(kills):
-        made = emulator.stats()["tasks_created"]
-        proc = _start(spec, home, tmp_path / f"run{i}.log")
+    attempts = 0
+    # Each run is killed at a random point of its own work: after a random number (1-8) of its
+    # requests to the provider (creates, polls, downloads), then up to 0.3 s more (mid-store,
+    # mid-ledger-write...). Counting requests rather than waiting for a create of its own keeps
+    # the kills landing once every partition has a task: a re-run that only re-attaches and
+    # collects is killed too. A run that finds nothing left to do ends on its own (not a kill).
+    while killed < kills and attempts < 3 * kills:
+        before = emulator.stats()["requests_total"]
+        after = before + rnd.randint(1, 8)
+        proc = _start(spec, home, tmp_path / f"run{attempts}.log")
+        attempts += 1
         deadline = time.monotonic() + 120
-        # Mid-batch: this run has created tasks of its own; then a random moment later.
-        while emulator.stats()["tasks_created"] <= made and proc.poll() is None:
-            assert time.monotonic() < deadline, "the run never created a task"
-            time.sleep(0.02)
-        time.sleep(rnd.uniform(0.0, 1.5))
+        while emulator.stats()["requests_total"] < after and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never talked to the provider"
+            time.sleep(0.01)
+        time.sleep(rnd.uniform(0.0, 0.3))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             killed += 1
         proc.wait(30)
+        if proc.returncode == 0:
+            break  # it finished every partition: nothing left to kill
     final = _start(spec, home, tmp_path / "final.log")
     assert final.wait(300) == 0, (tmp_path / "final.log").read_text()[-3000:]
     logs = "".join(p.read_text() for p in tmp_path.glob("*.log"))
@@ -109,6 +118,7 @@ def kill_loop(
     figures = {
         "partitions": n,
         "kills": killed,
+        "runs_started": attempts + 1,
         "tasks_created": len(tasks),
         "orphans_from_kill_windows": len(orphans),
     }
@@ -116,6 +126,7 @@ def kill_loop(
     # between a create's answer and its ledger write lasts a few milliseconds).
     assert n <= len(tasks) <= n + killed, figures
     assert len(orphans) == len(tasks) - n, figures
+    assert killed == kills, f"only {killed} of {kills} kills landed: {figures}"
     return figures
 
 
