@@ -2,8 +2,8 @@
 
 - :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.engine.watcher.TaskWatcher`
   reads the asset's deferred ledger entries in bulk, polls the open tasks concurrently within a
-  time budget (a cursor spreads a large backlog over ticks), and answers with one collect run
-  per batch of up to ``max_per_run`` partitions (completed tasks to store, retryable failures to
+  time budget (a cursor spreads a large backlog over ticks), and answers with at most one
+  collect run per tick, over up to ``max_per_run`` partitions (completed tasks to store, retryable failures to
   resubmit, expired results to regenerate: the run does all three; ``run_key`` =
   ``collect:<batch ID>``, a digest of the batch's task IDs, tag ``zimage/collect``), and one
   ``AssetObservation`` per partition that failed for good (with the provider's code and message;
@@ -132,7 +132,7 @@ def build_task_status_sensor(
         concurrency: status requests in flight at once.
         max_resubmits: new tasks per partition after retryable failures or expired results
             (created by the collect run, never by the sensor).
-        max_per_run: partitions per collect run (a tick asks for one run per this many).
+        max_per_run: partitions per collect run (a tick asks for one run; more wait for the next).
         max_collect_runs: collect runs a partition may go through uncollected before it is
             reported as failed for good.
         max_active_runs: collect runs of the asset queued or running at once; while that many

@@ -69,22 +69,29 @@ def test_a_restarted_sensor_collects_everything_once_without_new_tasks(
             assert run.success
         return [str(r.run_key) for r in requests]
 
-    # First life of the sensor: some tasks are done; the daemon launches half its requests, dies.
+    # First life of the sensor: some tasks are done; it asks for a collect run, and the daemon
+    # dies before launching it (the request is lost).
     wait_for(
         lambda: sum(t["status"] == "completed" for t in emulator.tasks()) >= 4,
         what="a few tasks to finish",
     )
-    # Batches of two: several collect runs, so that some can be lost.
+    # Batches of two: several collect runs in all, one per tick.
     sensor = build_task_status_sensor(spec, "cards_job", max_per_run=2)
     early = tick(sensor, instance, resource)
-    assert 0 < len(early.run_requests) < len(ROWS)
-    launched = collect(early.run_requests[: len(early.run_requests) // 2 or 1])
+    [lost] = early.run_requests  # one collect run per tick
+    launched: list[str] = []
 
     # Stopped while the rest finish; then a new sensor (no cursor) in a new code location.
     wait_terminal(emulator, len(ROWS))
     restarted = build_task_status_sensor(spec, "cards_job", recollect_after_s=0.0, max_per_run=2)
     later = tick(restarted, instance, resource, cursor=None)
-    launched += collect([r for r in later.run_requests if r.run_key not in launched])
+    for _ in range(len(ROWS)):  # one collect run per tick: tick until none is asked for
+        fresh = [r for r in later.run_requests if r.run_key not in launched]
+        if not fresh:
+            break
+        launched += collect(fresh)
+        later = tick(restarted, instance, resource, later.cursor)
+    assert lost.run_key in launched  # asked for again by the new sensor, with the same run key
 
     assert instance.get_materialized_partitions(key) == {r["key"] for r in ROWS}
     records = instance.fetch_materializations(key, limit=100).records

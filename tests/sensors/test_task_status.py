@@ -72,7 +72,7 @@ def test_completed_tasks_get_one_collect_run_for_the_batch(
     assert emulator.stats()["tasks_created"] == 3
 
 
-def test_max_per_run_splits_the_batch(
+def test_one_collect_run_per_tick_the_rest_waits_for_the_next(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
     spec = make_spec(tmp_path)
@@ -80,10 +80,17 @@ def test_max_per_run_splits_the_batch(
     ledger = ledger_of(spec)
     submit_deferred(resource, ledger, spec.asset_key.path, jobs_for())
     wait_terminal(emulator, 3)
-    result = tick(build_task_status_sensor(spec, "cards_job", max_per_run=2), instance, resource)
-    batches = [_batch_entries(ledger, spec, r.tags[COLLECT_TAG]) for r in result.run_requests]
-    assert sorted(len(b) for b in batches) == [1, 2]
-    assert set().union(*batches) == {"fox", "owl", "elk"}
+    sensor = build_task_status_sensor(spec, "cards_job", max_per_run=2)
+    first = tick(sensor, instance, resource)
+    [one] = first.run_requests  # never more runs than ticks that found work
+    batch = _batch_entries(ledger, spec, one.tags[COLLECT_TAG])
+    assert len(batch) == 2
+    second = tick(sensor, instance, resource, first.cursor)
+    [other] = second.run_requests  # the partition held back, on the next tick
+    rest = _batch_entries(ledger, spec, other.tags[COLLECT_TAG])
+    assert batch | rest == {"fox", "owl", "elk"}
+    assert not batch & rest
+    assert emulator.stats()["tasks_created"] == 3
 
 
 def test_a_tick_evaluated_twice_launches_nothing_twice(

@@ -6,10 +6,10 @@ bulk, polls the deferred tasks it does not know the end of (concurrently, within
 resuming from a cursor; a task a callback already settled is never polled), and decides:
 
 - every partition with work for a run (a completed task to collect, a retryable failure to
-  resubmit, an expired result to regenerate) goes into a :class:`CollectBatch`: at most
-  ``max_per_run`` partitions each, so one tick asks for one collect run per asset (per
-  ``max_per_run`` partitions). The run (the asset's own job over the batch's partitions, tag
-  ``zimage/collect=<batch ID>``) runs the normal blocking engine, which re-attaches to completed
+  resubmit, an expired result to regenerate) goes into the tick's :class:`CollectBatch`: one
+  per tick and asset, at most ``max_per_run`` partitions (those ready longest first; the rest
+  wait for the next tick), so collect runs never outnumber the ticks that found work. The run
+  (the asset's own job over the batch's partitions, tag ``zimage/collect=<batch ID>``) runs the normal blocking engine, which re-attaches to completed
   tasks and stores them, and creates the new tasks of resubmissions and regenerations: inside a
   run, so pools, retry policies and run attribution apply. The watcher never creates a task;
 - a failure that resubmitting cannot fix (a fixable error, or the resubmission budget spent) is
@@ -196,7 +196,7 @@ class TaskWatcher:
         expiry_margin_s: regenerate rather than collect when a link is this close to expiring.
         recollect_after_s: ask again (same run key) for a batch whose run does not exist this
             long after it was asked for (covers a tick whose run requests were lost).
-        max_per_run: partitions per collect run.
+        max_per_run: partitions per collect run (one run per tick; more wait for the next).
         max_collect_runs: collect runs a partition may go through uncollected before it is
             reported as failed for good.
         max_active_runs: collect runs queued or running at once; while that many are, ready
@@ -303,6 +303,9 @@ class TaskWatcher:
         report.active_runs = len(active)
         if len(active) >= self.max_active_runs:
             report.held, due = len(due), []  # next tick, in one bigger batch
+        elif len(due) > self.max_per_run:  # one run per tick: those ready longest go first
+            due = sorted(due, key=_ready_since)
+            report.held, due = len(due) - self.max_per_run, due[: self.max_per_run]
         await asyncio.to_thread(self._write_batches, due, report, write_deadline)
         for failure in report.failures:
             await asyncio.to_thread(self._mark_handled, failure)
@@ -435,9 +438,7 @@ class TaskWatcher:
                 due.append(_Due(entry, runs, new_task=True))
 
     def _near_expiry(self, entry: LedgerEntry) -> bool:
-        completed_at = entry.extra.get("completed_at")
-        since = float(completed_at) if isinstance(completed_at, int | float) else entry.updated_at
-        return self.clock() - since > self.result_ttl_s - self.expiry_margin_s
+        return self.clock() - _ready_at(entry) > self.result_ttl_s - self.expiry_margin_s
 
     def _failure(self, entry: LedgerEntry, code: str, message: str) -> PermanentFailure:
         return PermanentFailure(
@@ -453,40 +454,37 @@ class TaskWatcher:
     # -- writing -------------------------------------------------------------------------------
 
     def _write_batches(self, due: Sequence[_Due], report: TickReport, deadline: float) -> None:
-        """Cut ``due`` into batches of ``max_per_run`` and record each entry's batch, until
-        ``deadline`` (monotonic): entries not written by then wait for the next tick."""
-        ordered = sorted(due, key=lambda d: d.entry.partition_key)
+        """Record ``due`` (at most ``max_per_run`` entries) as one batch, until ``deadline``
+        (monotonic): entries not written by then wait for the next tick."""
+        batch_id = batch_digest((d.entry.task_id, d.collect_runs) for d in due)
         now = self.clock()
-        for start in range(0, len(ordered), self.max_per_run):
-            chunk = ordered[start : start + self.max_per_run]
-            batch_id = batch_digest((d.entry.task_id, d.collect_runs) for d in chunk)
-            written = [
-                d
-                for d in chunk
-                if time.monotonic() < deadline
-                and self._write_sync(
-                    self.ledger.update,
-                    d.entry,
-                    d.entry.status,
-                    error_code=d.entry.error_code,
-                    error_message=d.entry.error_message,
-                    extra={
-                        "collect_batch": batch_id,
-                        "collect_requested_at": now,
-                        "collect_runs": d.collect_runs,
-                    },
+        written = [
+            d
+            for d in sorted(due, key=lambda d: d.entry.partition_key)
+            if time.monotonic() < deadline
+            and self._write_sync(
+                self.ledger.update,
+                d.entry,
+                d.entry.status,
+                error_code=d.entry.error_code,
+                error_message=d.entry.error_message,
+                extra={
+                    "collect_batch": batch_id,
+                    "collect_requested_at": now,
+                    "collect_runs": d.collect_runs,
+                },
+            )
+            is not None
+        ]
+        if written:
+            report.batches.append(
+                CollectBatch(
+                    batch_id,
+                    tuple(d.entry.partition_key for d in written),
+                    tuple(d.entry.task_id for d in written),
+                    sum(1 for d in written if d.new_task),
                 )
-                is not None
-            ]
-            if written:
-                report.batches.append(
-                    CollectBatch(
-                        batch_id,
-                        tuple(d.entry.partition_key for d in written),
-                        tuple(d.entry.task_id for d in written),
-                        sum(1 for d in written if d.new_task),
-                    )
-                )
+            )
 
     def _mark_handled(self, failure: PermanentFailure) -> None:
         entry = self.ledger.get(self.asset, failure.partition_key)
@@ -539,6 +537,16 @@ _WATCHED = frozenset(
     {LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED, LedgerStatus.FAILED, LedgerStatus.EXPIRED}
 )
 _REPORTABLE = frozenset({LedgerStatus.FAILED, LedgerStatus.EXPIRED})
+
+
+def _ready_at(entry: LedgerEntry) -> float:
+    """When an entry became ready: its task's completion as first seen, else its last write."""
+    completed_at = entry.extra.get("completed_at")
+    return float(completed_at) if isinstance(completed_at, int | float) else entry.updated_at
+
+
+def _ready_since(due: _Due) -> tuple[float, str]:
+    return _ready_at(due.entry), due.entry.partition_key
 
 
 def _rotate(entries: Iterable[LedgerEntry], cursor: str | None) -> list[LedgerEntry]:
