@@ -76,7 +76,7 @@ bench: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks.run
 
 soak: $(DEV_STAMP) system-packages
-	$(BIN)/pytest -m soak $(PYTEST_ARGS)
+	$(BIN)/pytest -m soak --timeout 3600 $(PYTEST_ARGS)
 
 # The built wheel (no dev group) in fresh venvs with the floor and the newest Dagster: import,
 # emulator, 3 partitions materialized by the README's definitions.py, the component's dg check defs.
