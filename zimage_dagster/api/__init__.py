@@ -8,7 +8,7 @@ No Dagster import here: this package stands alone.
 ...     print(result.seed, result.image.width, result.image.height)
 """
 
-from zimage_dagster.api._async import AsyncZImageClient
+from zimage_dagster.api._async import AsyncZImageClient, CapacityHook
 from zimage_dagster.api._core import (
     DEFAULT_BASE_URL,
     ENV_API_KEY,
@@ -113,6 +113,7 @@ __all__ = [
     "AsyncZImageClient",
     "AuthenticationError",
     "BadRequestError",
+    "CapacityHook",
     "ConfigurationError",
     "CreateOutcomeUnknownError",
     "Credits",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
@@ -20,9 +21,22 @@ from zimage_dagster.api.models import Credits, GenerationRequest, Task
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
 from zimage_dagster.api.results import GenerationFailure, GenerationResult, WaitOutcome
 
-__all__ = ["AsyncZImageClient"]
+__all__ = ["AsyncZImageClient", "CapacityHook"]
 
 T = TypeVar("T")
+
+
+class CapacityHook(Protocol):
+    """``await hook(retry_after_s)``: what a create answered 429 (the provider's cap is reached)
+    awaits instead of sleeping the server's Retry-After; it returns when the create should be
+    sent again (see :meth:`AsyncZImageClient.create_task`).
+
+    >>> async def at_most_half_a_second(retry_after_s: float) -> None:
+    ...     await asyncio.sleep(min(retry_after_s, 0.5))
+    >>> hook: CapacityHook = at_most_half_a_second
+    """
+
+    def __call__(self, retry_after_s: float, /) -> Awaitable[None]: ...
 
 
 class _Done:
@@ -109,7 +123,14 @@ class AsyncZImageClient:
 
     # -- driver --
 
-    async def _perform(self, action: _core.Action) -> _core.Outcome:
+    async def _perform(
+        self, action: _core.Action, capacity: CapacityHook | None = None
+    ) -> _core.Outcome:
+        if isinstance(action, _core.Throttled) and capacity is not None:
+            # the hook decides when to send again; the call's deadline bounds it
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(capacity(action.seconds), timeout=action.budget_s)
+            return None
         if isinstance(action, _core.Sleep):
             if action.seconds > 0:
                 await self._sleep(action.seconds)
@@ -152,11 +173,11 @@ class AsyncZImageClient:
             await response.aclose()
         return _core.Received(response.status_code, response.headers, content, str(response.url))
 
-    async def _run(self, flow: _core.Flow[T]) -> T:
+    async def _run(self, flow: _core.Flow[T], capacity: CapacityHook | None = None) -> T:
         try:
             action = next(flow)
             while True:
-                action = flow.send(await self._perform(action))
+                action = flow.send(await self._perform(action, capacity))
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -165,9 +186,19 @@ class AsyncZImageClient:
 
     # -- API --
 
-    async def create_task(self, request: GenerationRequest) -> Task:
-        """See :meth:`ZImageClient.create_task`. ``task = await client.create_task(req)``."""
-        return await self._run(self._core.create_flow(request))
+    async def create_task(
+        self, request: GenerationRequest, *, wait_for_capacity: CapacityHook | None = None
+    ) -> Task:
+        """See :meth:`ZImageClient.create_task`. ``task = await client.create_task(req)``.
+
+        ``wait_for_capacity(retry_after_s)``: awaited instead of sleeping the server's
+        ``Retry-After`` when the create is answered 429 (the provider's cap is reached); it
+        returns when a slot may be free (e.g. one of the caller's own tasks was seen finished,
+        or ``retry_after_s`` passed), and the create is sent again. The retry budget is the same
+        as without the hook: each 429 counts against ``max_retries``, and the call's deadline
+        cuts the wait off (then :class:`~zimage_dagster.api.APITimeoutError`).
+        """
+        return await self._run(self._core.create_flow(request), wait_for_capacity)
 
     async def get_task(self, task_id: str) -> Task:
         """See :meth:`ZImageClient.get_task`. ``task = await client.get_task(task_id)``."""

@@ -125,6 +125,16 @@ class Sleep:
 
 
 @dataclass(frozen=True)
+class Throttled(Sleep):
+    """A create answered 429 (the provider's cap is reached) waits ``seconds`` (its
+    ``Retry-After``, else the backoff) before it is sent again. A driver given a capacity hook
+    for the call awaits ``hook(seconds)`` instead, cut off after ``budget_s`` (what is left of
+    the call's deadline); any other driver sleeps, as for a :class:`Sleep`."""
+
+    budget_s: float = math.inf
+
+
+@dataclass(frozen=True)
 class Compute:
     """Run ``work`` (CPU-bound: checking that an image decodes) and send back its result; its
     exceptions propagate. The async driver runs it in a worker thread, so that a batch's event
@@ -721,7 +731,10 @@ class ClientCore:
             logger.debug(
                 "%s %s: backing off %.2f s before attempt %d", method, path, delay, attempt + 2
             )
-            yield Sleep(delay)
+            if is_create and isinstance(outcome, Received) and outcome.status_code == 429:
+                yield Throttled(delay, budget_s=remaining)
+            else:
+                yield Sleep(delay)
             attempt += 1
 
     # -- API operations --
