@@ -82,6 +82,7 @@ __all__ = [
     "TaskWatcher",
     "TickReport",
     "batch_partitions",
+    "record_end",
 ]
 
 log = logging.getLogger(__name__)
@@ -362,18 +363,15 @@ class TaskWatcher:
         return await self._record_end(entry, task)
 
     async def _record_end(self, entry: LedgerEntry, task: Task) -> LedgerEntry | None:
-        if task.is_completed:
-            return await self._write(
-                self.ledger.update,
-                entry,
-                LedgerStatus.COMPLETED,
-                extra={"completed_at": self.clock()},
-            )
-        if task.is_failed:
-            code = str(task.error.code) if task.error and task.error.code else "unknown_error"
-            message = (task.error.message if task.error else None) or "failed"
-            return await self._write(self.ledger.mark_failed, entry, code, message)
-        return None
+        return await asyncio.to_thread(
+            record_end,
+            self.ledger,
+            entry.asset,
+            entry.partition_key,
+            task,
+            clock=self.clock,
+            logger=self.log,
+        )
 
     def _decide(
         self,
@@ -505,11 +503,65 @@ class TaskWatcher:
 
     def _write_sync(self, method: Any, entry: LedgerEntry, *args: Any, **kwargs: Any) -> Any:
         """A ledger update of ``entry``'s current task; ``None`` if the entry has moved on."""
-        try:
-            return method(entry.asset, entry.partition_key, entry.task_id, *args, **kwargs)
-        except (LedgerConflictError, KeyError) as exc:
-            self.log.info(f"partition {entry.partition_key}: {exc}; leaving it")
-            return None
+        return _write_entry(
+            self.log, method, entry.asset, entry.partition_key, entry.task_id, *args, **kwargs
+        )
+
+
+def _write_entry(
+    logger: Log, method: Any, asset: Any, partition_key: str, task_id: str, *args: Any, **kw: Any
+) -> Any:
+    """``method(asset, partition_key, task_id, ...)`` (a ledger update of that task's entry,
+    itself a compare-and-set that never moves a status back); ``None`` if the entry has moved
+    on to another task or is gone."""
+    try:
+        return method(asset, partition_key, task_id, *args, **kw)
+    except (LedgerConflictError, KeyError) as exc:
+        logger.info(f"partition {partition_key}: {exc}; leaving it")
+        return None
+
+
+def record_end(
+    ledger: TaskLedger,
+    asset: AssetLike,
+    partition_key: str,
+    task: Task,
+    *,
+    clock: Callable[[], float] = time.time,
+    logger: Log = log,
+) -> LedgerEntry | None:
+    """Write what a status answer showed of ``task``'s end to its ledger entry: ``completed``
+    (with ``extra["completed_at"]``) or ``failed`` (the task's error code and message). Returns
+    the entry as written; ``None`` when the task has not ended, or the entry has moved on to
+    another task. Safe against a concurrent writer (a sensor tick, the callback receiver): a
+    compare-and-set that never moves a status back. The task watcher and the deferred submit
+    (:mod:`zimage_dagster.engine.capacity`) both record what they saw here.
+
+    >>> import tempfile
+    >>> from zimage_dagster.engine.store import ImageStore
+    >>> ledger = TaskLedger(ImageStore(tempfile.mkdtemp()))
+    >>> _ = ledger.record_submitted("hero", "fox", task_id="task-1", request={"prompt": "a red fox", "seed": 7})
+    >>> done = Task.model_validate({"id": "task-1", "status": "completed", "created": 1})
+    >>> record_end(ledger, "hero", "fox", done).status.value
+    'completed'
+    """
+    if task.is_completed:
+        return _write_entry(
+            logger,
+            ledger.update,
+            asset,
+            partition_key,
+            task.id,
+            LedgerStatus.COMPLETED,
+            extra={"completed_at": clock()},
+        )
+    if task.is_failed:
+        code = str(task.error.code) if task.error and task.error.code else "unknown_error"
+        message = (task.error.message if task.error else None) or "failed"
+        return _write_entry(
+            logger, ledger.mark_failed, asset, partition_key, task.id, code, message
+        )
+    return None
 
 
 def batch_digest(items: Iterable[tuple[str, int]]) -> str:
