@@ -49,7 +49,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from zimage_dagster.api import AsyncZImageClient, GenerationRequest, Task, ZImageError
+from zimage_dagster.api import (
+    AsyncZImageClient,
+    CapacityHook,
+    GenerationRequest,
+    Task,
+    ZImageError,
+)
 from zimage_dagster.api.errors import CreateOutcomeUnknownError, InsufficientQuotaError
 from zimage_dagster.engine import credits, outcome
 from zimage_dagster.engine.credits import CreditBudget, SpendCounter, Usage, from_micro, to_micro
@@ -239,6 +245,7 @@ class CreateGate:
         record: Mapping[str, Any] | None = None,
         run_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        wait_for_capacity: CapacityHook | None = None,
     ) -> Task:
         """Create the task for ``request`` within the budgets and record it in the ledger.
 
@@ -246,7 +253,8 @@ class CreateGate:
         ``run_id`` the run recorded on the entry (default: the gate's). Raises
         :class:`~zimage_dagster.engine.outcome.BudgetError` (no task created), the provider's
         :class:`~zimage_dagster.api.InsufficientQuotaError` (then no further create is sent), or
-        any error of the client.
+        any error of the client. ``wait_for_capacity`` is the client's hook for a create
+        answered 429 (see :meth:`~zimage_dagster.api.AsyncZImageClient.create_task`).
         """
         if self._stopped is not None:
             raise InsufficientQuotaError(
@@ -257,7 +265,7 @@ class CreateGate:
         estimate = to_micro(self.price)
         taken = await asyncio.to_thread(self._reserve, estimate)
         try:
-            task = await self.client.create_task(request)
+            task = await self.client.create_task(request, wait_for_capacity=wait_for_capacity)
         except InsufficientQuotaError as exc:
             self._stopped = exc.message
             await asyncio.to_thread(self._adjust, taken, -estimate)

@@ -39,6 +39,7 @@ import time
 from collections.abc import Sequence
 
 from zimage_dagster.api import AsyncZImageClient, ZImageError
+from zimage_dagster.engine.capacity import OwnSlots
 from zimage_dagster.engine.claims import Owner, PartitionGate, RunAliveFn
 from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import CreditBudget
@@ -98,6 +99,7 @@ async def submit_jobs(
     started = time.monotonic()
     limit = asyncio.Semaphore(concurrency)
     creator = CreateGate(client, ledger, parts, budget=budget, run_id=run_id, logger=out)
+    slots = OwnSlots(client, ledger, parts, logger=out)
     refused = await creator.refused(jobs, reuse_stored=reuse_stored, retry_rejected=retry_rejected)
     if refused is not None:
         return refused
@@ -140,7 +142,7 @@ async def submit_jobs(
         if rejected is not None:
             report.failures.append(rejected)
             return
-        async with limit:
+        async with limit, slots.turn() as wait_for_capacity:
             request = job.request
             if callback is not None:
                 request = request.model_copy(update={"callback_url": callback})
@@ -151,16 +153,23 @@ async def submit_jobs(
                     fingerprint=job.fingerprint,
                     record=job.request.to_wire(),
                     extra={"deferred": True, "resubmits": 0},
+                    wait_for_capacity=wait_for_capacity,
                 )
             except ZImageError as exc:
                 report.failures.append(failure_from_error(job, exc))
                 return
+            slots.opened(task, job.partition_key)
             report.submitted.append(SubmittedTask(job, task.id))
 
     with gate:
-        await asyncio.gather(*(one(job) for job in jobs))
+        try:
+            await asyncio.gather(*(one(job) for job in jobs))
+        finally:
+            await slots.aclose()  # the last create is made: open tasks are the sensor's
     report.elapsed_s = time.monotonic() - started
     out.info(f"deferred submit of {len(jobs)} partition(s): {report.summary()}")
+    if slots.throttled:
+        out.info(f"at the provider's concurrency cap: {slots.summary()}")
     out.info(f"credits of {'/'.join(parts)}: {report.usage.summary()}")
     return report
 
