@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from zimage_dagster.api import AsyncZImageClient, GenerationRequest, RetryPolicy
+from zimage_dagster.api import AsyncZImageClient, GenerationRequest, RetryPolicy, Task
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.submit import submit_jobs
-from zimage_dagster.engine.watcher import TaskWatcher
+from zimage_dagster.engine.watcher import TaskWatcher, record_end
 from zimage_dagster.prompts import PromptRow
 
 ASSET = ("cards",)
@@ -128,3 +128,37 @@ def test_slots_held_by_tasks_not_ours_are_taken_after_the_retry_after(
     assert len(report.submitted) == 3
     assert not report.failures
     assert emulator.stats()["tasks_created"] == 5
+
+
+def test_a_failure_seen_at_the_cap_is_recorded_as_the_watcher_would(
+    tmp_path: Path, emulator: EmulatorServer
+) -> None:
+    emulator.configure(
+        concurrency_cap=2,
+        latency_s=0.4,
+        failure_rules=[{"pattern": "^card 0$", "code": "service_error"}],
+    )
+    ledger = TaskLedger(str(tmp_path))
+    report = _submit(emulator, ledger, _jobs(8), concurrency=4)
+    assert len(report.submitted) == 8
+    assert emulator.stats()["tasks_created"] == 8
+    first = ledger.get(ASSET, "k00")  # of the first round: seen failing while others waited
+    assert first is not None
+    assert first.status == LedgerStatus.FAILED
+    assert first.error_code == "service_error"
+
+
+def test_record_end_never_rolls_an_entry_back_nor_touches_another_task(tmp_path: Path) -> None:
+    ledger = TaskLedger(str(tmp_path))
+    ledger.record_submitted(ASSET, "fox", task_id="task-a", request={"prompt": "a", "seed": 1})
+    done = Task.model_validate({"id": "task-a", "status": "completed", "created": 1})
+    ledger.mark_collected(ASSET, "fox", "task-a")  # a collect run (or callback) got there first
+    entry = record_end(ledger, ASSET, "fox", done)
+    assert entry is not None
+    assert entry.status == LedgerStatus.COLLECTED
+    ledger.record_submitted(ASSET, "owl", task_id="task-c", request={"prompt": "b", "seed": 2})
+    stale = Task.model_validate({"id": "task-b", "status": "failed", "created": 1})
+    assert record_end(ledger, ASSET, "owl", stale) is None  # the entry is another task's now
+    owl = ledger.get(ASSET, "owl")
+    assert owl is not None
+    assert owl.status == LedgerStatus.SUBMITTED
