@@ -129,9 +129,10 @@ class Throttled(Sleep):
     """A create answered 429 (the provider's cap is reached) waits ``seconds`` (its
     ``Retry-After``, else the backoff) before it is sent again. A driver given a capacity hook
     for the call awaits ``hook(seconds)`` instead, cut off after ``budget_s`` (what is left of
-    the call's deadline); any other driver sleeps, as for a :class:`Sleep`."""
+    the call's deadline; ``None``: not cut off); any other driver sleeps, as for a
+    :class:`Sleep`."""
 
-    budget_s: float = math.inf
+    budget_s: float | None = None
 
 
 @dataclass(frozen=True)
