@@ -48,7 +48,7 @@ def _submit(
         async with AsyncZImageClient(
             api_key=emulator.api_key,
             base_url=emulator.url,
-            retry=RetryPolicy(max_retries=50),
+            retry=RetryPolicy(max_retries=5),  # waiting in line is not a retry
             deadline=60.0,
         ) as client:
             return await submit_jobs(client, ledger, ASSET, jobs, concurrency=concurrency)
