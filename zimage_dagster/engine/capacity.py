@@ -231,14 +231,19 @@ class OwnSlots:
         follower.add_done_callback(self._following.discard)
 
     async def _until_end(self, task: Task, partition_key: str) -> None:
+        """Follow ``task`` to its end; free a slot; record the end. Whatever goes wrong here
+        only leaves the task to the sensor (which polls it, as any open task)."""
         try:
             ended = (await self.client.wait(task)).task
         except TaskFailedError as exc:
             if not isinstance(exc.task, Task):
                 return
             ended = exc.task
-        except ZImageError as exc:  # left to the sensor, which polls it again
+        except ZImageError as exc:
             log.debug("stopped following task %s: %s", task.id, exc)
+            return
+        except Exception as exc:  # never sinks the submit
+            self.log.warning(f"stopped following task {task.id}: {type(exc).__name__}: {exc}")
             return
         self.finished += 1
         if self._line:
@@ -256,6 +261,11 @@ class OwnSlots:
                 ended,
                 clock=self.clock,
                 logger=self.log,
+            )
+        except Exception as exc:  # the storage failed: the sensor polls it again
+            self.log.warning(
+                f"partition {partition_key}: could not record the end of task {task.id} "
+                f"({type(exc).__name__}: {exc}); the task-status sensor will poll it"
             )
         finally:
             self._recording.discard(current)
