@@ -2,7 +2,8 @@
 
 Setup: the emulator in its own process (2 s latency, at most 32 tasks in flight: a 33rd create is
 answered 429 with a Retry-After), a project with two image assets over the same prompts (one
-blocking, one deferred; the resource keeps 32 tasks in flight and lets a create wait on 429s), a
+blocking, one deferred; the resource keeps 32 tasks in flight; at the cap the deferred submit's
+creates wait in line for its own tasks to finish, see ``engine/capacity.py``), a
 ``DAGSTER_HOME`` whose run queue runs at most 4 runs at once, and ``dagster-daemon run`` serving
 it for the whole benchmark.
 
@@ -68,8 +69,9 @@ defs = dg.Definitions.merge(
         ),
         task_status_options={"minimum_interval_seconds": %(interval)d, "tick_budget_s": 20.0},
     ),
-    # 32 in flight, like the provider's cap; a create answered 429 waits (Retry-After) for a
-    # slot instead of failing after two retries.
+    # 32 in flight, like the provider's cap. At the cap a deferred create waits in line for one
+    # of the submit's own tasks to finish (not a retry); the big retry budget is only a margin
+    # for the head of the line, which asks again after each Retry-After.
     dg.Definitions(
         resources={
             "zimage": ZImageResource(
@@ -253,7 +255,7 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
     )
     res.notes.append(
         f"Blocking: {blocking_s:.1f} s for {n} images in one run. Deferred: the submit run took "
-        f"{submit_s:.1f} s (creates wait on the cap's 429s), the last image was collected "
+        f"{submit_s:.1f} s (at the cap, creates wait in line for its own tasks to finish), the last image was collected "
         f"{deferred_s:.1f} s after it started, by {len(collect_runs)} collect run(s) "
         f"({failed_runs} not successful). Load average at start {load_start[0]:.1f}, at the end "
         f"{load_end[0]:.1f} (2 cores)."
