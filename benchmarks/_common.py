@@ -7,10 +7,12 @@ ratios hold.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -229,3 +231,16 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if abs(value) >= 100:
         return f"{value:.0f}"
     return f"{value:.{digits}f}"
+
+
+def stop_process_group(process: subprocess.Popen[Any]) -> None:
+    """End a process started with ``start_new_session=True`` and everything it started (its
+    process group: a daemon's code server and run workers...): SIGTERM, then SIGKILL."""
+    for sig, timeout in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=timeout)
+            return
+        except subprocess.TimeoutExpired:
+            continue

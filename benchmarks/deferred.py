@@ -23,11 +23,9 @@ shared, and only the ratio between the two modes, measured in the same invocatio
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -38,7 +36,7 @@ from typing import Any
 
 import dagster as dg
 
-from benchmarks._common import BenchResult, emulator, prompt_rows
+from benchmarks._common import BenchResult, emulator, prompt_rows, stop_process_group
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG
@@ -106,18 +104,6 @@ def _execute(bin_dir: Path, project: Path, job: str, keys: list[str], env: dict[
     if done.returncode != 0:
         failures = [line for line in done.stdout.splitlines() if "STEP_FAILURE" in line]
         raise RuntimeError(f"{job} failed: {failures[-1:]}\n{done.stderr[-6000:]}")
-
-
-def _stop(process: subprocess.Popen[Any]) -> None:
-    """End the daemon and what it started (its own process group)."""
-    for sig, timeout in ((signal.SIGTERM, 30.0), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def _wait(predicate: Any, timeout: float, what: str) -> None:
@@ -216,7 +202,7 @@ def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResu
                     dg.AssetKey("bench_deferred"), limit=4 * n
                 ).records
         finally:
-            _stop(daemon)
+            stop_process_group(daemon)
             daemon_log.close()
         tasks_created = int(emu.stats()["tasks_created"])
     with_work = sum(1 for t in ticks if t.run_keys)
