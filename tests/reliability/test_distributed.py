@@ -406,7 +406,8 @@ def test_sigkill_of_the_claim_holder_mid_batch(
     os.kill(pids["run"], signal.SIGKILL)
     os.kill(pids["step"], signal.SIGKILL)
     tasks_at_kill = emulator_proc.stats()["tasks_created"]
-    recorded = {e.partition_key: e.task_id for e in ledger.iter_entries(asset)}
+    at_kill = list(ledger.iter_entries(asset))
+    recorded = {e.partition_key: e.task_id for e in at_kill}
     stale = _claim_owners(deployment, asset)
     assert tasks_at_kill > 0
     assert stale, "no claim held at the kill"
@@ -463,6 +464,7 @@ def test_sigkill_of_the_claim_holder_mid_batch(
             "partitions": N,
             "tasks_created_before_kill": tasks_at_kill,
             "tasks_recorded_by_a": len(recorded),
+            "stored_by_a": sum(e.status == LedgerStatus.COLLECTED for e in at_kill),
             "stale_claims": len(stale),
             "tasks_created": len(tasks),
             "orphans": len(orphans),
