@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, ViewportSize, sync_playwright
 
+from benchmarks._common import stop_process_group
 from zimage_dagster.emulator import EmulatorServer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -165,20 +165,6 @@ class Webserver:
             return "(no log)"
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """Ends the webserver and its code server: the process group it leads (we started it)."""
-    if process.poll() is not None:
-        return
-    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, sig)
-        try:
-            process.wait(timeout=wait_s)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def _wait_until_loaded(server: Webserver, location: str, timeout_s: float) -> None:
     """Polls GraphQL until the code location is loaded; fails with the server's log otherwise."""
     deadline = time.monotonic() + timeout_s
@@ -233,4 +219,4 @@ def running_webserver(
         _wait_until_loaded(server, location, timeout_s)
         yield server
     finally:
-        _stop(process)
+        stop_process_group(process)  # the webserver and its code server
