@@ -109,6 +109,19 @@ def test_thumbnail_keeps_aspect_and_handles_alpha_and_webp() -> None:
     assert decode_uri(make_thumbnail(encode(palette))).mode == "RGB"
 
 
+@pytest.mark.parametrize("side", [1024, 1000, 1280])
+def test_thumbnail_averages_fine_detail_instead_of_aliasing_it(side: int) -> None:
+    # One-pixel black and white stripes: a fair downscale gives mid grey; sampling every
+    # 4th pixel (no antialiasing) would give solid black or white.
+    stripes = Image.new("L", (side, side))
+    stripes.putdata([255 * (x % 2) for _ in range(side) for x in range(side)])
+    thumb = decode_uri(make_thumbnail(encode(stripes))).convert("L")
+    assert max(thumb.size) == 256
+    histogram = thumb.histogram()
+    mean = sum(value * count for value, count in enumerate(histogram)) / sum(histogram)
+    assert 100 < mean < 155
+
+
 def test_thumbnail_budget_is_enforced_by_shrinking() -> None:
     uri = make_thumbnail(busy_image(512), max_side=400, max_uri_chars=3000)
     assert len(uri) <= 3000
