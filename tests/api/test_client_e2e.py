@@ -167,6 +167,37 @@ def test_download_keeps_the_decoded_pixels_when_asked_sync_and_async(
     assert loop_threads[0] not in decoded_in
 
 
+def test_download_derives_from_the_pixels_in_the_decode_thread_and_drops_them(
+    client: ZImageClient, emu: Any
+) -> None:
+    """``derive`` (the engine's thumbnail): called once with the decoded image, in the async
+    client's decode thread, not on its event loop; the result is kept and the pixels are not."""
+    outcome = client.wait(client.create_task(GenerationRequest(prompt="a stork", seed=4)))
+    url = outcome.task.result_url
+    assert url is not None
+    seen: list[tuple[int, tuple[int, int]]] = []
+
+    def size_of(pixels: Image.Image) -> tuple[int, int]:
+        seen.append((threading.get_ident(), pixels.size))
+        return pixels.size
+
+    image = client.download(url, derive=size_of)
+    assert image.derived == (image.width, image.height)
+    assert image.pixels is None
+    loop_threads: list[int] = []
+
+    async def main() -> Any:
+        async with AsyncZImageClient(emu.api_key, base_url=emu.url, timeout=10.0) as aclient:
+            loop_threads.append(threading.get_ident())
+            return await aclient.download(url, derive=size_of)
+
+    again = asyncio.run(main())
+    assert again.derived == image.derived
+    assert again.pixels is None
+    assert len(seen) == 2
+    assert seen[1][0] != loop_threads[0]
+
+
 def test_same_seed_same_image(client: ZImageClient) -> None:
     req = GenerationRequest(prompt="a teapot", seed=1234)
     assert client.generate(req).image.sha256 == client.generate(req).image.sha256

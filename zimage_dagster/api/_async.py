@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import httpx
 
@@ -20,6 +20,9 @@ from zimage_dagster.api.images import (
 from zimage_dagster.api.models import Credits, GenerationRequest, Task
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
 from zimage_dagster.api.results import GenerationFailure, GenerationResult, WaitOutcome
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["AsyncZImageClient", "CapacityHook"]
 
@@ -216,12 +219,17 @@ class AsyncZImageClient:
         return await self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
 
     async def download(
-        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+        self,
+        url: str,
+        *,
+        task_id: str | None = None,
+        keep_pixels: bool = False,
+        derive: Callable[[Image.Image], Any] | None = None,
     ) -> DownloadedImage:
         """See :meth:`ZImageClient.download` (the decode check runs in a worker thread).
         ``image = await client.download(url)``."""
         return await self._run(
-            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels)
+            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels, derive=derive)
         )
 
     async def generate(

@@ -23,7 +23,7 @@ import time
 import zlib
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
@@ -56,6 +56,9 @@ from zimage_dagster.api.policies import PollPolicy, RetryPolicy
 from zimage_dagster.api.polling import LatencyModel, PollSchedule
 from zimage_dagster.api.results import GenerationResult, Timings, WaitOutcome
 from zimage_dagster.api.validation import is_internal_host
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger("zimage_dagster.api")
 
@@ -882,13 +885,18 @@ class ClientCore:
         return str(target)
 
     def download_flow(
-        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+        self,
+        url: str,
+        *,
+        task_id: str | None = None,
+        keep_pixels: bool = False,
+        derive: Callable[[Image.Image], Any] | None = None,
     ) -> Flow[DownloadedImage]:
         """Fetch a result image: no API key, capped size (counted after decoding), a total
         deadline (``self.deadline``, across attempts and however slowly bytes come), at most
         ``MAX_REDIRECTS`` redirects and none towards an internal address (unless
         ``allow_internal_redirects``); decoded safely (see :func:`decode_image`, also for
-        ``keep_pixels``). Returns ``DownloadedImage``."""
+        ``keep_pixels`` and ``derive``). Returns ``DownloadedImage``."""
         parts = urlsplit(url) if isinstance(url, str) else None
         if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
             raise DownloadError(f"not an http(s) URL: {strip_query(str(url))!r}", task_id=task_id)
@@ -941,6 +949,7 @@ class ClientCore:
                             url=clean,
                             task_id=task_id,
                             keep_pixels=keep_pixels,
+                            derive=derive,
                         )
                     )
                     if not isinstance(image, DownloadedImage):  # pragma: no cover

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -18,6 +18,9 @@ from zimage_dagster.api.images import (
 from zimage_dagster.api.models import Credits, GenerationRequest, Task
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
 from zimage_dagster.api.results import GenerationResult, WaitOutcome
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = ["ZImageClient"]
 
@@ -204,11 +207,18 @@ class ZImageClient:
         return self._run(self._core.wait_flow(task_or_id, deadline=deadline, on_poll=on_poll))
 
     def download(
-        self, url: str, *, task_id: str | None = None, keep_pixels: bool = False
+        self,
+        url: str,
+        *,
+        task_id: str | None = None,
+        keep_pixels: bool = False,
+        derive: Callable[[Image.Image], Any] | None = None,
     ) -> DownloadedImage:
         """Fetch a result image: streamed, size-capped, checked to decode; no API key is sent.
         ``keep_pixels``: the result keeps the decoded image (``DownloadedImage.pixels``), for a
-        caller that needs the pixels (a thumbnail) and should not decode the file again.
+        caller that needs the pixels and should not decode the file again. ``derive``: called
+        with the decoded image, its result kept in ``DownloadedImage.derived`` (a thumbnail made
+        from the check's decode, without holding the pixels afterwards).
 
         Raises ``ResultExpiredError`` (403/404/410), ``ImageTooLargeError``, ``NotAnImageError``,
         ``DownloadError``.
@@ -216,7 +226,9 @@ class ZImageClient:
         >>> image = client.download(outcome.task.result_url, task_id=outcome.task.id)  # doctest: +SKIP
         >>> image.format, image.width, image.sha256[:8]  # doctest: +SKIP
         """
-        return self._run(self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels))
+        return self._run(
+            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels, derive=derive)
+        )
 
     def generate(
         self,

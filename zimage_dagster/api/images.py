@@ -14,7 +14,9 @@ import builtins
 import hashlib
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -42,7 +44,8 @@ class DownloadedImage:
 
     Attributes: ``data`` (the bytes as served), ``format`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``),
     ``width``, ``height``, ``sha256`` (hex of ``data``), ``content_type`` (as served, may be
-    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string), ``pixels`` (see below).
+    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string), ``pixels`` and ``derived`` (see
+    below).
     """
 
     data: builtins.bytes = field(repr=False)
@@ -55,6 +58,8 @@ class DownloadedImage:
     #: The image as decoded by the check, loaded, when the download was asked to keep it
     #: (``keep_pixels``), else None. Read-only: :meth:`to_pil` gives a copy to change.
     pixels: Image.Image | None = field(default=None, repr=False, compare=False)
+    #: What the download's ``derive`` made of the decoded image (a thumbnail...), else None.
+    derived: Any = field(default=None, repr=False, compare=False)
 
     @property
     def bytes(self) -> int:
@@ -83,6 +88,7 @@ def decode_image(
     url: str | None = None,
     task_id: str | None = None,
     keep_pixels: bool = False,
+    derive: Callable[[Image.Image], Any] | None = None,
 ) -> DownloadedImage:
     """Check that ``data`` is an intact PNG, JPEG or WebP no larger than ``max_pixels``, and describe it.
 
@@ -90,13 +96,17 @@ def decode_image(
     ``DecompressionBombWarning`` is an error here; the image is then fully loaded so a truncated
     file fails now, not later. Raises :class:`NotAnImageError` or :class:`ImageTooLargeError`.
     With ``keep_pixels`` the loaded image is kept in ``pixels`` (a thumbnail then needs no
-    second decode); else it is dropped.
+    second decode); else it is dropped. ``derive`` is called with the loaded image, in the
+    decode's own thread, and its result kept in ``derived``: what a caller makes of the pixels
+    (a thumbnail) without holding them (3 MiB for 1024 x 1024) until it gets to them.
 
     >>> buf = io.BytesIO(); Image.new("RGB", (8, 4), "red").save(buf, "PNG")
     >>> decode_image(buf.getvalue(), keep_pixels=True).pixels.getpixel((7, 3))
     (255, 0, 0)
     >>> decode_image(buf.getvalue()).pixels is None
     True
+    >>> decode_image(buf.getvalue(), derive=lambda pixels: pixels.getpixel((0, 0))).derived
+    (255, 0, 0)
     """
     if not data:
         raise NotAnImageError("empty body: no image bytes", url=url, task_id=task_id)
@@ -121,6 +131,7 @@ def decode_image(
                     )
                 img.load()
                 pixels = img if keep_pixels else None
+                derived = derive(img) if derive is not None else None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
             f"decompression bomb refused: {exc}", url=url, task_id=task_id
@@ -145,4 +156,5 @@ def decode_image(
         content_type=content_type,
         url=url,
         pixels=pixels,
+        derived=derived,
     )

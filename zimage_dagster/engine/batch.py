@@ -372,7 +372,7 @@ class BatchGenerator:
                 await self._ledger_update(job, task.id, LedgerStatus.COMPLETED)
                 started = time.monotonic()
                 image = await self.client.download(
-                    _result_url(outcome.task), task_id=task.id, keep_pixels=True
+                    _result_url(outcome.task), task_id=task.id, derive=make_thumbnail
                 )
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:
@@ -455,9 +455,10 @@ class BatchGenerator:
             to_provenance(record),
         )
         self.ledger.mark_collected(self.asset, job.partition_key, task.id)
-        # The pixels the download's decode check kept: no second decode for the thumbnail.
-        pixels = image.pixels if image.pixels is not None else image.data
-        return ImageSuccess(job, record, make_thumbnail(pixels))
+        # Made from the download's decode check, in its thread: no second decode, and no
+        # image's pixels held while it waits here for a thread (peak memory bounded by those).
+        thumbnail = image.derived if isinstance(image.derived, str) else make_thumbnail(image.data)
+        return ImageSuccess(job, record, thumbnail)
 
     async def _ledger_update(
         self,
