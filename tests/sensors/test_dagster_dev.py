@@ -4,9 +4,7 @@ than sensor ticks that found work."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -16,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
+from benchmarks._common import stop_process_group
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
@@ -141,14 +140,7 @@ def test_dagster_dev_collects_a_deferred_batch(tmp_path: Path, emulator: Emulato
             f"({len(found_work)} tick(s) found work) {elapsed:.1f} s after start-up began"
         )
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process_group(process)  # dagster dev, its daemon, webserver and code server
         log.close()
 
 

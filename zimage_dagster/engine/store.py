@@ -42,6 +42,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import logging
@@ -150,6 +151,17 @@ def check_path_component(value: object, what: str = "partition key") -> str:
     """
     if not isinstance(value, str):
         raise UnsafePathError(f"unsafe {what} {value!r}: not a string")
+    reason = _unsafe_because(value)
+    if reason is not None:
+        raise UnsafePathError(f"unsafe {what} {value!r}: {reason}")
+    return value
+
+
+@functools.lru_cache(maxsize=4096)
+def _unsafe_because(value: str) -> str | None:
+    """Why ``value`` is unsafe as a file name, or None. Cached: every path of a partition
+    (image, record, ledger entry, claim) checks the same few names again and again, and the
+    drive-prefix test builds two path objects."""
     reason: str | None = None
     if value == "":
         reason = "empty"
@@ -165,9 +177,7 @@ def check_path_component(value: object, what: str = "partition key") -> str:
         reason = "is an absolute path or has a drive prefix"
     elif len(value.encode("utf-8")) > _MAX_COMPONENT_BYTES:
         reason = f"longer than {_MAX_COMPONENT_BYTES} bytes"
-    if reason is not None:
-        raise UnsafePathError(f"unsafe {what} {value!r}: {reason}")
-    return value
+    return reason
 
 
 def asset_parts(asset: AssetLike) -> tuple[str, ...]:
