@@ -203,6 +203,20 @@ def test_truncated_jpeg_is_caught_by_a_full_load() -> None:
         decode_image(buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
+def test_an_error_of_derive_is_its_own_not_a_corrupt_image() -> None:
+    """The image is intact: what ``derive`` raises is not reported as a truncated file."""
+
+    def broken(_: Image.Image) -> None:
+        raise ValueError("the caller's own bug")
+
+    with pytest.raises(ValueError, match="the caller's own bug"):
+        decode_image(png_bytes(), derive=broken)
+    noise = io.BytesIO()
+    Image.effect_noise((300, 300), 50).convert("RGB").save(noise, "JPEG")
+    with pytest.raises(NotAnImageError, match="truncated"):  # a damaged file still is one
+        decode_image(noise.getvalue()[: len(noise.getvalue()) // 2], derive=broken)
+
+
 def test_header_declaring_30000_by_30000_is_refused_before_decoding() -> None:
     host = FileHost(httpx.Response(200, content=bomb_png(30000, 30000)))
     with client_with(host) as client, pytest.raises(ImageTooLargeError, match="decompression bomb"):

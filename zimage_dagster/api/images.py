@@ -44,8 +44,8 @@ class DownloadedImage:
 
     Attributes: ``data`` (the bytes as served), ``format`` (``"PNG"``, ``"JPEG"``, ``"WEBP"``),
     ``width``, ``height``, ``sha256`` (hex of ``data``), ``content_type`` (as served, may be
-    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string), ``pixels`` and ``derived`` (see
-    below).
+    ``None``), ``bytes`` (``len(data)``), ``url`` (without query string), ``pixels`` and
+    ``derived`` (see below).
     """
 
     data: builtins.bytes = field(repr=False)
@@ -98,7 +98,8 @@ def decode_image(
     With ``keep_pixels`` the loaded image is kept in ``pixels`` (a thumbnail then needs no
     second decode); else it is dropped. ``derive`` is called with the loaded image, in the
     decode's own thread, and its result kept in ``derived``: what a caller makes of the pixels
-    (a thumbnail) without holding them (3 MiB for 1024 x 1024) until it gets to them.
+    (a thumbnail) without holding them (3 MiB for 1024 x 1024) until it gets to them. An error
+    of ``derive`` is its own, raised as it is: the image itself was checked intact.
 
     >>> buf = io.BytesIO(); Image.new("RGB", (8, 4), "red").save(buf, "PNG")
     >>> decode_image(buf.getvalue(), keep_pixels=True).pixels.getpixel((7, 3))
@@ -130,8 +131,7 @@ def decode_image(
                         task_id=task_id,
                     )
                 img.load()
-                pixels = img if keep_pixels else None
-                derived = derive(img) if derive is not None else None
+                loaded = img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
             f"decompression bomb refused: {exc}", url=url, task_id=task_id
@@ -155,6 +155,6 @@ def decode_image(
         sha256=hashlib.sha256(data).hexdigest(),
         content_type=content_type,
         url=url,
-        pixels=pixels,
-        derived=derived,
+        pixels=loaded if keep_pixels else None,
+        derived=derive(loaded) if derive is not None else None,
     )

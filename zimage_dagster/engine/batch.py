@@ -457,8 +457,7 @@ class BatchGenerator:
         self.ledger.mark_collected(self.asset, job.partition_key, task.id)
         # Made from the download's decode check, in its thread: no second decode, and no
         # image's pixels held while it waits here for a thread (peak memory bounded by those).
-        thumbnail = image.derived if isinstance(image.derived, str) else make_thumbnail(image.data)
-        return ImageSuccess(job, record, thumbnail)
+        return ImageSuccess(job, record, image.derived)
 
     async def _ledger_update(
         self,
