@@ -101,6 +101,9 @@ class FakeAPI:
     echo_key_in_errors: bool = False
     report_progress: bool = True
     estimated_time: float = 10
+    # One-way network time of each API call: the clock moves this much before the server
+    # handles the request, and again before its answer arrives.
+    trip_s: float = 0.0
 
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
@@ -115,6 +118,14 @@ class FakeAPI:
         return sum(1 for r in self.requests if r.method == method and r.url.path.startswith(prefix))
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "files.zimage.test" or not self.trip_s:
+            return self._handle(request)
+        self.clock.advance(self.trip_s)
+        response = self._handle(request)
+        self.clock.advance(self.trip_s)
+        return response
+
+    def _handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "files.zimage.test":
             self.file_requests.append(request)
             return self.serve_file(request)

@@ -10,6 +10,7 @@ import pytest
 
 from zimage_dagster.api import (
     GenerationRequest,
+    LatencyModel,
     PollPolicy,
     PollSchedule,
     RetryPolicy,
@@ -39,10 +40,11 @@ LATENCIES = [6.0, 6.5, 7.0, 7.5, 8.0, 8.5, 9.0, 9.5, 10.0]
 
 
 def run_sequence(
-    latencies: list[float], pending_share: float, **client_kw: object
+    latencies: list[float], pending_share: float, trip_s: float = 0.0, **client_kw: object
 ) -> list[tuple[int, float]]:
-    """One client waits on tasks of these latencies, one after the other; (polls, lag) of each."""
-    api = FakeAPI(FakeClock())
+    """One client waits on tasks of these latencies, one after the other; (polls, lag) of each
+    (``trip_s``: one-way network time of every call)."""
+    api = FakeAPI(FakeClock(), trip_s=trip_s)
     out: list[tuple[int, float]] = []
     with client_for(api, **client_kw) as client:
         for latency in latencies:
@@ -101,6 +103,40 @@ def test_fast_tasks_are_found_fast_though_the_estimate_says_10_s() -> None:
     warm = results[3:]
     assert max(lag for _, lag in warm) < 0.15
     assert sum(polls for polls, _ in warm) / len(warm) <= 2.5
+
+
+@pytest.mark.parametrize("trip_s", [0.05, 0.1])
+def test_readings_are_timed_at_the_middle_of_their_round_trip(trip_s: float) -> None:
+    """A status answer tells the task's state when the server made it, half a round trip before
+    it arrives. Timed at its arrival, every estimate of the finish is late by about a trip (and
+    more, scaled up from an early reading): then the final look is wasted time on every task.
+    The final poll is sent ``eta_margin`` after the estimated finish; it reaches the server one
+    trip later and its answer comes back after another: that, and no more, is the lag."""
+    rng = random.Random(11)
+    latencies = [rng.uniform(1.5, 3.0) for _ in range(30)]
+    margin = PollPolicy().eta_margin
+    warm = run_sequence(latencies, 0.15, trip_s=trip_s)[3:]
+    mean_lag = sum(lag for _, lag in warm) / len(warm)
+    assert mean_lag < margin + 2 * trip_s + 0.025, mean_lag
+    assert sum(polls for polls, _ in warm) / len(warm) <= 2.5
+
+
+def test_a_reading_whose_estimate_already_passed_gets_one_quick_look() -> None:
+    """A first reading at 99 % can place the finish before its own answer came back. The task
+    is all but done: look again once its progress should have moved a point, not after a blind
+    interval (0.8 s here, half the task's length)."""
+    model = LatencyModel()
+    for duration in (1.6, 2.0, 2.4):
+        model.record(duration=duration, pending_share=0.15)
+    policy = PollPolicy()
+    schedule = PollSchedule(policy, estimated_time=10, origin=0.0, model=model)
+    schedule.observe(0.0, Task.model_validate({"id": "t", "status": "pending"}))
+    assert schedule.next_delay(0.0) > 1.0  # the first look, placed by the durations learned
+    schedule.observe(1.51, Task.model_validate({"id": "t", "status": "processing", "progress": 99}))
+    eta = schedule.eta()
+    assert eta is not None
+    assert eta + policy.eta_margin < 1.61
+    assert schedule.next_delay(1.61) == policy.min_interval
 
 
 def test_first_poll_is_seeded_by_the_estimate_then_placed_by_what_was_seen() -> None:

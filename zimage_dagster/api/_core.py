@@ -22,7 +22,7 @@ import ssl
 import time
 import zlib
 from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
@@ -155,6 +155,10 @@ class Received:
     headers: httpx.Headers
     content: bytes
     url: str
+    #: When the server answered, on the client's clock: the middle of the round trip (set by
+    #: ``request_flow``). The receive time alone is late by the answer's trip back, which under
+    #: load is tens of milliseconds: a poll schedule timed from it would look late every time.
+    answered_at: float | None = None
 
     @property
     def is_success(self) -> bool:
@@ -672,6 +676,7 @@ class ClientCore:
                 remaining,
                 redact_headers(request.headers),
             )
+            sent = self.clock()
             outcome = yield Send(request)
             cause: BaseException | None = None
             if isinstance(outcome, Received):
@@ -680,7 +685,7 @@ class ClientCore:
                     logger.debug(
                         "%s %s -> HTTP %d (request id %s)", method, path, outcome.status_code, rid
                     )
-                    return outcome
+                    return replace(outcome, answered_at=(sent + self.clock()) / 2)
                 error: ZImageError = self.error_from_response(outcome, method, path)
                 hint = parse_retry_after(outcome.headers)
                 retryable = status_is_retryable(policy, outcome.status_code, is_create=is_create)
@@ -751,7 +756,7 @@ class ClientCore:
             "POST", CREATE_PATH, json_body=body, deadline=deadline
         )
         task = self.parse(received, Task, "POST", CREATE_PATH)
-        task._received_at = self.clock()
+        task._answered_at = received.answered_at
         task._request_id = self._request_id(received)
         logger.debug(
             "created task %s (status %s, request id %s)", task.id, task.status, task._request_id
@@ -762,7 +767,7 @@ class ClientCore:
         path = TASK_PATH.format(task_id=quote(validate_task_id(task_id), safe=""))
         received = yield from self.request_flow("GET", path, deadline=deadline)
         task = self.parse(received, Task, "GET", path)
-        task._received_at = self.clock()
+        task._answered_at = received.answered_at
         task._request_id = self._request_id(received)
         return task
 
@@ -783,7 +788,7 @@ class ClientCore:
         task: Task | None
         if isinstance(task_or_id, Task):
             task, task_id = task_or_id, task_or_id.id
-            origin = task._received_at
+            origin = task._answered_at
         else:
             task, task_id, origin = None, validate_task_id(task_or_id), None
         schedule = PollSchedule(
@@ -838,7 +843,7 @@ class ClientCore:
             )
             polls += 1
             schedule.observe(
-                task._received_at if task._received_at is not None else self.clock(), task
+                task._answered_at if task._answered_at is not None else self.clock(), task
             )
             logger.debug(
                 "task %s poll %d: status %s, progress %d (request id %s)",

@@ -184,9 +184,9 @@ class Task(_Wire):
     type: str | None = None
     usage: Usage | None = None
 
-    # Monotonic time (client clock) at which this object was received; lets ``wait`` time its first
-    # poll from the creation of the task. Not part of the wire format.
-    _received_at: float | None = PrivateAttr(default=None)
+    # When the server answered with this object (monotonic client clock, the middle of the round
+    # trip); lets ``wait`` time its polls from the task's creation. Not part of the wire format.
+    _answered_at: float | None = PrivateAttr(default=None)
     # The provider's request ID(s) of the answer this object came from (for errors and logs).
     _request_id: str | None = PrivateAttr(default=None)
 

@@ -86,9 +86,11 @@ class PollPolicy:
        clamped to ``[min_interval, max_interval]``. Two readings give a rate; a single reading
        is placed with the share of a task spent pending learned from earlier tasks (else the
        middle of the last "pending" and first "processing" sightings; else a second reading
-       is taken after ``rate_probe_share`` x the time since the create). An estimate that has
-       passed without the task finishing, or progress that did not move since the last
-       reading, sends the schedule to step 3.
+       is taken after ``rate_probe_share`` x the time since the create). Readings are timed at
+       the middle of their request's round trip, when the server made them. An estimate that
+       has passed without the task finishing gets one more look once the progress should have
+       moved a point; progress that did not move since the last reading sends the schedule to
+       step 3.
     3. Otherwise a growing interval: ``initial_interval``, then x ``growth`` each poll, at most
        ``max_interval``; sooner if the median duration of the learned tasks longer than this
        one's age comes first.

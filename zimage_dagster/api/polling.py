@@ -128,6 +128,14 @@ class PollSchedule:
             return (pts[-1][1] - pts[0][1]) / (pts[-1][0] - pts[0][0])
         return None
 
+    def _rate_since_start(self) -> float | None:
+        """Points per second from the last reading and the estimated start of processing."""
+        start = self.processing_start()
+        if not self.progress_points or start is None:
+            return None
+        t_last, p_last = self.progress_points[-1]
+        return (p_last + PROGRESS_CUT) / (t_last - start) if t_last > start else None
+
     def processing_start(self) -> float | None:
         """When processing began (client clock), from what was seen; None if unknown.
 
@@ -188,9 +196,10 @@ class PollSchedule:
             eta = self.eta()
             if eta is not None and eta + p.eta_margin > now:
                 return min(p.max_interval, max(p.min_interval, eta + p.eta_margin - now))
-            rate = self._rate()
+            rate = self._rate() or self._rate_since_start()
             if eta is not None and rate is not None:
-                # The estimate passed within the last point of progress: look once it moved.
+                # The estimate passed within the last point of progress (a reading at 99 % may
+                # place the finish before its own answer arrived): look once it moved.
                 return min(p.max_interval, max(p.min_interval, 1.0 / rate))
             if (
                 eta is None
