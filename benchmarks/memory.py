@@ -7,7 +7,11 @@ decoded image, the memory that matters, is the same 3 MiB) in one Dagster run (`
 backfill, resource concurrency 32, temporary sqlite instance) and reports its peak RSS
 (``VmHWM``; ``ru_maxrss`` would include the parent's RSS at fork time on Linux). The
 emulator (its own process) answers quickly (0.05 s tasks, 1 s estimate). Downloads are read under a
-byte cap and stored at once; nothing should accumulate per image, so the ratio should stay near 1.
+byte cap and stored at once, and no decoded pixels outlive the decode (the thumbnail is made in its
+thread): what is held at once is bounded by the concurrency (partitions in flight, twice that
+waiting to be stored), not by the number of images, so the ratio should stay near 1. A ratio that
+grows means something is kept per image, or a bound was lost (d0559ac: decoded pixels waiting for
+a store thread, 1.43).
 """
 
 from __future__ import annotations
