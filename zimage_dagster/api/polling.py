@@ -166,13 +166,8 @@ class PollSchedule:
         t_last, p_last = pts[-1]
         if p_last >= 100:
             return t_last
-        rate = self._rate()
-        if rate is not None:
-            return t_last + (100 - p_last - PROGRESS_CUT) / rate
-        start = self.processing_start()
-        if start is None or t_last <= start:
-            return None
-        return start + (t_last - start) * 100.0 / (p_last + PROGRESS_CUT)
+        rate = self._rate() or self._rate_since_start()
+        return None if rate is None else t_last + (100 - p_last - PROGRESS_CUT) / rate
 
     # -- the schedule ------------------------------------------------------------------------
 
