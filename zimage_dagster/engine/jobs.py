@@ -6,7 +6,7 @@ drawn once per request and then read back from the ledger), and the request that
 
 >>> import tempfile
 >>> from zimage_dagster.engine.ledger import TaskLedger
->>> from zimage_dagster.prompts import PromptRow
+>>> from zimage_dagster.dataset.rows import PromptRow
 >>> ledger = TaskLedger(tempfile.mkdtemp())
 >>> job = plan_job(ledger, ("hero",), "fox", PromptRow("fox", "a red fox", None, 7, None),
 ...                default_size="16:9")
@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from zimage_dagster.api import GenerationRequest
-from zimage_dagster.engine.ledger import TaskLedger
-from zimage_dagster.engine.request import (
+from zimage_dagster.dataset.request import (
     DEFAULT_SIZE,
     SeedStrategy,
     choose_seed,
     request_fingerprint,
 )
-from zimage_dagster.prompts import PromptRow
+from zimage_dagster.dataset.rows import PromptRow
+from zimage_dagster.engine.ledger import TaskLedger
 
 __all__ = ["ImageJob", "plan_job"]
 

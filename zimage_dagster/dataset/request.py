@@ -1,0 +1,122 @@
+"""A request's identity: the one seed rule and the one fingerprint.
+
+Seeds are always known: we send one with every request and record it. :func:`choose_seed` is the
+only place that decides which one:
+
+1. the row's own ``seed`` when the partition is the row itself (static, dynamic, op rows); when
+   one row feeds many partitions (daily: ``<date>|<key>``), a seed derived from the row's seed and
+   the partition key, so each day differs but stays reproducible;
+2. else, with ``strategy="derived"``, a seed derived from the asset, partition key and prompt: the
+   same partition always sends the same request;
+3. else (``strategy="random"``) the seed already drawn for this very request (``kept``, from the
+   ledger), or a fresh draw.
+
+:func:`request_fingerprint` is the identity of a request's content (prompt, size, seed,
+nsfw_check): equal fingerprints mean "the identical request", which is what lets a re-run reuse a
+stored image, re-attach to a live task, or keep a rejection.
+
+>>> choose_seed("hero", "fox", row_key="fox", prompt="a fox", row_seed=7)
+7
+>>> choose_seed("hero", "fox", row_key="fox", prompt="a fox") == derive_seed("hero", "fox", "a fox")
+True
+>>> request_fingerprint("a fox", None, 7) == request_fingerprint("a fox", "1:1", 7, False)
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from typing import Literal
+
+from zimage_dagster.api import MAX_SEED, MIN_SEED
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "SeedStrategy",
+    "choose_seed",
+    "derive_seed",
+    "random_seed",
+    "request_fingerprint",
+]
+
+#: The size the API uses when none is sent.
+DEFAULT_SIZE = "1:1"
+
+#: ``"derived"``: reproducible from asset, partition key and prompt; ``"random"``: drawn once.
+SeedStrategy = Literal["derived", "random"]
+
+
+def _utf8(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
+
+
+def derive_seed(*parts: str) -> int:
+    """A deterministic seed in 1..2147483647 from the given strings (asset key, partition key,
+    prompt): sha256 of their JSON list.
+
+    >>> derive_seed("hero", "fox", "a red fox") == derive_seed("hero", "fox", "a red fox")
+    True
+    >>> derive_seed("hero", "fox", "a red fox") != derive_seed("hero", "fox2", "a red fox")
+    True
+    """
+    if not parts:
+        raise ValueError("derive_seed needs at least one part")
+    digest = hashlib.sha256(_utf8(json.dumps(list(parts), ensure_ascii=False))).digest()
+    return int.from_bytes(digest[:8], "big") % (MAX_SEED - MIN_SEED + 1) + MIN_SEED
+
+
+def random_seed() -> int:
+    """A random seed in 1..2147483647 (for "draw a new seed" modes).
+
+    >>> MIN_SEED <= random_seed() <= MAX_SEED
+    True
+    """
+    return secrets.randbelow(MAX_SEED - MIN_SEED + 1) + MIN_SEED
+
+
+def choose_seed(
+    asset: str,
+    partition_key: str,
+    *,
+    row_key: str,
+    prompt: str,
+    row_seed: int | None = None,
+    strategy: SeedStrategy = "derived",
+    kept: int | None = None,
+) -> int:
+    """The seed sent for a partition (the rule in the module doc).
+
+    ``asset`` is the asset key as a string (``"catalog/hero"``); ``kept`` is the seed of an
+    earlier request for this partition with otherwise identical content (used by ``"random"``).
+
+    >>> daily = choose_seed("hero", "2026-01-01|fox", row_key="fox", prompt="p", row_seed=7)
+    >>> daily == derive_seed("7", "2026-01-01|fox")
+    True
+    >>> choose_seed("hero", "fox", row_key="fox", prompt="p", strategy="random", kept=99)
+    99
+    """
+    if row_seed is not None:
+        return row_seed if partition_key == row_key else derive_seed(str(row_seed), partition_key)
+    if strategy == "random":
+        return kept if kept is not None else random_seed()
+    return derive_seed(asset, partition_key, prompt)
+
+
+def request_fingerprint(
+    prompt: str, size: str | None = None, seed: int | None = None, nsfw_check: bool | None = None
+) -> str:
+    """16 hex of the sha256 of a request's content (size defaults to 1:1, nsfw_check to false).
+
+    >>> request_fingerprint("a fox", None, 7) != request_fingerprint("a fox", None, 8)
+    True
+    """
+    payload = {
+        "prompt": prompt,
+        "size": size or DEFAULT_SIZE,
+        "seed": seed,
+        "nsfw_check": bool(nsfw_check),
+    }
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(_utf8(text)).hexdigest()[:16]
