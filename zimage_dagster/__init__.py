@@ -56,7 +56,7 @@ _EXPORTS: dict[str, str] = {
     "ImageFailure": "engine.outcome",
     "ImageSuccess": "engine.outcome",
     "ImageRecord": "engine.provenance",
-    "derive_seed": "engine.request",
+    "derive_seed": "dataset.request",
     "ImageStore": "engine.store",
     "StoredImage": "engine.store",
     "submit_jobs": "engine.submit",

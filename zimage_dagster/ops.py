@@ -45,11 +45,11 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
+from zimage_dagster.dataset.request import SeedStrategy
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
-from zimage_dagster.engine.request import SeedStrategy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery.links import gallery_base_url
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts

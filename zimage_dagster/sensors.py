@@ -46,9 +46,9 @@ from dagster._core.storage.tags import (
 )
 from upath import UPath
 
+from zimage_dagster.dataset.request import DEFAULT_SIZE, request_fingerprint
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.engine.request import DEFAULT_SIZE, request_fingerprint
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
     COLLECT_TAG,

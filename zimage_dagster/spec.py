@@ -28,8 +28,8 @@ import dagster as dg
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from zimage_dagster.api import RequestValidationError, validate_size
+from zimage_dagster.dataset.request import SeedStrategy
 from zimage_dagster.engine.credits import CreditBudget
-from zimage_dagster.engine.request import SeedStrategy
 from zimage_dagster.engine.store import resolve_storage
 from zimage_dagster.prompts import PromptDataset
 

@@ -15,6 +15,7 @@ from zimage_dagster.api._core import (
     ENV_BASE_URL,
     USER_AGENT,
     backoff_delay,
+    draw_seed,
     parse_retry_after,
     retry_delay,
 )
@@ -70,6 +71,7 @@ from zimage_dagster.api.policies import CREATE_SAFE_EXCEPTIONS, PollPolicy, Retr
 from zimage_dagster.api.polling import LatencyModel, PollSchedule
 from zimage_dagster.api.results import GenerationFailure, GenerationResult, Timings, WaitOutcome
 from zimage_dagster.api.validation import (
+    DEFAULT_SIZE,
     MAX_CALLBACK_URL_LENGTH,
     MAX_PROMPT_LENGTH,
     MAX_SEED,
@@ -92,6 +94,7 @@ __all__ = [
     "DEFAULT_BASE_URL",
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_PIXELS",
+    "DEFAULT_SIZE",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "FIXABLE_TASK_ERROR_CODES",
@@ -152,6 +155,7 @@ __all__ = [
     "ZImageError",
     "backoff_delay",
     "decode_image",
+    "draw_seed",
     "is_internal_host",
     "is_retryable_task_error_code",
     "parse_retry_after",

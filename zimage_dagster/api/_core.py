@@ -407,7 +407,12 @@ class GenerationTracker:
 
 
 def draw_seed() -> int:
-    """A random seed in 1..2147483647 (``secrets.randbelow``)."""
+    """A random seed in 1..2147483647 (``secrets.randbelow``): the one seed draw, which the
+    engine's ``"random"`` seed strategy calls too.
+
+    >>> v.MIN_SEED <= draw_seed() <= v.MAX_SEED
+    True
+    """
     return secrets.randbelow(v.MAX_SEED) + v.MIN_SEED
 
 

@@ -89,7 +89,7 @@ class GenerationRequest(BaseModel):
 
     model: Literal["z-image-turbo"] = "z-image-turbo"
     prompt: str
-    size: str = "1:1"
+    size: str = v.DEFAULT_SIZE
     seed: int | None = None
     nsfw_check: bool = False
     callback_url: str | None = None

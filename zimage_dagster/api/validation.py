@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from zimage_dagster.api.errors import RequestValidationError
 
 __all__ = [
+    "DEFAULT_SIZE",
     "MAX_CALLBACK_URL_LENGTH",
     "MAX_PROMPT_LENGTH",
     "MAX_SEED",
@@ -54,6 +55,8 @@ SUPPORTED_RATIOS: tuple[str, ...] = (
     "1:2",
     "2:1",
 )
+#: The size the API uses when none is sent (the client always sends one).
+DEFAULT_SIZE = "1:1"
 MIN_SIDE = 376
 MAX_SIDE = 1536
 MIN_SEED = 1

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from typing import Literal
 
-from zimage_dagster.api import MAX_SEED, MIN_SEED
+from zimage_dagster.api import DEFAULT_SIZE, MAX_SEED, MIN_SEED, draw_seed
 
 __all__ = [
     "DEFAULT_SIZE",
@@ -40,9 +39,6 @@ __all__ = [
     "random_seed",
     "request_fingerprint",
 ]
-
-#: The size the API uses when none is sent.
-DEFAULT_SIZE = "1:1"
 
 #: ``"derived"``: reproducible from asset, partition key and prompt; ``"random"``: drawn once.
 SeedStrategy = Literal["derived", "random"]
@@ -67,13 +63,8 @@ def derive_seed(*parts: str) -> int:
     return int.from_bytes(digest[:8], "big") % (MAX_SEED - MIN_SEED + 1) + MIN_SEED
 
 
-def random_seed() -> int:
-    """A random seed in 1..2147483647 (for "draw a new seed" modes).
-
-    >>> MIN_SEED <= random_seed() <= MAX_SEED
-    True
-    """
-    return secrets.randbelow(MAX_SEED - MIN_SEED + 1) + MIN_SEED
+#: A random seed in 1..2147483647 (for "draw a new seed" modes): the client's one draw.
+random_seed = draw_seed
 
 
 def choose_seed(

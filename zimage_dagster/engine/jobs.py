@@ -1,7 +1,7 @@
 """One partition's work: :class:`ImageJob`, and :func:`plan_job`, the one way to make one.
 
 Assets, ops and sensors all plan a partition the same way: the dataset row (with the default
-size filled in), the seed from :func:`~zimage_dagster.engine.request.choose_seed` (a random seed is
+size filled in), the seed from :func:`~zimage_dagster.dataset.request.choose_seed` (a random seed is
 drawn once per request and then read back from the ledger), and the request that will be sent.
 
 >>> import tempfile
@@ -62,7 +62,7 @@ class ImageJob:
 
     @property
     def fingerprint(self) -> str:
-        """The request's identity (see :func:`~zimage_dagster.engine.request.request_fingerprint`)."""
+        """The request's identity (see :func:`~zimage_dagster.dataset.request.request_fingerprint`)."""
         return request_fingerprint(
             self.row.prompt, self.row.size, self.seed, bool(self.row.nsfw_check)
         )

@@ -82,6 +82,7 @@ from typing import Any, cast
 
 from upath import UPath
 
+from zimage_dagster.dataset.request import request_fingerprint
 from zimage_dagster.engine.atomic import (
     ConditionalFiles,
     PreconditionFailedError,
@@ -89,7 +90,6 @@ from zimage_dagster.engine.atomic import (
 )
 from zimage_dagster.engine.claims import ClaimBook, RunAliveFn
 from zimage_dagster.engine.keys import partition_key as decode_key
-from zimage_dagster.engine.request import request_fingerprint
 from zimage_dagster.engine.store import (
     LEDGER_DIR,
     AssetLike,
@@ -591,7 +591,7 @@ class TaskLedger:
 
         ``request`` is the request sent (e.g. ``GenerationRequest.model_dump()``); only
         :data:`REQUEST_FIELDS` are kept and ``seed`` must be an int. The fingerprint defaults to
-        :func:`zimage_dagster.engine.request.request_fingerprint` of those fields. An earlier entry for
+        :func:`zimage_dagster.dataset.request.request_fingerprint` of those fields. An earlier entry for
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
         grows by one, keeping what each earlier task reserved (``credits_reserved``: the
         partition's spend stays known). Recording the same task ID again is a no-op returning

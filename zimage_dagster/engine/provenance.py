@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from zimage_dagster.api.validation import DEFAULT_SIZE
+
 __all__ = ["FIELD_NAMES", "PROVENANCE_VERSION", "ImageRecord", "from_provenance", "to_provenance"]
 
 #: Version of the provenance JSON layout (``"provenance_version"`` in the record).
@@ -45,7 +47,7 @@ class ImageRecord:
     task_id: str
     prompt: str
     model: str = "z-image-turbo"
-    size_requested: str = "1:1"
+    size_requested: str = DEFAULT_SIZE
     nsfw_check: bool = False
     width: int | None = None
     height: int | None = None

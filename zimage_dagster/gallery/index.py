@@ -42,6 +42,7 @@ from typing import Any
 
 from upath import UPath
 
+from zimage_dagster.api.validation import DEFAULT_SIZE
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.ledger import (
     INDEX_DIR,
@@ -118,7 +119,7 @@ class GalleryItem:
             return f"{self.record.width}x{self.record.height}"
         if self.record is not None:
             return self.record.size_requested
-        return str(self.entry.request.get("size") or "1:1") if self.entry is not None else ""
+        return str(self.entry.request.get("size") or DEFAULT_SIZE) if self.entry is not None else ""
 
     @property
     def date(self) -> str | None:
