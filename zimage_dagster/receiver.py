@@ -104,7 +104,14 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.serving import Service, ThreadedServer, bind_socket, socket_url
+from zimage_dagster.serving import (
+    BodyTooLargeError,
+    Service,
+    ThreadedServer,
+    bind_socket,
+    read_body,
+    socket_url,
+)
 
 __all__ = [
     "CALLBACK_PATH",
@@ -216,8 +223,8 @@ def create_receiver_app(
         if not hmac.compare_digest(given, expected):
             return PlainTextResponse("Not Found", status_code=404)
         try:
-            raw = await asyncio.wait_for(_read_body(request, max_body_bytes), body_timeout_s)
-        except _BodyTooLarge:
+            raw = await asyncio.wait_for(read_body(request, max_body_bytes), body_timeout_s)
+        except BodyTooLargeError:
             # The rest of the body is not read: the connection closes after the answer.
             return PlainTextResponse("body too large", status_code=413, headers=_CLOSE)
         except asyncio.TimeoutError:
@@ -248,26 +255,6 @@ def create_receiver_app(
 
 
 _CLOSE = {"Connection": "close"}
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, read chunk by chunk; :class:`_BodyTooLarge` as soon as it is known to
-    exceed ``limit`` (from ``Content-Length``, or from the bytes read so far: chunked bodies)."""
-    declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _BodyTooLarge
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _BodyTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _record(

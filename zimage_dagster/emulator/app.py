@@ -38,6 +38,7 @@ from zimage_dagster.emulator.render import CONTENT_TYPES
 from zimage_dagster.emulator.state import EmulatorState
 from zimage_dagster.emulator.tasks import FILES_PREFIX
 from zimage_dagster.emulator.validation import check_task_id, validate_create
+from zimage_dagster.serving import BodyTooLargeError, read_body
 
 MAX_BODY_BYTES = 1 << 20
 
@@ -58,24 +59,13 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused as soon as it is known to exceed `MAX_BODY_BYTES`: by its declared
-    length, else while reading (a 60 MB body is never held whole)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _too_large()
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise _too_large()
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _json_body(request: Request) -> Any:
-    raw = await _read_body(request)
+    """The JSON body; over `MAX_BODY_BYTES` it is refused (413) as soon as that is known, by its
+    declared length or while reading (a 60 MB body is never held whole)."""
+    try:
+        raw = await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLargeError:
+        raise _too_large() from None
     if not raw.strip():
         raise ApiError(400, "invalid_request", "Request body is required (a JSON object)")
     try:
