@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -47,7 +46,6 @@ from dagster._core.storage.tags import (
 from upath import UPath
 
 from zimage_dagster.dataset.request import DEFAULT_SIZE, request_fingerprint
-from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
@@ -381,21 +379,8 @@ def _provenance_content(record: Mapping[str, Any], explicit_seed: bool) -> tuple
 
 
 def _read_provenance(store: ImageStore, spec: ImageAssetSpec) -> dict[str, dict[str, Any]]:
-    """Every provenance record of the asset, by partition key, in one bulk read."""
-    folder = store.asset_dir(spec.asset_key.path)
-    prefix = str(folder).rstrip("/") + "/"
-    out: dict[str, dict[str, Any]] = {}
-    for path, raw in store.read_all(folder, ".json").items():
-        rest = path[len(prefix) :] if path.startswith(prefix) else path.rsplit("/", 1)[-1]
-        if "/" in rest or os.sep in rest:
-            continue  # another asset nested under this one
-        try:
-            record = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out[decode_key(rest[: -len(".json")])] = record
-    return out
+    """Every provenance record of the asset, by partition key, in one bulk read (the store's)."""
+    return {r.partition_key: dict(r.provenance) for r in store.records(spec.asset_key.path)}
 
 
 def build_prompt_dataset_sensor(

@@ -90,6 +90,7 @@ from zimage_dagster.engine.atomic import (
 )
 from zimage_dagster.engine.claims import ClaimBook, RunAliveFn
 from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.scan import ScanCache
 from zimage_dagster.engine.store import (
     LEDGER_DIR,
     AssetLike,
@@ -302,6 +303,15 @@ class LedgerEntry:
         )
 
 
+def _parse_entry(path: str, raw: bytes) -> LedgerEntry | None:
+    """The entry in a ledger file's bytes, or ``None`` (logged) when they are not one."""
+    try:
+        return LedgerEntry.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        log.debug("skipping unreadable ledger file %s: %s", path, exc)
+        return None
+
+
 def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
     parts = asset_parts(asset)
     if parts[0] in _RESERVED:
@@ -327,7 +337,7 @@ class TaskLedger:
     """Submitted tasks, one JSON file per partition under ``<root>/_ledger/``.
 
     Args:
-        store: the :class:`~zimage_dagster.storage.ImageStore` (or a root for one).
+        store: the :class:`~zimage_dagster.engine.store.ImageStore` (or a root for one).
         clock: returns unix seconds (tests pass a fake clock).
     """
 
@@ -505,6 +515,46 @@ class TaskLedger:
                 entry = self._entry_of_file(norm[len(root) + 1 :])
             if entry is not None and (wanted is None or entry.status in wanted):
                 yield entry
+
+    def entries(
+        self,
+        asset: AssetLike | None = None,
+        *,
+        statuses: Iterable[LedgerStatus | str] | None = None,
+        cache: ScanCache | None = None,
+    ) -> list[LedgerEntry]:
+        """Every readable entry (of one asset, or all), optionally only those with the given
+        statuses, in path order. Read-only: for readers that must never write (the gallery).
+
+        Unlike :meth:`iter_entries`, an unreadable file is left as it is and skipped (logged at
+        debug level): no repair, no move aside. The entries of one asset exclude those of assets
+        nested under its key. With a :class:`~zimage_dagster.engine.scan.ScanCache` kept between
+        calls, a local ledger reads only the entries that changed since.
+
+        >>> import tempfile
+        >>> ledger = TaskLedger(tempfile.mkdtemp())
+        >>> _ = ledger.record_submitted("hero", "fox", task_id="task-unified-1-aaaaaaaa",
+        ...                             request={"prompt": "a fox", "seed": 42})
+        >>> [(e.asset_name, e.partition_key, e.status.value) for e in ledger.entries()]
+        [('hero', 'fox', 'submitted')]
+        """
+        wanted = None if statuses is None else {LedgerStatus(s) for s in statuses}
+        scan = cache if cache is not None else ScanCache()
+        if asset is not None:
+            folders = [self.folder(asset)]
+        else:
+            folders = [f for f in self.store.subfolders(self.folder()) if f.name not in _RESERVED]
+        found: list[LedgerEntry] = []
+        for folder in folders:
+            inside = str(folder).replace("\\", "/").rstrip("/") + "/"
+            read = scan.read(self.store, folder, ".json", _parse_entry, kind="ledger entries")
+            for path, entry in read.items():
+                if entry is None or (wanted is not None and entry.status not in wanted):
+                    continue
+                if asset is not None and "/" in path.replace("\\", "/")[len(inside) :]:
+                    continue  # a nested asset's entry
+                found.append(entry)
+        return found
 
     def _entry_of_file(self, relative: str) -> LedgerEntry | None:
         """Re-read (and so repair) the entry at ``<asset...>/<stem>.json`` under the ledger."""

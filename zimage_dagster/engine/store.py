@@ -9,7 +9,9 @@ Layout under a root (a local folder by default, any fsspec URL such as ``s3://bu
 
 Every method takes the Dagster partition key itself; the store turns it into the file stem with
 the one codec, :func:`zimage_dagster.engine.keys.storage_key` (``2026-01-01|hero`` is stored as
-``2026-01-01__hero``), and :meth:`ImageStore.partitions` turns file stems back into partition keys.
+``2026-01-01__hero``). Only the store reads its file names back: :meth:`ImageStore.records` (every
+provenance record with its asset and partition key) and :meth:`ImageStore.partitions`; the gallery
+and the sensors ask them instead of parsing paths.
 
 A multi-part Dagster asset key (``AssetKey(["catalog", "hero"])``) maps to nested folders
 (``<root>/catalog/hero/...``). The first folder name ``_ledger`` is reserved for the ledger.
@@ -60,6 +62,8 @@ from upath.implementations.local import LocalPath
 from zimage_dagster.engine.atomic import replace_file
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.keys import storage_key
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance
+from zimage_dagster.engine.scan import ScanCache
 
 __all__ = [
     "DEFAULT_STORAGE",
@@ -69,6 +73,7 @@ __all__ = [
     "AssetLike",
     "ImageStore",
     "StoredImage",
+    "StoredRecord",
     "UnsafePathError",
     "asset_parts",
     "check_path_component",
@@ -233,6 +238,38 @@ class StoredImage:
     format: str
     sha256: str | None
     provenance: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """One provenance record found in the store, by :meth:`ImageStore.records`.
+
+    Attributes:
+        asset: the asset key's parts (``("catalog", "hero")``).
+        partition_key: the Dagster partition key (decoded from the file name by the store).
+        provenance: the JSON object as stored (any object: a record written by another version,
+            or a partial one, is still reported; :attr:`image_record` says if it is whole).
+        path: where the record file is (a string: no path object per record).
+
+    >>> rec = StoredRecord(("hero",), "fox", {"seed": 7, "task_id": "t", "prompt": "p"}, "x.json")
+    >>> rec.image_record.seed, StoredRecord(("hero",), "fox", {"seed": 7}, "x.json").image_record
+    (7, None)
+    """
+
+    asset: tuple[str, ...]
+    partition_key: str
+    provenance: Mapping[str, Any]
+    path: str
+
+    @functools.cached_property
+    def image_record(self) -> ImageRecord | None:
+        """The record as an :class:`~zimage_dagster.engine.provenance.ImageRecord` (parsed once),
+        or ``None`` when it lacks a required field or holds a field of the wrong shape."""
+        try:
+            return from_provenance(self.provenance)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.debug("%s is not a whole provenance record: %s", self.path, exc)
+            return None
 
 
 class ImageStore:
@@ -558,8 +595,65 @@ class ImageStore:
         keys = []
         for p in self.list_files(folder, ".json"):
             if str(p.parent).rstrip("/") == str(folder).rstrip("/"):
-                keys.append(decode_key(p.name[: -len(".json")]))
+                keys.append(self._locate(str(p))[1])
         return sorted(keys)
+
+    def records(
+        self, asset: AssetLike | None = None, *, cache: ScanCache | None = None
+    ) -> list[StoredRecord]:
+        """Every provenance record of one asset (not those of assets nested under its key), or
+        of every asset, in path order. Read-only.
+
+        A file that is not a JSON object is left out (logged at debug level), and so are hidden
+        files (writes in flight) and moved-aside files (``.json.unreadable-...``). With a
+        :class:`~zimage_dagster.engine.scan.ScanCache` kept between calls, a local store reads
+        only the records that changed since (a store of 10,000 images is listed in a fraction of
+        a second); an object store is read whole, in one listing and one concurrent read.
+
+        >>> store = ImageStore("memory://doctest-records")
+        >>> _ = store.save(["catalog", "hero"], "2026-01-01|fox", b"img", "png", {"seed": 7})
+        >>> [(r.asset, r.partition_key, r.provenance["seed"]) for r in store.records()]
+        [(('catalog', 'hero'), '2026-01-01|fox', 7)]
+        """
+        scan = cache if cache is not None else ScanCache()
+        parts = asset_parts(asset) if asset is not None else None
+        if parts is not None:
+            folders = [self.asset_dir(parts)]
+        else:
+            folders = [f for f in self.subfolders(self._root) if f.name != LEDGER_DIR]
+        found: list[StoredRecord] = []
+        for folder in folders:
+            read = scan.read(self, folder, ".json", self._stored_record, kind="provenance records")
+            found.extend(r for r in read.values() if r and (parts is None or r.asset == parts))
+        return found
+
+    def subfolders(self, folder: UPath) -> list[UPath]:
+        """The folders directly under ``folder`` (hidden ones skipped), by name; none if missing."""
+        try:
+            children = [c for c in folder.iterdir() if c.is_dir()]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        return sorted((c for c in children if not c.name.startswith(".")), key=lambda c: c.name)
+
+    def _locate(self, path: str) -> tuple[tuple[str, ...], str]:
+        """The asset parts and partition key of a file in an asset's folder, from its path
+        (``<root>/<asset...>/<storage key>.<ext>``): the one reader of the store's file names.
+        A new layout (candidates of a partition, shards) is taught here, and only here."""
+        relative = path.replace("\\", "/")[len(self._root_str) + 1 :]
+        *parts, name = relative.split("/")
+        return tuple(parts), decode_key(name.rsplit(".", 1)[0])
+
+    def _stored_record(self, path: str, raw: bytes) -> StoredRecord | None:
+        try:
+            provenance = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            log.debug("skipping %s: %s", path, exc)
+            return None
+        if not isinstance(provenance, dict):
+            log.debug("skipping %s: not a JSON object", path)
+            return None
+        asset, key = self._locate(path)
+        return StoredRecord(asset, key, provenance, path)
 
     def delete(self, asset: AssetLike, partition_key: str) -> None:
         """Remove the partition's provenance, then its image files."""

@@ -1,7 +1,7 @@
 """What the gallery knows of an image store: every partition of every asset, and its status.
 
-The index is read from the store with the library's own readers (``ImageStore`` for the files,
-``from_provenance`` for the provenance records, ``TaskLedger`` for the ledger entries); it never
+The index is read with the library's own readers (``ImageStore.records`` for the provenance
+records, ``TaskLedger.entries`` for the ledger entries): it parses no file name, and it never
 writes. It is rebuilt when older than ``refresh_s`` (in the background once a first copy exists, so
 a request never waits for a rescan); ``refresh_s=0`` rebuilds it on every request.
 
@@ -28,7 +28,6 @@ A partition's status:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -36,23 +35,15 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from upath import UPath
-
 from zimage_dagster.api.validation import DEFAULT_SIZE
-from zimage_dagster.engine.keys import partition_key as decode_key
-from zimage_dagster.engine.ledger import (
-    INDEX_DIR,
-    STATE_DIR,
-    LedgerEntry,
-    LedgerStatus,
-    TaskLedger,
-)
-from zimage_dagster.engine.provenance import ImageRecord, from_provenance
-from zimage_dagster.engine.store import LEDGER_DIR, ImageStore, StoredImage, UnsafePathError
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord
+from zimage_dagster.engine.scan import ScanCache
+from zimage_dagster.engine.store import ImageStore, StoredImage, UnsafePathError
 
 __all__ = [
     "ORDERS",
@@ -302,8 +293,9 @@ class GalleryIndex:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._refreshing = False
-        # path -> ((mtime_ns, size, inode), parsed record or entry, or None): what a local build read.
-        self._files: dict[str, tuple[tuple[int, int, int], Any]] = {}
+        # What the last build read: a local rebuild reads only the files changed since.
+        self._record_cache = ScanCache()
+        self._entry_cache = ScanCache()
 
     def snapshot(self) -> Snapshot:
         """The current snapshot; a stale one triggers a rebuild (in the background if possible)."""
@@ -329,106 +321,29 @@ class GalleryIndex:
             self._refreshing = False
 
     def build(self) -> Snapshot:
-        """Read every provenance record and ledger entry under the root.
+        """Read every provenance record and ledger entry under the root, through the store's and
+        the ledger's own readers (:meth:`ImageStore.records`, :meth:`TaskLedger.entries`).
 
-        On a local store only the files whose modification time, size or inode changed since the last
-        build are read and parsed again (a store of 10,000 images is listed in a fraction of a
-        second); an object store is read whole.
+        On a local store only the files whose modification time, size or inode changed since the
+        last build are read and parsed again (a store of 10,000 images is listed in a fraction of
+        a second); an object store is read whole.
         """
         with self._build_lock:
             started = time.perf_counter()
-            seen: dict[str, tuple[int, int, int]] = {}
-            records = dict(self._records(seen))
-            entries = {(e.asset, e.partition_key): e for e in self._entries(seen)}
-            self._files = {p: v for p, v in self._files.items() if p in seen}
+            records: dict[tuple[tuple[str, ...], str], ImageRecord] = {}
+            for stored in self.store.records(cache=self._record_cache):
+                record = stored.image_record
+                if record is not None:
+                    records[stored.asset, stored.partition_key] = record
+            entries = {
+                (e.asset, e.partition_key): e for e in self.ledger.entries(cache=self._entry_cache)
+            }
             grouped: dict[tuple[str, ...], list[GalleryItem]] = {}
             for asset, key in records.keys() | entries.keys():
                 item = _item(asset, key, records.get((asset, key)), entries.get((asset, key)))
                 grouped.setdefault(asset, []).append(item)
             assets = {"/".join(a): AssetIndex(a, items) for a, items in sorted(grouped.items())}
             return Snapshot(assets, time.time(), time.perf_counter() - started)
-
-    def _parsed(
-        self, folder: UPath, parse: Callable[[bytes], Any], seen: dict[str, tuple[int, int, int]]
-    ) -> dict[str, Any]:
-        """``{path: parse(bytes) or None}`` of the ``.json`` files under ``folder``."""
-
-        def parsed(path: str, raw: bytes) -> Any:
-            try:
-                return parse(raw)
-            except (ValueError, TypeError, KeyError) as exc:
-                log.debug("skipping %s: %s", path, exc)
-                return None
-
-        if not self.store.is_local:
-            return {p: parsed(p, raw) for p, raw in self.store.read_all(folder, ".json").items()}
-        stats = _local_stats(folder.path, ".json")
-        seen.update(stats)
-        stale = [p for p, st in stats.items() if self._files.get(p, (None, None))[0] != st]
-        for path, raw in self.store.read_many([UPath(p) for p in stale]).items():
-            self._files[path] = (stats[path], parsed(path, raw))
-        return {p: self._files[p][1] for p in stats if p in self._files}
-
-    def _records(
-        self, seen: dict[str, tuple[int, int, int]]
-    ) -> Iterable[tuple[tuple[tuple[str, ...], str], ImageRecord]]:
-        root = str(self.store.root).rstrip("/")
-        try:
-            children = [c for c in self.store.root.iterdir() if c.is_dir()]
-        except FileNotFoundError:
-            return
-        for child in sorted(children, key=lambda c: c.name):
-            if child.name == LEDGER_DIR or child.name.startswith("."):
-                continue
-            for path, record in self._parsed(child, _provenance, seen).items():
-                if record is not None:
-                    rel = path.replace("\\", "/")[len(root) + 1 : -len(".json")].split("/")
-                    yield (tuple(rel[:-1]), decode_key(rel[-1])), record
-
-    def _entries(self, seen: dict[str, tuple[int, int, int]]) -> Iterable[LedgerEntry]:
-        if not self.store.is_local:
-            yield from self.ledger.iter_entries()
-            return
-        folder = self.ledger.folder()
-        reserved = tuple(os.path.join(folder.path, d) + os.sep for d in (INDEX_DIR, STATE_DIR))
-        for path, entry in sorted(self._parsed(folder, _ledger_entry, seen).items()):
-            if entry is not None and not path.startswith(reserved):
-                yield entry
-
-
-def _provenance(raw: bytes) -> ImageRecord:
-    return from_provenance(_json_object(raw))
-
-
-def _ledger_entry(raw: bytes) -> LedgerEntry:
-    return LedgerEntry.from_json(_json_object(raw))
-
-
-def _local_stats(folder: str, suffix: str) -> dict[str, tuple[int, int, int]]:
-    """``{path: (mtime_ns, size, inode)}`` of the files under ``folder`` ending with ``suffix``;
-    hidden files (temp files of writes in flight) and symlinked folders are skipped. The store
-    writes by renaming a new file over the old one, so a rewritten file always has a new inode,
-    even within the filesystem's timestamp granularity."""
-    out: dict[str, tuple[int, int, int]] = {}
-    todo = [folder]
-    while todo:
-        try:
-            listing = os.scandir(todo.pop())
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        with listing:
-            for entry in listing:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        todo.append(entry.path)
-                    elif entry.name.endswith(suffix):
-                        st = entry.stat(follow_symlinks=False)
-                        out[entry.path] = (st.st_mtime_ns, st.st_size, st.st_ino)
-                except FileNotFoundError:
-                    continue
-    return out
 
 
 def read_image(store: ImageStore, item: GalleryItem) -> tuple[StoredImage, bytes] | None:
@@ -450,10 +365,3 @@ def read_image(store: ImageStore, item: GalleryItem) -> tuple[StoredImage, bytes
             return None
     data = store.read_bytes_or_none(found.path)
     return None if data is None else (found, data)
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    value = json.loads(raw)
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    return value
