@@ -9,7 +9,7 @@ image is stored. Partitions that fail are listed in a ``dagster.Failure`` at the
 ones stay materialized, and a re-run of the failed ones does only those.
 
 Why no output: Dagster's IO managers cannot write one output per partition of a range, so the
-asset writes through :class:`~zimage_dagster.storage.ImageStore` itself and yields no ``Output``
+asset writes through :class:`~zimage_dagster.engine.store.ImageStore` itself and yields no ``Output``
 (one materialization per partition, with its own metadata). Dagster skips downstream steps *in the
 same run* of an asset that yields no output, so downstream assets (a contact sheet...) run in
 their own runs: an automation condition, a sensor, or a second job. They load images with

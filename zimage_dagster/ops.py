@@ -1,7 +1,7 @@
 """Op building blocks: generate images for prompt rows inside an op-based job.
 
 For pipelines written with ops rather than assets. The ops reuse the batch engine
-(:class:`~zimage_dagster.batch.BatchGenerator`), the image store, the task ledger and the per-image
+(:class:`~zimage_dagster.engine.batch.BatchGenerator`), the image store, the task ledger and the per-image
 metadata of the asset factory, so an image made by an op is stored, traced and shown exactly like
 one made by :func:`~zimage_dagster.build_image_assets`:
 
@@ -11,7 +11,7 @@ one made by :func:`~zimage_dagster.build_image_assets`:
   through :meth:`ZImageResource.async_client() <zimage_dagster.ZImageResource.async_client>`,
   logs an ``AssetMaterialization(asset_key, partition=row key, metadata=...)`` for each stored
   image the moment it is stored, and returns the records (plain dicts, the provenance layout of
-  :func:`~zimage_dagster.metadata.to_provenance`). Rows that produced no image are listed in a
+  :func:`~zimage_dagster.engine.provenance.to_provenance`). Rows that produced no image are listed in a
   ``dagster.Failure`` at the end (``allow_retries`` only when every failure is retryable): the
   stored images stay materialized, and a re-run reuses them at no cost.
 

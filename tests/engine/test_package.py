@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import pkgutil
 import random
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
 import zimage_dagster.engine as engine_pkg
-from tests._imports import module_imports
 from zimage_dagster.engine.keys import partition_key, storage_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -22,30 +17,6 @@ PACKAGE_DIR = Path(engine_pkg.__file__).parent
 MODULES = [
     name for _, name, _ in pkgutil.iter_modules(engine_pkg.__path__, "zimage_dagster.engine.")
 ]
-
-
-@pytest.mark.parametrize("path", sorted(PACKAGE_DIR.glob("*.py")), ids=lambda p: p.name)
-def test_no_dagster_import(path: Path) -> None:
-    for module in module_imports(path):
-        assert module.split(".")[0] not in ("dagster", "dagster_shared"), f"{path.name}: {module}"
-        if module.startswith("zimage_dagster"):
-            # The engine reads the client and the dataset rows, never the Dagster layer.
-            allowed = module.startswith(
-                ("zimage_dagster.engine", "zimage_dagster.api", "zimage_dagster.dataset")
-            )
-            assert allowed, f"{path.name} imports {module}"
-
-
-def test_importing_the_engine_loads_no_dagster() -> None:
-    code = (
-        "import sys\n"
-        + "".join(f"import {name}\n" for name in MODULES)
-        + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dagster', 'dagster_shared')))\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_the_codec_is_reversible_for_any_key() -> None:

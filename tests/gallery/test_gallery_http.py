@@ -276,13 +276,6 @@ def test_the_console_script_prints_its_url_first_and_serves(run: StoredRun, tmp_
         process.wait(timeout=30)
 
 
-def test_the_gallery_process_imports_no_dagster() -> None:
-    """The gallery reads the store through the engine alone: a small process (see make bench)."""
-    code = "import sys, zimage_dagster.gallery.cli; print('dagster' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_a_local_rebuild_reads_only_what_changed(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
     ledger = TaskLedger(store)

@@ -1,7 +1,7 @@
 """Prompt datasets: CSV, JSON Lines, JSON, Parquet or Python lists -> validated rows with stable keys.
 
 The layer below the engine: it reads the client's rules (``zimage_dagster.api``) and nothing else
-of this package, neither Dagster nor the engine (``tests/test_layers.py`` guards it).
+of this package, neither Dagster nor the engine (``tests/test_architecture.py`` guards it).
 
 Columns: ``prompt`` (required), ``key`` (optional partition key), ``size``, ``seed``, ``nsfw_check``;
 any other column is carried in ``PromptRow.extra`` (and later into metadata). Known column names are

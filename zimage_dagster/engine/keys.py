@@ -13,8 +13,11 @@ always leads back to the exact partition key:
 Keys without ``|``, ``~`` or ``__`` (every dataset key and date) are stored as they are.
 
 Only the image store and the ledger call :func:`storage_key` (they take partition keys and
-encode them when they build a path); everything else, the ledger entries and provenance records
-included, holds the partition key itself.
+encode them when they build a path) and :func:`partition_key` (they read their file names back:
+:meth:`ImageStore.records <zimage_dagster.engine.store.ImageStore.records>`,
+:meth:`TaskLedger.entries <zimage_dagster.engine.ledger.TaskLedger.entries>`); everything else, the
+gallery and the sensors included, asks them, and the ledger entries and provenance records hold
+the partition key itself.
 
 >>> storage_key("2026-01-01|hero")
 '2026-01-01__hero'
