@@ -152,9 +152,12 @@ def test_a_kept_cache_rereads_only_what_changed(tmp_path: Path) -> None:
     for n, key in enumerate(("a", "b", "c"), start=1):
         _save(store, HERO, key, n)
         _submit(ledger, HERO, key, n)
+    _submit(ledger, NESTED, "a", 9)  # a nested asset's entry: not one of hero's
     records, entries = ScanCache(), ScanCache()
     before = {r.partition_key: r for r in store.records(HERO, cache=records)}
     first = {e.partition_key: e for e in ledger.entries(HERO, cache=entries)}
+    assert [e.seed for e in first.values()] == [1, 2, 3]
+    assert ledger.entries(HERO, statuses=[]) == []
     _save(store, HERO, "b", 20)
     store.delete(HERO, "c")
     ledger.mark_failed(HERO, "a", _task(1), "content_policy_violation", "no")

@@ -523,38 +523,30 @@ class TaskLedger:
         statuses: Iterable[LedgerStatus | str] | None = None,
         cache: ScanCache | None = None,
     ) -> list[LedgerEntry]:
-        """Every readable entry (of one asset, or all), optionally only those with the given
-        statuses, in path order. Read-only: for readers that must never write (the gallery).
-
-        Unlike :meth:`iter_entries`, an unreadable file is left as it is and skipped (logged at
-        debug level): no repair, no move aside. The entries of one asset exclude those of assets
-        nested under its key. With a :class:`~zimage_dagster.engine.scan.ScanCache` kept between
-        calls, a local ledger reads only the entries that changed since.
+        """Every readable entry of one asset (not of assets nested under it) or of all, in path
+        order, optionally only those with the given statuses. Read-only, unlike
+        :meth:`iter_entries`: an unreadable file is skipped (logged), never repaired. With a
+        :class:`~zimage_dagster.engine.scan.ScanCache` kept between calls, a local ledger reads
+        only the entries that changed since.
 
         >>> import tempfile
         >>> ledger = TaskLedger(tempfile.mkdtemp())
-        >>> _ = ledger.record_submitted("hero", "fox", task_id="task-unified-1-aaaaaaaa",
-        ...                             request={"prompt": "a fox", "seed": 42})
+        >>> _ = ledger.record_submitted("hero", "fox", task_id="t-1", request={"prompt": "p", "seed": 4})
         >>> [(e.asset_name, e.partition_key, e.status.value) for e in ledger.entries()]
         [('hero', 'fox', 'submitted')]
         """
         wanted = None if statuses is None else {LedgerStatus(s) for s in statuses}
+        parts = None if asset is None else _ledger_asset_parts(asset)
+        root = self.folder()
+        folders = [self.folder(parts)] if parts else self.store.subfolders(root)
         scan = cache if cache is not None else ScanCache()
-        if asset is not None:
-            folders = [self.folder(asset)]
-        else:
-            folders = [f for f in self.store.subfolders(self.folder()) if f.name not in _RESERVED]
-        found: list[LedgerEntry] = []
-        for folder in folders:
-            inside = str(folder).replace("\\", "/").rstrip("/") + "/"
-            read = scan.read(self.store, folder, ".json", _parse_entry, kind="ledger entries")
-            for path, entry in read.items():
-                if entry is None or (wanted is not None and entry.status not in wanted):
-                    continue
-                if asset is not None and "/" in path.replace("\\", "/")[len(inside) :]:
-                    continue  # a nested asset's entry
-                found.append(entry)
-        return found
+        return [
+            e
+            for folder in folders
+            if parts or folder.name not in _RESERVED
+            for e in scan.read(self.store, folder, ".json", _parse_entry, kind="entries").values()
+            if e and (not parts or e.asset == parts) and (wanted is None or e.status in wanted)
+        ]
 
     def _entry_of_file(self, relative: str) -> LedgerEntry | None:
         """Re-read (and so repair) the entry at ``<asset...>/<stem>.json`` under the ledger."""
