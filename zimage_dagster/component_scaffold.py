@@ -64,12 +64,14 @@ attributes:
 
   # static (a partition per row) | dynamic (keys added at run time) | daily (date x prompt)
   partitioning: static
-  # dataset_sensor: true                # partitioning: dynamic only: a sensor (created stopped)
-  #                                      # adds new dataset keys as partitions and requests them
-  # daily_start_date: "2026-01-01"      # partitioning: daily only
-  # schedule:                            # partitioning: daily only (created stopped)
+  # dataset_sensor: true                # partitioning: dynamic only: a sensor that adds new
+  #                                      # dataset keys as partitions and requests them
+  # daily_start_date: "2026-12-01"      # partitioning: daily only, and required there
+  # schedule:                            # partitioning: daily only
   #   cron: "0 6 * * *"
   #   timezone: UTC                      # also the time zone of the daily partitions
+  # default_status: stopped              # the dataset sensor / schedule start stopped (each
+  #                                      # tick can start paid generation) | running
 
   # Size for rows without one: 1:1 2:3 3:2 3:4 4:3 9:16 16:9 1:2 2:1, or WxH (376..1536 a side).
   default_size: "1:1"

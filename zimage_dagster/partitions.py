@@ -44,7 +44,7 @@ def partitions_def_for(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Parti
                 # end_offset=1: today's partition exists from midnight, so the morning
                 # schedule can ask for today's image (without it the newest is yesterday's).
                 DATE_DIMENSION: dg.DailyPartitionsDefinition(
-                    start_date=spec.daily_start_date,
+                    start_date=spec.first_day,
                     timezone=spec.timezone,
                     end_offset=1,
                 ),

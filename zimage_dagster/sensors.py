@@ -159,6 +159,9 @@ def build_task_status_sensor(
         "clock": clock,
     }
     ordering: list[dg.PartitionsDefinition] = [partitions_def] if partitions_def else []
+    # Polls that found a task still open, kept across ticks (in the code server's memory) so
+    # that the ledger records how many polls each task took; only open tasks are held.
+    open_polls: dict[str, int] = {}
 
     def partitions() -> dg.PartitionsDefinition:
         if not ordering:  # built once, when first needed
@@ -184,6 +187,7 @@ def build_task_status_sensor(
             TaskLedger(_store(spec), clock=clock),
             spec.asset_key.path,
             logger=context.log,
+            open_polls=open_polls,
             **watcher_options,
         )
 
@@ -596,7 +600,11 @@ def automation_definitions(
       ``dataset_sensor`` is false), in either mode: the prompt-dataset sensor;
     - ``schedule`` (daily partitioning): ``<asset>_schedule``, built from the job by
       ``dagster.build_schedule_from_partitioned_job`` at the schedule's hour and minute, in the
-      partitions' time zone, stopped by default.
+      partitions' time zone.
+
+    The prompt-dataset sensor and the schedule start as ``spec.default_status`` says (stopped
+    by default: their ticks start paid generation); the task-status sensor starts running (it
+    only collects tasks already paid for).
 
     The options are passed to the sensor builders (intervals, budgets, default status);
     ``partitions_def`` (the asset's) orders the partitions of the collect runs' ranges.
@@ -606,7 +614,8 @@ def automation_definitions(
         options = {"partitions_def": partitions_def, **dict(task_status_options or {})}
         sensors.append(build_task_status_sensor(spec, job.name, **options))
     if spec.wants_dataset_sensor:
-        sensors.append(build_prompt_dataset_sensor(spec, job.name, **dict(dataset_options or {})))
+        options = {"default_status": spec.sensor_status, **dict(dataset_options or {})}
+        sensors.append(build_prompt_dataset_sensor(spec, job.name, **options))
     schedules: list[Any] = []
     if spec.schedule is not None:
         hour, minute = spec.schedule.hour_and_minute
@@ -616,6 +625,7 @@ def automation_definitions(
                 name=f"{spec.asset_name}_schedule",
                 hour_of_day=hour,
                 minute_of_hour=minute,
+                default_status=spec.schedule_status,
                 description=(
                     "Generates the day's image of every prompt (one run per prompt, run key = "
                     "partition key)."

@@ -221,8 +221,13 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         default=None,
         description="With partitioning: dynamic, the partitions' name (default: <asset_name>_prompts).",
     )
-    daily_start_date: str = Field(
-        default="2026-01-01", description="With partitioning: daily, the first date (YYYY-MM-DD)."
+    daily_start_date: str | None = Field(
+        default=None,
+        description=(
+            "With partitioning: daily (and required there), the first date of the partitions "
+            "(YYYY-MM-DD): every day from it to today is a partition of every prompt, to fill."
+        ),
+        examples=["2026-12-01"],
     )
     default_size: str | None = Field(
         default=None,
@@ -270,15 +275,27 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
     dataset_sensor: bool | None = Field(
         default=None,
         description=(
-            "With partitioning: dynamic, the prompt-dataset sensor (created stopped: turning it "
-            "on starts paid generation) adds the dataset's new keys as partitions, requests "
+            "With partitioning: dynamic, the prompt-dataset sensor (stopped unless "
+            "default_status: running: it starts paid generation) adds the dataset's new keys as partitions, requests "
             "their runs and regenerates changed prompts. Default: on when partitioning is "
             "dynamic and prompts is a file or URL."
         ),
     )
     schedule: ScheduleSettings | None = Field(
         default=None,
-        description="With partitioning: daily, a schedule (stopped by default): {cron, timezone}.",
+        description=(
+            "With partitioning: daily, a schedule (stopped unless default_status: running): "
+            "{cron, timezone}."
+        ),
+    )
+    default_status: Literal["stopped", "running"] = Field(
+        default="stopped",
+        description=(
+            "Whether the asset's prompt-dataset sensor (partitioning: dynamic) and its daily "
+            "schedule start running when the code location loads. stopped (the default): turn "
+            "them on in the UI, since each tick can start paid generation; running: they start "
+            "at once."
+        ),
     )
     pool: str | None = Field(
         default="zimage",
@@ -467,7 +484,9 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
 
     @field_validator("daily_start_date")
     @classmethod
-    def _date(cls, value: str) -> str:
+    def _date(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
         try:
             datetime.date.fromisoformat(value)
         except ValueError:
@@ -476,6 +495,14 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
 
     @model_validator(mode="after")
     def _coherent(self) -> ImageAssetSpec:
+        if self.partitioning == "daily" and self.daily_start_date is None:
+            # No default: a fixed date would silently open every day since then as a missing
+            # partition to pay for, and "today" would change the partitions on every load.
+            raise ValueError(
+                "daily_start_date is required with partitioning: daily: the first date of the "
+                "partitions, e.g. daily_start_date: '2026-12-01' (every day from it is a "
+                "partition of every prompt)"
+            )
         if self.schedule is not None and self.partitioning != "daily":
             raise ValueError(
                 f"schedule needs partitioning: daily (got partitioning: {self.partitioning})"
@@ -524,6 +551,23 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
     def storage_root(self) -> str:
         """Where images go: ``storage``, else ``$ZIMAGE_STORAGE_URL``, else ``zimage_output``."""
         return resolve_storage(self.storage)
+
+    @property
+    def first_day(self) -> str:
+        """``daily_start_date`` of a daily asset (the validation makes it present)."""
+        if self.daily_start_date is None:
+            raise ValueError(f"{self.asset_name}: daily_start_date is not set")
+        return self.daily_start_date
+
+    @property
+    def sensor_status(self) -> dg.DefaultSensorStatus:
+        """``default_status`` of the prompt-dataset sensor."""
+        return dg.DefaultSensorStatus(self.default_status.upper())
+
+    @property
+    def schedule_status(self) -> dg.DefaultScheduleStatus:
+        """``default_status`` of the daily schedule."""
+        return dg.DefaultScheduleStatus(self.default_status.upper())
 
     @property
     def timezone(self) -> str:

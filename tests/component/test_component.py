@@ -193,7 +193,7 @@ def test_unset_resource_fields_keep_the_resource_defaults() -> None:
     [
         ("static", {}, dg.StaticPartitionsDefinition),
         ("dynamic", {"dynamic_partitions_name": "poster_prompts"}, dg.DynamicPartitionsDefinition),
-        ("daily", {}, dg.MultiPartitionsDefinition),
+        ("daily", {"daily_start_date": "2026-01-01"}, dg.MultiPartitionsDefinition),
     ],
 )
 def test_partitioning(partitioning: str, extra: dict[str, Any], expected: type) -> None:

@@ -768,7 +768,12 @@ def test_daily_by_prompt_partitions_store_per_day_with_per_day_seeds(
 
 def test_daily_schedule_requests_one_run_per_prompt_for_the_ticks_date(tmp_path: Path) -> None:
     images = build_image_assets(
-        "daily", rows(3), storage=tmp_path, partitioning="daily", schedule={"cron": "0 6 * * *"}
+        "daily",
+        rows(3),
+        storage=tmp_path,
+        partitioning="daily",
+        daily_start_date="2026-01-01",
+        schedule={"cron": "0 6 * * *"},
     )
     defs = dg.Definitions.merge(images, dg.Definitions(resources={"zimage": ZImageResource()}))
     tick = dt.datetime(2026, 3, 4, 6, 0, tzinfo=dt.timezone.utc)

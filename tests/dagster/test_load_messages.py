@@ -34,7 +34,11 @@ def test_loading_the_plugin_warns_about_nothing(tmp_path: Path) -> None:
         defs = dg.Definitions.merge(
             build_image_assets("hero", [{"prompt": "a fox"}], storage=tmp_path / "a"),
             build_image_assets(
-                "daily", [{"prompt": "a cat"}], partitioning="daily", storage=tmp_path / "b"
+                "daily",
+                [{"prompt": "a cat"}],
+                partitioning="daily",
+                daily_start_date="2026-01-01",
+                storage=tmp_path / "b",
             ),
             build_image_assets(
                 "later", [{"prompt": "a dog"}], mode="deferred", storage=tmp_path / "c"

@@ -56,7 +56,9 @@ def _csv(path: Path, keys: list[str]) -> Path:
 
 def test_1_io_manager_loads_a_daily_partition(tmp_path: Path) -> None:
     images = image_asset(
-        build_image_assets("daily", rows(1), storage=tmp_path, partitioning="daily")
+        build_image_assets(
+            "daily", rows(1), storage=tmp_path, partitioning="daily", daily_start_date="2026-01-01"
+        )
     )
     key = "2026-01-01|p0"
     png = tmp_path / "img.png"
@@ -132,7 +134,12 @@ def test_5_a_row_added_after_load_does_not_fail_the_daily_schedule(tmp_path: Pat
     csv = _csv(tmp_path / "daily.csv", ["a", "b"])
     defs = dg.Definitions.merge(
         build_image_assets(
-            "daily", csv, storage=tmp_path, partitioning="daily", schedule={"cron": "0 6 * * *"}
+            "daily",
+            csv,
+            storage=tmp_path,
+            partitioning="daily",
+            daily_start_date="2026-01-01",
+            schedule={"cron": "0 6 * * *"},
         ),
         dg.Definitions(resources={"zimage": ZImageResource()}),
     )

@@ -306,7 +306,7 @@ def test_expired_result_is_regenerated_inside_the_collect_run(
 def test_multi_partition_keys_map_back(
     tmp_path: Path, emulator: EmulatorServer, instance: dg.DagsterInstance
 ) -> None:
-    spec = make_spec(tmp_path, ROWS[:1], partitioning="daily")
+    spec = make_spec(tmp_path, ROWS[:1], partitioning="daily", daily_start_date="2026-01-01")
     resource = make_resource(emulator)
     ledger = ledger_of(spec)
     job = jobs_for(ROWS[:1])[0]
