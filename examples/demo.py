@@ -24,6 +24,7 @@ Run it with ``python -m examples.demo`` from the repository root.
 import os
 import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Mapping
 from contextlib import ExitStack
@@ -149,11 +150,13 @@ def _clip(text: str, width: int) -> str:
 
 
 def _table(rows: list[Row], width: int = TABLE_WIDTH) -> str:
-    """The rows as a table of at most ``width`` columns; the prompt column takes what is left.
+    """The rows as a table of at most ``width`` columns; the prompt column takes what is left
+    and each prompt is shown whole, wrapped onto as many lines as it needs.
 
     >>> row = Row("fox-kit", "8", "task-unified-1796068288-cj00uwp8", "1024x1024", "new", "a fox " * 40)
-    >>> print(max(len(line) for line in _table([row]).splitlines()))
-    120
+    >>> lines = _table([row]).splitlines()
+    >>> max(len(line) for line in lines), " ".join(lines[2:]).split().count("fox")
+    (120, 40)
     """
     headers = Row("partition", "seed", "task ID", "size", "status", "prompt")
     fixed = [
@@ -163,11 +166,14 @@ def _table(rows: list[Row], width: int = TABLE_WIDTH) -> str:
     widths = [max(len(row[i]) for row in fixed) for i in range(5)]
     prompt_width = max(10, width - sum(widths) - 2 * len(widths))
     lines = []
+    indent = " " * (sum(widths) + 2 * len(widths))
     for i, (cells, row) in enumerate(zip(fixed, [headers, *rows], strict=True)):
-        texts = [*cells, _clip(row.prompt, prompt_width)]
+        prompt = textwrap.wrap(" ".join(row.prompt.split()), prompt_width) or [""]
+        texts = [*cells, prompt[0]]
         lines.append(
             "  ".join(c.ljust(w) for c, w in zip(texts, [*widths, 0], strict=True)).rstrip()
         )
+        lines += [indent + more for more in prompt[1:]]
         if i == 0:
             lines.append("  ".join("-" * w for w in [*widths, prompt_width]))
     return "\n".join(lines)

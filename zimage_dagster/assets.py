@@ -258,7 +258,18 @@ def _with_gallery_link(description: str, gallery: str | None, key: dg.AssetKey) 
 
 
 def _describe_source(source: PromptSource, dataset: PromptDataset) -> str:
-    return source if isinstance(source, str) else dataset.source
+    """Where the prompts come from, as the UI shows it (markdown: a ``<python>`` label would
+    be taken for an HTML tag and vanish).
+
+    >>> from zimage_dagster.prompts import load_prompts
+    >>> _describe_source([{"prompt": "a fox"}], load_prompts([{"prompt": "a fox"}]))
+    '1 prompt(s) listed in the code'
+    """
+    if isinstance(source, str):
+        return source
+    if dataset.source.startswith("<"):
+        return f"{len(dataset.rows)} prompt(s) listed in the code"
+    return dataset.source
 
 
 def _dep(dep: Any) -> Any:

@@ -6,9 +6,10 @@ fresh event loop, and records an ``AssetMaterialization`` (with the image's meta
 thumbnail) the moment each image is stored; in deferred mode (``StepOptions.deferred``) it runs a
 deferred submit (:func:`submit_deferred`: :func:`~zimage_dagster.engine.submit.submit_jobs` from
 synchronous code) and materializes the partitions whose identical image was already stored.
-Either way it ends by recording the credits the step spent (tasks created, credits reserved,
-credits of failed tasks) in the run log and on a run-level ``AssetObservation`` of the asset
-(:func:`~zimage_dagster.metadata.usage_metadata`).
+Either way the engine logs the credits the step spent (tasks created, credits reserved,
+credits of failed tasks) once, and the step records them on a run-level ``AssetObservation`` of
+the asset (:func:`~zimage_dagster.metadata.usage_metadata`); a blocking step also logs how many
+images it generated, reused and failed to make (:func:`made_and_reused`).
 
 Example::
 
@@ -49,7 +50,7 @@ from zimage_dagster.gallery.links import materialization_url
 from zimage_dagster.metadata import image_metadata, usage_metadata
 from zimage_dagster.resource import ZImageResource
 
-__all__ = ["StepOptions", "run_in_step", "submit_deferred"]
+__all__ = ["StepOptions", "made_and_reused", "run_in_step", "submit_deferred"]
 
 StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -159,9 +160,8 @@ class StepOptions:
 
 
 def _record_usage(context: StepContext, asset_key: dg.AssetKey, report: BatchReport) -> None:
-    """The step's spend: a line in the run log and a run-level observation of the asset."""
+    """The step's spend as a run-level observation of the asset (the engine logs its line)."""
     usage = report.usage
-    context.log.info(f"credits of {asset_key.to_user_string()} in this step: {usage.summary()}")
     context.log_event(
         dg.AssetObservation(
             asset_key=asset_key,
@@ -169,6 +169,17 @@ def _record_usage(context: StepContext, asset_key: dg.AssetKey, report: BatchRep
             metadata=usage_metadata(usage),
         )
     )
+
+
+def made_and_reused(report: BatchReport) -> str:
+    """How many images a blocking step generated, reused and failed to make.
+
+    >>> made_and_reused(BatchReport())
+    '0 image(s) generated, 0 reused, 0 failed'
+    """
+    reused = sum(1 for s in report.successes if s.record.reused)
+    made = len(report.successes) - reused
+    return f"{made} image(s) generated, {reused} reused, {len(report.failures)} failed"
 
 
 def run_in_step(
@@ -232,14 +243,16 @@ def run_in_step(
                 _record(context, asset_key, success, options.gallery_url)
         else:
             context.log.info(
-                f"generating {len(jobs)} image(s) of {asset_key.to_user_string()} with up to "
-                f"{resource.concurrency} task(s) in flight"
+                f"materializing {len(jobs)} partition(s) of {asset_key.to_user_string()}: "
+                "images stored for the identical request are reused, the others generated with "
+                f"up to {resource.concurrency} task(s) in flight"
             )
             try:
                 report = asyncio.run(generate())
             finally:
                 events.drain()
             events.check()
+            context.log.info(f"{asset_key.to_user_string()}: {made_and_reused(report)}")
     _record_usage(context, asset_key, report)
     return report
 

@@ -88,6 +88,7 @@ from zimage_dagster.engine.outcome import (
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import AssetLike, ImageStore, asset_parts
 from zimage_dagster.engine.thumbnails import make_thumbnail
+from zimage_dagster.engine.watcher import collected_record
 
 __all__ = ["BatchGenerator"]
 
@@ -447,6 +448,7 @@ class BatchGenerator:
             created_at=float(task.created) if task.created else time.time(),
             extra=dict(job.row.extra),
         )
+        record = collected_record(record, entry, task.created)  # a deferred task's own story
         self.store.save(
             self.asset,
             job.partition_key,

@@ -33,6 +33,8 @@ Ledger conventions (``LedgerEntry.extra``) of deferred entries:
 - ``regenerated``: the task replaces one whose result link expired.
 - ``handled_at``: a failure was reported (reported once).
 - ``via``: ``"callback"`` when the callback receiver recorded the result.
+- ``completed_at``: when the task's end was first seen (a tick's poll, the callback);
+  ``polls``: the status requests the sensor made of the task (none when a callback settled it).
 
 Example:
     >>> import asyncio, tempfile
@@ -55,7 +57,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from zimage_dagster.api import (
@@ -68,6 +70,7 @@ from zimage_dagster.api import (
 )
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import Log
+from zimage_dagster.engine.provenance import ImageRecord
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
 __all__ = [
@@ -203,6 +206,9 @@ class TaskWatcher:
         max_active_runs: collect runs queued or running at once; while that many are, ready
             partitions wait for a later tick (and a bigger batch).
         clock: unix seconds (tests pass a shifted clock to simulate a day passing).
+        open_polls: status requests that found a task still open, by task ID; give the same
+            mapping to every tick (the sensor keeps it) and the ledger records, when the task
+            ends, how many polls it took (``extra["polls"]``): its image's ``polls`` metadata.
     """
 
     def __init__(
@@ -221,6 +227,7 @@ class TaskWatcher:
         max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
         clock: Callable[[], float] = time.time,
         logger: Log | None = None,
+        open_polls: dict[str, int] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -239,6 +246,7 @@ class TaskWatcher:
         self.max_active_runs = max_active_runs
         self.clock = clock
         self.log: Log = logger or log
+        self.open_polls: dict[str, int] = {} if open_polls is None else open_polls
         self._asked: set[str] = set()  # batches asked for whose run does not exist yet
 
     async def tick(
@@ -344,6 +352,7 @@ class TaskWatcher:
             task = await asyncio.wait_for(client.get_task(entry.task_id), timeout=remaining)
         except NotFoundError:
             report.polled += 1
+            self.open_polls.pop(entry.task_id, None)
             return await self._write(
                 self.ledger.mark_failed,
                 entry,
@@ -360,9 +369,14 @@ class TaskWatcher:
             report.errors.append(f"{entry.task_id}: {type(exc).__name__}: {exc}")
             return None
         report.polled += 1
-        return await self._record_end(entry, task)
+        if not task.is_terminal:
+            self.open_polls[task.id] = self.open_polls.get(task.id, 0) + 1
+            return None
+        return await self._record_end(entry, task, polls=self.open_polls.pop(task.id, 0) + 1)
 
-    async def _record_end(self, entry: LedgerEntry, task: Task) -> LedgerEntry | None:
+    async def _record_end(
+        self, entry: LedgerEntry, task: Task, *, polls: int | None = None
+    ) -> LedgerEntry | None:
         return await asyncio.to_thread(
             record_end,
             self.ledger,
@@ -371,6 +385,7 @@ class TaskWatcher:
             task,
             clock=self.clock,
             logger=self.log,
+            polls=polls,
         )
 
     def _decide(
@@ -529,9 +544,11 @@ def record_end(
     *,
     clock: Callable[[], float] = time.time,
     logger: Log = log,
+    polls: int | None = None,
 ) -> LedgerEntry | None:
     """Write what a status answer showed of ``task``'s end to its ledger entry: ``completed``
-    (with ``extra["completed_at"]``) or ``failed`` (the task's error code and message). Returns
+    (with ``extra["completed_at"]``, and ``extra["polls"]``, the status requests the task took,
+    when the caller counted them) or ``failed`` (the task's error code and message). Returns
     the entry as written; ``None`` when the task has not ended, or the entry has moved on to
     another task. Safe against a concurrent writer (a sensor tick, the callback receiver): a
     compare-and-set that never moves a status back. The task watcher and the deferred submit
@@ -553,7 +570,7 @@ def record_end(
             partition_key,
             task.id,
             LedgerStatus.COMPLETED,
-            extra={"completed_at": clock()},
+            extra={"completed_at": clock(), **({} if polls is None else {"polls": polls})},
         )
     if task.is_failed:
         code = str(task.error.code) if task.error and task.error.code else "unknown_error"
@@ -562,6 +579,42 @@ def record_end(
             logger, ledger.mark_failed, asset, partition_key, task.id, code, message
         )
     return None
+
+
+def collected_record(
+    record: ImageRecord, entry: LedgerEntry | None, created: int | None
+) -> ImageRecord:
+    """The record of an image a collect run stored for a deferred task, told as it happened.
+
+    The collect run found the task already finished (it re-attached to it), so what its own
+    wait saw (``reused``, no poll, a few milliseconds) is not the image's story: the task was
+    made for this partition (``reused: false``), polled by the sensor (``entry.extra["polls"]``,
+    plus any request of the run), and took from its creation (``created``, unix s) to its end as
+    first seen (``completed_at``): ``generating_s``, queue included (``queued_s`` is unknown: no
+    one saw it start). Any other record (a blocking run's, a reused image's) is returned as is.
+
+    >>> entry = LedgerEntry(("a",), "fox", "t", 1, "f", {}, LedgerStatus.COLLECTED, 1000, 1010,
+    ...                     extra={"deferred": True, "completed_at": 1009.5, "polls": 2})
+    >>> r = collected_record(ImageRecord(seed=1, task_id="t", prompt="p", reused=True), entry, 1000)
+    >>> r.reused, r.polls, r.queued_s, r.generating_s
+    (False, 2, None, 9.5)
+    """
+    if entry is None or entry.task_id != record.task_id or not entry.extra.get("deferred"):
+        return record
+    if not record.reused:
+        return record
+    completed_at = entry.extra.get("completed_at")
+    polls = entry.extra.get("polls")
+    span = None
+    if isinstance(completed_at, int | float) and created:
+        span = round(max(float(completed_at) - created, 0.0), 3)
+    return replace(
+        record,
+        reused=False,
+        polls=record.polls + (polls if isinstance(polls, int) else 0),
+        queued_s=None,
+        generating_s=span,
+    )
 
 
 def batch_digest(items: Iterable[tuple[str, int]]) -> str:
