@@ -4,13 +4,27 @@ step's log (generated vs reused, the credits line once)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from tests.sensors._support import (
+    ROWS as ROWS_DEFERRED,
+)
+from tests.sensors._support import (
+    execute_request,
+    jobs_for,
+    ledger_of,
+    make_defs,
+    make_resource,
+    make_spec,
+    tick,
+)
 from zimage_dagster import ZImageResource, build_image_assets
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.step import submit_deferred
 
 ROWS = [{"key": "fox", "prompt": "a red fox"}, {"key": "tea", "prompt": "a cup of tea"}]
 
@@ -84,3 +98,34 @@ def test_the_log_says_generated_and_reused_and_credits_once(
     for messages in (first, second):
         assert sum("credits of imgs" in m for m in messages) == 1, messages
     assert emulator.stats()["tasks_created"] == 2
+
+
+def test_a_deferred_image_tells_its_own_story(tmp_path: Path, emulator: EmulatorServer) -> None:
+    """Collected by the sensor's run, the image says what happened to its task: made for it
+    (not reused), polled twice by the sensor (once running, once done), and how long the task
+    took from its creation to its end as first seen (not the collect run's few milliseconds)."""
+    emulator.configure(latency_s=3600.0)  # running until the emulator's clock moves
+    spec = make_spec(tmp_path, ROWS_DEFERRED[:1], mode="deferred")
+    resource = make_resource(emulator)
+    defs = make_defs(spec, resource)
+    submitted_at = time.time()
+    submit_deferred(resource, ledger_of(spec), spec.asset_key.path, jobs_for(ROWS_DEFERRED[:1]))
+    sensor = defs.get_sensor_def("cards_task_status")
+    with dg.instance_for_test() as instance:
+        assert not tick(sensor, instance, resource).run_requests  # still running: one poll
+        emulator.advance_clock(3600)
+        second_tick = time.time()
+        [request] = tick(sensor, instance, resource).run_requests  # its end: the second poll
+        seen = time.time()
+        run = execute_request(defs.resolve_job_def("cards_job"), instance, request)
+        assert run.success
+        [record] = instance.fetch_materializations(spec.asset_key, limit=5).records
+    assert record.asset_materialization is not None
+    metadata = {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    assert metadata["reused"] is False
+    assert metadata["polls"] == 2
+    assert "queued_s" not in metadata
+    # From the task's creation (whole seconds) to the end the second tick saw.
+    generating = float(metadata["generating_s"])
+    assert second_tick - submitted_at - 1 <= generating <= seen - submitted_at + 1, generating
+    assert emulator.stats()["tasks_created"] == 1
