@@ -126,6 +126,7 @@ def test_a_deferred_image_tells_its_own_story(tmp_path: Path, emulator: Emulator
     assert metadata["polls"] == 2
     assert "queued_s" not in metadata
     # From the task's creation (whole seconds) to the end the second tick saw.
-    generating = float(metadata["generating_s"])
+    generating = metadata["generating_s"]
+    assert isinstance(generating, float), generating
     assert second_tick - submitted_at - 1 <= generating <= seen - submitted_at + 1, generating
     assert emulator.stats()["tasks_created"] == 1
