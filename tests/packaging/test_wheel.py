@@ -96,6 +96,8 @@ class Venv:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ZIMAGE_", "DAGSTER_"))}
         env.pop("PYTHONPATH", None)
         env.update(PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(self.root))
+        # create-dagster and dg ask PyPI for a newer release: a test talks to loopback only.
+        env.update(DAGSTER_DG_UPDATE_CHECK_ENABLED="0")
         env.update(extra)
         return env
 

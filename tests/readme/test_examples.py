@@ -102,7 +102,7 @@ def test_yaml_blocks_are_all_checked() -> None:
 def dg_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project as `create-dagster project` makes it."""
     root = tmp_path_factory.mktemp("dg")
-    env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env = {**os.environ, "DAGSTER_DISABLE_TELEMETRY": "1", "DAGSTER_DG_UPDATE_CHECK_ENABLED": "0"}
     made = subprocess.run(
         [str(BIN / "create-dagster"), "project", "readme-project", "--no-uv-sync"],
         cwd=root,
@@ -130,6 +130,7 @@ def test_component_yaml_passes_dg_check_defs(
             ZIMAGE_API_KEY="sk-evo-readme",
             DAGSTER_HOME=str(tmp_path),
             DAGSTER_DISABLE_TELEMETRY="1",
+            DAGSTER_DG_UPDATE_CHECK_ENABLED="0",
             PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
             VIRTUAL_ENV=str(BIN.parent),
         )
