@@ -136,6 +136,7 @@ def run_dg(
         "NO_COLOR": "1",
         "COLUMNS": "200",
         "DAGSTER_DISABLE_TELEMETRY": "1",
+        "DAGSTER_DG_UPDATE_CHECK_ENABLED": "0",  # no PyPI look-up: loopback only
         **(env or {}),
     }
     return subprocess.run(
