@@ -5,8 +5,10 @@ the throwaway CA certificate to trust on the third (`curl --cacert PATH`, httpx 
     zimage-emulator --host 127.0.0.1 --port 0 --latency 2 --image-format png --tls
 
 >>> config = build_config(parse_args(["--latency-range", "1", "3", "--failure-rate", "service_error=0.1"]))
->>> config.latency_range_s, config.failure_rates
-((1.0, 3.0), {'service_error': 0.1})
+>>> config.latency_range_s, config.failure_rates, config.load_mode
+((1.0, 3.0), {'service_error': 0.1}, False)
+>>> build_config(parse_args(["--load-mode"])).load_mode
+True
 """
 
 from __future__ import annotations
@@ -117,6 +119,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="accept http://127.0.0.1 callback URLs (tests only)",
     )
     p.add_argument(
+        "--load-mode",
+        action="store_true",
+        default=None,
+        dest="load_mode",
+        help="load-test aid: serve every result from a few stock images per size (rendered once)",
+    )
+    p.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
     return p.parse_args(argv)
@@ -128,6 +137,7 @@ def build_config(args: argparse.Namespace) -> EmulatorConfig:
     for name in (
         "latency_s", "latency_range_s", "pending_share", "random_seed", "api_keys", "result_ttl_s",
         "image_format", "concurrency_cap", "rate_limit_per_s", "initial_credits", "allow_loopback_callbacks",
+        "load_mode",
     ):  # fmt: skip
         value = getattr(args, name)
         if value is not None:

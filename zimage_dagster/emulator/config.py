@@ -117,6 +117,9 @@ class FailureRule:
 class EmulatorConfig:
     """The emulator's settings. Defaults follow the provider's documents where they say something.
 
+    `load_mode` (off by default) serves each result from a small pool of stock images per size
+    (:func:`~zimage_dagster.emulator.render.pooled_key`): for load tests only.
+
     Latency: a task takes `latency_s` seconds, or a seeded random draw in `latency_range_s`
     (`[min, max]`) when that is set; it is `pending` for the first `pending_share` of it, then
     `processing` with progress rising to 100.
@@ -158,6 +161,11 @@ class EmulatorConfig:
     # servers set it to their file origin; None: "http://localhost" (in-process apps only).
     public_files_url: str | None = None
     render_on_create: bool = True
+    # Load mode, a load-test aid: every result is one of a few stock images per size and format
+    # (rendered once, still real images of the requested size behind the same expiring links),
+    # so that the emulator's renders do not bound a benchmark of many thousand tasks. Off: each
+    # task's image is rendered from its own prompt and seed, as the real service would.
+    load_mode: bool = False
     # clock
     clock_offset_s: float = 0.0
     # callbacks
@@ -454,6 +462,7 @@ _CONFIG_CHECKS: dict[str, Check] = {
     "image_format": _one_of(IMAGE_FORMATS),
     "public_files_url": _optional(_url),
     "render_on_create": _boolean,
+    "load_mode": _boolean,
     "clock_offset_s": _number(-MAX_CLOCK_SHIFT_S, MAX_CLOCK_SHIFT_S),
     "callback_timeout_s": _number(0.001),
     "callback_retry_delays_s": _list_of(_number(0.0)),

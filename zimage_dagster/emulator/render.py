@@ -115,6 +115,30 @@ def render_image(prompt: str, seed: int, width: int, height: int, fmt: str) -> b
 
 RenderKey = tuple[str, int, int, int, str]
 
+#: Images per size and format that load mode serves (see :func:`pooled_key`).
+LOAD_POOL_SIZE = 8
+
+
+def pooled_key(key: RenderKey, pool_size: int = LOAD_POOL_SIZE) -> RenderKey:
+    """Load mode: the render of one of ``pool_size`` stock images of the same size and format,
+    chosen from the prompt and seed (the same request always gets the same one).
+
+    A 100,000-task load test then renders ``pool_size`` images per size, not 100,000: the
+    emulator's CPU goes to the API, not to Pillow. Each is still a real image of the requested
+    size in the requested format.
+
+    >>> pooled_key(("a cat", 5, 512, 384, "webp")) == pooled_key(("a cat", 5, 512, 384, "webp"))
+    True
+    >>> len({pooled_key((f"prompt {i}", i, 512, 384, "webp")) for i in range(1000)})
+    8
+    >>> pooled_key(("a cat", 5, 512, 384, "webp"))[2:]
+    (512, 384, 'webp')
+    """
+    prompt, seed, width, height, fmt = key
+    digest = hashlib.sha256(f"{seed}\x00{prompt}".encode()).digest()
+    slot = int.from_bytes(digest[:8], "big") % pool_size
+    return (f"load-mode stock image {slot + 1} of {pool_size}", slot + 1, width, height, fmt)
+
 
 class RenderCache:
     """Renders in worker threads (never on the event loop), caching by (prompt, seed, w, h, format).

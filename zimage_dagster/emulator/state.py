@@ -199,6 +199,7 @@ class EmulatorState:
             files_url=config.public_files_url or DEFAULT_FILES_URL,
             estimated_time=config.estimated_time,
             can_cancel=config.can_cancel,
+            pooled=config.load_mode,
         )
         self.tasks[task.id] = task
         self.files[task.file_name] = task.id

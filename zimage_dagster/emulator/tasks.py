@@ -25,7 +25,7 @@ import string
 from dataclasses import dataclass, field
 from typing import Any
 
-from zimage_dagster.emulator.render import EXTENSIONS, RenderKey
+from zimage_dagster.emulator.render import EXTENSIONS, RenderKey, pooled_key
 from zimage_dagster.emulator.validation import CreateRequest
 
 FILES_PREFIX = "/_files/"
@@ -103,6 +103,8 @@ class Task:
     estimated_time: int
     can_cancel: bool
     callback: CallbackLog | None = None
+    #: Made under load mode: its image is one of a small pool per size (see `pooled_key`).
+    pooled: bool = False
 
     @property
     def created(self) -> int:
@@ -118,7 +120,8 @@ class Task:
     @property
     def render_key(self) -> RenderKey:
         req = self.request
-        return (req.prompt, self.seed, req.width, req.height, self.image_format)
+        key = (req.prompt, self.seed, req.width, req.height, self.image_format)
+        return pooled_key(key) if self.pooled else key
 
     @property
     def file_name(self) -> str:
