@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import resource
@@ -221,6 +222,69 @@ def prompt_rows(n: int, *, prefix: str = "p", size: str | None = None) -> list[d
             row["size"] = size
         rows.append(row)
     return rows
+
+
+def image_asset(name: str, rows: list[dict[str, Any]], root: str) -> Any:
+    """The image asset ``build_image_assets`` makes of ``rows``, storing under ``root/images``."""
+    import dagster as dg
+
+    from zimage_dagster.assets import build_image_assets
+
+    defs = build_image_assets(name, rows, storage=os.path.join(root, "images"))
+    (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
+    return asset
+
+
+def temp_instance(root: str) -> Any:
+    """A temporary sqlite Dagster instance under ``root/dagster_home``."""
+    import dagster as dg
+
+    home = os.path.join(root, "dagster_home")
+    os.makedirs(home, exist_ok=True)
+    return dg.DagsterInstance.local_temp(tempdir=home)
+
+
+#: Dagster's console logger at WARNING: the benchmarks print their own tables.
+QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+def materialize_rows(
+    asset: Any, instance: Any, rows: list[dict[str, Any]], url: str, key: str, concurrency: int = 32
+) -> Any:
+    """One run of ``asset`` over the partitions of ``rows`` (first key to last: a single-run
+    backfill) against the emulator at ``url``; Dagster's ``ExecuteInProcessResult``."""
+    import dagster as dg
+
+    from zimage_dagster.resource import ZImageResource
+
+    return dg.materialize(
+        [asset],
+        instance=instance,
+        resources={"zimage": ZImageResource(api_key=key, base_url=url, concurrency=concurrency)},
+        tags={
+            "dagster/asset_partition_range_start": rows[0]["key"],
+            "dagster/asset_partition_range_end": rows[-1]["key"],
+        },
+        raise_on_error=False,
+        run_config=QUIET,
+    )
+
+
+def run_child(module: str, *args: str, timeout: float = 900) -> dict[str, Any]:
+    """``python -m module *args`` from the repository's root, in a fresh process; returns the JSON
+    object on the last line of its stdout (a benchmark measured without this process's state)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -18,13 +18,21 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from benchmarks._common import ROOT, BenchResult, emulator, max_rss_mib, prompt_rows
+from benchmarks._common import (
+    BenchResult,
+    emulator,
+    image_asset,
+    materialize_rows,
+    max_rss_mib,
+    prompt_rows,
+    run_child,
+    temp_instance,
+)
 
 NAME = "memory"
 TITLE = "3. Memory (peak RSS, 1000 images vs 10)"
@@ -34,30 +42,12 @@ SIZE = "1024x1024"
 
 def child(n: int, url: str, key: str, root: str) -> dict[str, Any]:
     """Runs in the subprocess: one Dagster run over ``n`` partitions."""
-    import dagster as dg
-
-    from zimage_dagster.assets import build_image_assets
-    from zimage_dagster.resource import ZImageResource
 
     rows = prompt_rows(n, prefix=f"m{n}-", size=SIZE)
-    defs = build_image_assets("memory_images", rows, storage=os.path.join(root, "images"))
-    (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
-    home = os.path.join(root, "dagster_home")
-    os.makedirs(home, exist_ok=True)
-    instance = dg.DagsterInstance.local_temp(tempdir=home)
+    asset, instance = image_asset("memory_images", rows, root), temp_instance(root)
     rss_before = max_rss_mib()
     start = time.perf_counter()
-    result = dg.materialize(
-        [asset],
-        instance=instance,
-        resources={"zimage": ZImageResource(api_key=key, base_url=url, concurrency=32)},
-        tags={
-            "dagster/asset_partition_range_start": rows[0]["key"],
-            "dagster/asset_partition_range_end": rows[-1]["key"],
-        },
-        raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-    )
+    result = materialize_rows(asset, instance, rows, url, key)
     wall = time.perf_counter() - start
     images = len(result.get_asset_materialization_events())
     return {
@@ -71,18 +61,7 @@ def child(n: int, url: str, key: str, root: str) -> dict[str, Any]:
 
 
 def _spawn(n: int, url: str, key: str, root: str) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.memory", str(n), url, key, root],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"memory child ({n} images) failed:\n{proc.stderr[-3000:]}")
-    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return out
+    return run_child("benchmarks.memory", str(n), url, key, root)
 
 
 def run(quick: bool = False, context: dict[str, Any] | None = None) -> BenchResult:

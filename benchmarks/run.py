@@ -4,7 +4,8 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred. A full
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred,
+emulator_load, ceiling, executor, planned_events. A full
 run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
@@ -21,12 +22,16 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import (
+    ceiling,
     claims,
     deferred,
     emulator_capacity,
+    emulator_load,
+    executor,
     gallery,
     memory,
     overhead,
+    planned_events,
     polling,
     sensor,
     throughput,
@@ -45,6 +50,10 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     claims.NAME: claims.run,
     gallery.NAME: gallery.run,
     deferred.NAME: deferred.run,
+    emulator_load.NAME: emulator_load.run,
+    ceiling.NAME: ceiling.run,
+    executor.NAME: executor.run,
+    planned_events.NAME: planned_events.run,
 }
 
 

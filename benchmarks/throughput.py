@@ -39,7 +39,15 @@ from typing import Any
 import dagster as dg
 import httpx
 
-from benchmarks._common import ROOT, BenchResult, Stopwatch, emulator, process_cpu_s, prompt_rows
+from benchmarks._common import (
+    QUIET,
+    ROOT,
+    BenchResult,
+    Stopwatch,
+    emulator,
+    process_cpu_s,
+    prompt_rows,
+)
 from zimage_dagster.assets import build_image_assets
 from zimage_dagster.emulator import EmulatorProcess
 from zimage_dagster.engine.batch import BatchGenerator
@@ -59,8 +67,6 @@ CONCURRENCY = 32
 TARGET_VS_PHYSICAL = 1.10
 TARGET_REQUESTS = 3.0
 TARGET_SPEEDUP = 10.0
-#: Dagster's console logger at WARNING: the benchmark prints its own table.
-QUIET: dict[str, Any] = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
 def physical_limit_s(tasks: list[dict[str, Any]], slots: int = CONCURRENCY) -> float:
