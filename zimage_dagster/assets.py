@@ -111,8 +111,16 @@ def build_image_definitions(
             "ignore", message="Parameter `backfill_policy`", category=dg.BetaWarning
         )
         asset_def = _image_asset(spec, dataset, partitions_def)
+    # The job's one step (the image asset) runs in the run's own process: the multiprocess
+    # executor would start a child that imports and loads the code location again before the
+    # step begins, 10 to 35 s before the first task on 2 shared cores (python -m benchmarks.run
+    # executor), for no parallelism a single step could use. A job of one's own over the asset
+    # picks any other executor.
     job = dg.define_asset_job(
-        spec.job_name, selection=dg.AssetSelection.assets(asset_def), partitions_def=None
+        spec.job_name,
+        selection=dg.AssetSelection.assets(asset_def),
+        partitions_def=None,
+        executor_def=dg.in_process_executor,
     )
     parts = [
         dg.Definitions(assets=[asset_def], jobs=[job]),
