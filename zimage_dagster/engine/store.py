@@ -6,6 +6,8 @@ Layout under a root (a local folder by default, any fsspec URL such as ``s3://bu
     <root>/<asset path...>/<storage key>.<ext>    the image (png, jpg, webp)
     <root>/<asset path...>/<storage key>.json     its provenance record
     <root>/_ledger/<asset path...>/<storage key>.json   the task ledger (see ``engine.ledger``)
+    <root>/_reviews/<asset path...>/<storage key>/<record id>.json   review verdicts
+                                                  (append-only, see ``engine.reviews``)
 
 Every method takes the Dagster partition key itself; the store turns it into the file stem with
 the one codec, :func:`zimage_dagster.engine.keys.storage_key` (``2026-01-01|hero`` is stored as
@@ -14,7 +16,8 @@ provenance record with its asset and partition key) and :meth:`ImageStore.partit
 and the sensors ask them instead of parsing paths.
 
 A multi-part Dagster asset key (``AssetKey(["catalog", "hero"])``) maps to nested folders
-(``<root>/catalog/hero/...``). The first folder name ``_ledger`` is reserved for the ledger.
+(``<root>/catalog/hero/...``). The first folder names ``_ledger`` and ``_reviews`` are reserved
+for the ledger and the review records (:data:`RESERVED_DIRS`).
 
 Writes are atomic. On a local filesystem the bytes go to a hidden temp file in the same folder,
 which is flushed, fsynced and then renamed over the target with ``os.replace``, so a reader sees the
@@ -59,7 +62,7 @@ from PIL import Image
 from upath import UPath
 from upath.implementations.local import LocalPath
 
-from zimage_dagster.engine.atomic import replace_file
+from zimage_dagster.engine.atomic import ConditionalFiles, conditional_files, replace_file
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.keys import storage_key
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
@@ -69,6 +72,8 @@ __all__ = [
     "DEFAULT_STORAGE",
     "IMAGE_EXTENSIONS",
     "LEDGER_DIR",
+    "RESERVED_DIRS",
+    "REVIEWS_DIR",
     "STORAGE_URL_ENV",
     "AssetLike",
     "ImageStore",
@@ -102,6 +107,10 @@ DEFAULT_STORAGE = "zimage_output"
 
 #: Reserved first-level folder under the root holding the task ledger.
 LEDGER_DIR = "_ledger"
+#: Reserved first-level folder under the root holding the review records (``engine.reviews``).
+REVIEWS_DIR = "_reviews"
+#: First-level folder names that are never an asset's: the store's own records live there.
+RESERVED_DIRS: frozenset[str] = frozenset({LEDGER_DIR, REVIEWS_DIR})
 
 #: Image file extensions the store knows, in the order ``find`` probes them.
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "gif")
@@ -308,6 +317,7 @@ class ImageStore:
         if self._is_local:
             self._root = UPath(os.path.abspath(self._root.path))
         self._root_str = str(self._root).rstrip("/")
+        self._conditional: ConditionalFiles | None = None  # made on the first create_new
 
     def __repr__(self) -> str:
         return f"ImageStore({self._root_str!r})"
@@ -336,8 +346,11 @@ class ImageStore:
     def asset_dir(self, asset: AssetLike) -> UPath:
         """The folder of an asset's images."""
         parts = asset_parts(asset)
-        if parts[0] == LEDGER_DIR:
-            raise UnsafePathError(f"asset name {LEDGER_DIR!r} is reserved for the ledger")
+        if parts[0] in RESERVED_DIRS:
+            raise UnsafePathError(
+                f"asset name {parts[0]!r} is reserved for the store's own records "
+                f"({', '.join(sorted(RESERVED_DIRS))})"
+            )
         return self.join(*parts)
 
     def image_path(self, asset: AssetLike, partition_key: str, ext: str = "png") -> UPath:
@@ -366,6 +379,30 @@ class ImageStore:
             with contextlib.suppress(OSError, NotImplementedError):
                 path.parent.mkdir(parents=True, exist_ok=True)
             path.fs.pipe_file(path.path, data)
+        return path
+
+    def create_new(self, path: UPath, data: bytes) -> UPath:
+        """Write ``data`` to ``path`` only if no file is there yet, atomically; ``FileExistsError``
+        otherwise. Append-only records use it: a record is never overwritten, and a reader sees a
+        whole file or none. The storage's own create-if-absent does it
+        (:func:`~zimage_dagster.engine.atomic.conditional_files`: a hard link locally,
+        ``If-None-Match`` on S3...).
+
+        >>> import tempfile
+        >>> store = ImageStore(tempfile.mkdtemp())
+        >>> path = store.join("notes", "a.json")
+        >>> store.create_new(path, b"{}").name
+        'a.json'
+        >>> store.create_new(path, b"{}")
+        Traceback (most recent call last):
+        ...
+        FileExistsError: ...
+        """
+        if not str(path).startswith(self._root_str + "/"):
+            raise UnsafePathError(f"path {path} is outside the root {self._root_str}")
+        if self._conditional is None:
+            self._conditional = conditional_files(self._root)
+        self._conditional.create(path, data)
         return path
 
     def read_bytes_or_none(self, path: UPath) -> bytes | None:
