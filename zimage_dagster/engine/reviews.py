@@ -58,6 +58,7 @@ from zimage_dagster.engine.store import (
 
 __all__ = [
     "MAX_CANDIDATES",
+    "REVIEW_STATES",
     "VERDICTS",
     "NothingToUndoError",
     "ReviewError",
@@ -67,6 +68,7 @@ __all__ = [
     "current_verdicts",
     "read_records",
     "record_verdict",
+    "review_state",
     "reviews_folder",
     "winning_verdict",
 ]
@@ -75,6 +77,8 @@ log = logging.getLogger(__name__)
 
 #: What a record says: pick a candidate, reject the partition, or undo one's own verdict.
 VERDICTS: tuple[str, ...] = ("pick", "reject", "undo")
+#: A partition's review state, from its verdict (what filters and checks show).
+REVIEW_STATES: tuple[str, ...] = ("unreviewed", "picked", "rejected")
 #: The most candidates a partition may hold (``variants`` is at most 8).
 MAX_CANDIDATES = 8
 _MAX_REVIEWER = 100
@@ -273,6 +277,17 @@ def winning_verdict(records: Iterable[ReviewRecord]) -> Verdict | None:
                 records=len(ordered),
             )
     return None
+
+
+def review_state(verdict: Verdict | None) -> str:
+    """``unreviewed`` (no verdict), ``picked`` or ``rejected``.
+
+    >>> review_state(None), review_state(Verdict("reject", None, "bo", 1.0, "", "i", 1))
+    ('unreviewed', 'rejected')
+    """
+    if verdict is None:
+        return "unreviewed"
+    return "picked" if verdict.verdict == "pick" else "rejected"
 
 
 def _standing_of(records: Sequence[ReviewRecord], reviewer: str) -> ReviewRecord | None:

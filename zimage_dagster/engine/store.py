@@ -657,7 +657,7 @@ class ImageStore:
         if parts is not None:
             folders = [self.asset_dir(parts)]
         else:
-            folders = [f for f in self.subfolders(self._root) if f.name != LEDGER_DIR]
+            folders = [f for f in self.subfolders(self._root) if f.name not in RESERVED_DIRS]
         found: list[StoredRecord] = []
         for folder in folders:
             read = scan.read(self, folder, ".json", self._stored_record, kind="provenance records")

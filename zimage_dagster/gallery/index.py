@@ -35,13 +35,14 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from zimage_dagster.api.validation import DEFAULT_SIZE
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord
+from zimage_dagster.engine.reviews import REVIEW_STATES
 from zimage_dagster.engine.scan import ScanCache
 from zimage_dagster.engine.store import ImageStore, StoredImage, UnsafePathError
 
@@ -146,6 +147,7 @@ class Query:
     date: str = ""
     status: str = ""
     size: str = ""
+    review: str = ""
     order: str = "newest"
     page: int = 1
     per_page: int = 48
@@ -162,12 +164,14 @@ class Query:
 
         order = params.get("order", "newest")
         status = params.get("status", "")
+        review = params.get("review", "")
         return cls(
             q=params.get("q", "").strip()[:2000],
             partition=params.get("partition", "").strip()[:500],
             date=params.get("date", "").strip()[:10],
             status=status if status in STATUSES else "",
             size=params.get("size", "").strip()[:20],
+            review=review if review in REVIEW_STATES else "",
             order=order if order in ORDERS else "newest",
             page=number("page", 1, 1_000_000),
             per_page=number("per_page", 48, 500),
@@ -230,8 +234,8 @@ class AssetIndex:
                     break
         return out
 
-    def select(self, query: Query) -> Page:
-        """The page of items matching ``query``."""
+    def select(self, query: Query, keep: Callable[[GalleryItem], bool] | None = None) -> Page:
+        """The page of items matching ``query`` (and ``keep``: the review filter's test)."""
         words = query.q.casefold().split()
         part = query.partition.casefold()
         found = [
@@ -242,6 +246,7 @@ class AssetIndex:
             and (not query.size or i.size == query.size)
             and (not part or part in i.partition_key.casefold())
             and all(w in i.search_text for w in words)
+            and (keep is None or keep(i))
         ]
         pages = max(1, math.ceil(len(found) / query.per_page))
         page = min(query.page, pages)

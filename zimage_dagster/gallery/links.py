@@ -21,17 +21,25 @@ from urllib.parse import quote, urlencode
 
 __all__ = [
     "GALLERY_URL_ENV",
+    "SIGN_IN_PATH",
+    "SIGN_OUT_PATH",
     "asset_path",
+    "download_url",
+    "export_url",
     "gallery_base_url",
     "grid_url",
     "image_url",
     "materialization_url",
     "partition_url",
     "thumbnail_url",
+    "verdict_url",
 ]
 
 #: The environment variable naming the gallery's base URL for the Dagster side.
 GALLERY_URL_ENV = "ZIMAGE_GALLERY_URL"
+#: Where a reviewer pastes the review token (``--review``), and where the session ends.
+SIGN_IN_PATH = "/-/review/sign-in"
+SIGN_OUT_PATH = "/-/review/sign-out"
 
 
 def gallery_base_url(configured: str | None = None) -> str | None:
@@ -97,3 +105,26 @@ def image_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
 def thumbnail_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
     """The partition's cached thumbnail (a JPEG)."""
     return _item(base, asset, "thumbnail", partition_key)
+
+
+def download_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
+    """The stored image file, as a download (``Content-Disposition: attachment``)."""
+    return image_url(base, asset, partition_key) + "?download=1"
+
+
+def verdict_url(base: str, asset: str | Sequence[str], partition_key: str) -> str:
+    """Where a review page POSTs a verdict (``--review`` only).
+
+    >>> verdict_url("", "hero", "2026-11-01|fox")
+    '/assets/hero/-/verdict/2026-11-01%7Cfox'
+    """
+    return _item(base, asset, "verdict", partition_key)
+
+
+def export_url(base: str, asset: str | Sequence[str]) -> str:
+    """The asset's picks as a zip with a manifest.
+
+    >>> export_url("http://g", ["catalog", "hero"])
+    'http://g/assets/catalog/hero/-/export/picks.zip'
+    """
+    return _under(base, f"{asset_path(asset)}-/export/picks.zip")
