@@ -138,6 +138,7 @@ nav.around { display: flex; gap: 12px; margin-bottom: 6px; }
 form.act { display: flex; gap: 6px; align-items: start; margin: 4px 0; }
 form.act textarea { font: inherit; flex: 1; height: 2.2em; resize: vertical; }
 form.act button, .candidate button { font: inherit; padding: 2px 10px; }
+#history td, #history th { padding-right: 16px; }
 .keys { color: var(--muted); font-size: 12px; }
 .keys kbd { border: 1px solid var(--line); border-radius: 3px; padding: 0 4px; background: #fff; }
 """
@@ -179,7 +180,7 @@ def _layout(
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
         f"<title>{_text(title)} · zimage gallery</title>"
-        "<link rel='stylesheet' href='/-/gallery.css'>"
+        "<link rel='stylesheet' href='/-/gallery.css'><link rel='icon' href='data:,'>"
         "<script src='/-/review.js' defer></script></head><body>"
         f"<header class='top'><a class='brand' href='/'>zimage gallery</a><span>{trail}</span>"
         f"{_who(visitor or Visitor())}</header><main>{body}</main></body></html>"
@@ -510,8 +511,9 @@ def _history(history: Sequence[ReviewRecord]) -> str:
     )
 
 
-def _keys_help() -> str:
-    keys = " · ".join(f"<kbd>{_text(k)}</kbd> {_text(what)}" for k, what in KEYS)
+def _keys_help(visitor: Visitor) -> str:
+    shown = KEYS if visitor.signed_in else [(k, w) for k, w in KEYS if w in ("next", "previous")]
+    keys = " · ".join(f"<kbd>{_text(k)}</kbd> {_text(what)}" for k, what in shown)
     return f"<p class='keys' id='keys'>{keys}</p>"
 
 
@@ -591,7 +593,7 @@ def partition_page(
             )
             + "</table>"
         )
-    side.append(_keys_help())
+    side.append(_keys_help(visitor))
     candidates = candidates_of(item)
     figures = "".join(_figure(c, verdict, visitor, back) for c in candidates)
     view = (
