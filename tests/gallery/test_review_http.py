@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.reviews import current_verdicts, read_records, record_verdict
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.gallery import Gallery, links, pages
+from zimage_dagster.gallery import Gallery, cli, links, pages
 from zimage_dagster.gallery.export import export_picks
 from zimage_dagster.gallery.index import GalleryIndex
 
@@ -485,3 +486,40 @@ def test_a_thumbnail_of_the_store_is_still_served(review: Gallery) -> None:
         assert download.headers["content-disposition"].startswith(
             "attachment; filename*=UTF-8''fox."
         )
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readmes_gallery_commands_parse() -> None:
+    text = README.read_text(encoding="utf-8")
+    lines = [
+        line.split("  #", 1)[0]
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.startswith("zimage-gallery ")
+    ]
+    assert any("--review" in line for line in lines)
+    for line in lines:
+        args = cli.parse_args(shlex.split(line)[1:])
+        assert args.storage
+
+
+def test_the_readmes_verdict_reading_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = README.read_text(encoding="utf-8")
+    (block,) = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", text, re.S)
+        if b.startswith("# Reading the verdicts")
+    ]
+    monkeypatch.chdir(tmp_path)
+    store = ImageStore("zimage_output")
+    record_verdict(store, "hero_images", "fox", "reject", reviewer="bo", note="blurry")
+    record_verdict(store, "hero_images", "owl", "pick", reviewer="ana", candidate=0)
+    exec(compile(block, "README.md", "exec"), {})
+    assert capsys.readouterr().out.splitlines() == [
+        "fox rejected None bo blurry",
+        "owl picked 0 ana ",
+    ]
