@@ -27,7 +27,20 @@ from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.gallery import Gallery, app, cli, index, links, pages, thumbnails
+from zimage_dagster.gallery import (
+    Gallery,
+    access,
+    app,
+    candidates,
+    cli,
+    export,
+    index,
+    keyboard,
+    links,
+    pages,
+    thumbnails,
+    verdicts,
+)
 from zimage_dagster.gallery.index import GalleryIndex, Query
 
 CARD = re.compile(r"<article class='card' data-key='([^']*)' data-status='([^']*)'")
@@ -53,7 +66,23 @@ def cards(html: str) -> dict[str, str]:
     return dict(CARD.findall(html))
 
 
-@pytest.mark.parametrize("module", [app, cli, index, links, pages, thumbnails, serving])
+@pytest.mark.parametrize(
+    "module",
+    [
+        access,
+        app,
+        candidates,
+        cli,
+        export,
+        index,
+        keyboard,
+        links,
+        pages,
+        thumbnails,
+        verdicts,
+        serving,
+    ],
+)
 def test_doctests(module: ModuleType) -> None:
     assert doctest.testmod(module).failed == 0
 

@@ -1,4 +1,5 @@
-"""The gallery over fsspec stores: S3 (moto on loopback, through s3fs) and ``memory://``."""
+"""The gallery over fsspec stores: S3 (moto on loopback, through s3fs) and ``memory://``, reading
+and (with a review token) writing verdicts."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ from PIL import Image
 from tests.reliability.conftest import S3, s3_server  # noqa: F401  (the session's S3 server)
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links
 
 ASSET = ("catalog", "hero")
+TOKEN = "stores-review-token-0123456789"
 
 
 def _save(store: ImageStore, key: str, colour: str) -> str:
@@ -36,7 +39,13 @@ def _check(store: ImageStore, storage_options: dict[str, object] | None = None) 
     )
     target = str(store.root) if storage_options else store
     with (
-        Gallery(target, storage_options=storage_options, refresh_s=0) as gallery,
+        Gallery(
+            target,
+            storage_options=storage_options,
+            refresh_s=0,
+            review_token=TOKEN,
+            reviewer="ana",
+        ) as gallery,
         httpx.Client(base_url=gallery.url, timeout=30) as client,
     ):
         grid = client.get(links.asset_path(ASSET)).text
@@ -50,6 +59,16 @@ def _check(store: ImageStore, storage_options: dict[str, object] | None = None) 
         # A new image written meanwhile shows at the next look (refresh_s=0).
         _save(store, "green", "green")
         assert "data-key='green'" in client.get(links.asset_path(ASSET)).text
+        # A verdict through HTTP lands in the store as a review record, and filters the grid.
+        verdict = client.post(
+            links.verdict_url("", ASSET, "red"),
+            data={"verdict": "pick", "candidate": "0"},
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        assert verdict.status_code == 201
+        picked = client.get(links.asset_path(ASSET) + "?review=picked").text
+        assert re.findall(r"data-key='([^']*)' data-status", picked) == ["red"]
+        assert current_verdicts(store, ASSET)["red"].record_id == verdict.json()["id"]
         if storage_options:
             for path in ("/", links.asset_path(ASSET), links.partition_url("", ASSET, "red")):
                 assert str(storage_options["secret"]) not in client.get(path).text

@@ -330,7 +330,7 @@ def create_gallery_app(
     def refused(request: Request, message: str, status: int = 403) -> Response:
         if request.headers.get("authorization"):
             return JSONResponse({"error": message}, status_code=status)
-        return _html(pages.message_page("Refused", message), status)
+        return _html(pages.message_page("Refused", message, visitor(request)), status)
 
     async def verdict(request: Request) -> Response:
         assert access is not None  # _Guard lets a POST through only with --review

@@ -638,9 +638,10 @@ def sign_in_page(next_path: str = "/", problem: str = "") -> str:
     return _layout("Sign in", body, visitor=Visitor(review=True))
 
 
-def message_page(title: str, message: str) -> str:
+def message_page(title: str, message: str, visitor: Visitor | None = None) -> str:
     """A short answer (a refused or failed verdict)."""
-    return _layout(title, f"<h1>{_text(title)}</h1><p id='message'>{_text(message)}</p>")
+    body = f"<h1>{_text(title)}</h1><p id='message'>{_text(message)}</p>"
+    return _layout(title, body, visitor=visitor)
 
 
 def not_found_page(what: str) -> str:
