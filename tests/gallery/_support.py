@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import httpx
+from playwright.sync_api import Browser, Page, ViewportSize
 
 from tests.dagster._support import SMALL, image_asset, make_fast, resource_for, run_range
+from tests.ui._support import UI_TIMEOUT_MS
 from zimage_dagster.assets import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.store import ImageStore
 
 ASSET = "gallery_images"
+#: The review token of the reviewing galleries in the tests.
+REVIEW_TOKEN = "test-review-token-" + "q7" * 12
 WIDE = "480x376"
 #: A prompt that would run script if the gallery did not escape it.
 INJECTION = (
@@ -77,3 +83,32 @@ def get(client: httpx.Client, path: str) -> httpx.Response:
     answer = client.get(path)
     assert answer.status_code == 200, f"{path}: {answer.status_code} {answer.text[:300]}"
     return answer
+
+
+@contextmanager
+def browser_page(
+    browser: Browser, tmp_path: Path, viewport: ViewportSize, name: str, *, script: bool = True
+) -> Iterator[Page]:
+    """A fresh Chromium page (downloads accepted); on failure a screenshot ``FAILED-<name>.png``
+    in ``tmp_path``. Fails if the page logged an error (a Content-Security-Policy violation, a
+    script error, a resource that did not load)."""
+    context = browser.new_context(
+        viewport=viewport,
+        locale="en-US",
+        timezone_id="UTC",
+        java_script_enabled=script,
+        accept_downloads=True,
+    )
+    page = context.new_page()
+    page.set_default_timeout(UI_TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        yield page
+        assert errors == []
+    except BaseException:
+        with suppress(Exception):
+            page.screenshot(path=str(tmp_path / f"FAILED-{name}.png"))
+        raise
+    finally:
+        context.close()

@@ -11,13 +11,13 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Dialog, Page, ViewportSize, expect
 
-from tests.gallery._support import ASSET, INJECTION, StoredRun, materialize_run
+from tests.gallery._support import ASSET, INJECTION, StoredRun, browser_page, materialize_run
 from tests.ui._support import REPO_ROOT, chromium_executable, launched_chromium
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.gallery import Gallery, links
@@ -47,19 +47,8 @@ def browser(run: StoredRun) -> Iterator[Browser]:
         yield launched
 
 
-@contextmanager
-def _page(browser: Browser, tmp_path: Path, name: str) -> Iterator[Page]:
-    context = browser.new_context(viewport=VIEWPORT, locale="en-US", timezone_id="UTC")
-    page = context.new_page()
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    try:
-        yield page
-    except BaseException:
-        with suppress(Exception):
-            page.screenshot(path=str(tmp_path / f"FAILED-{name}.png"))
-        raise
-    finally:
-        context.close()
+def _page(browser: Browser, tmp_path: Path, name: str) -> AbstractContextManager[Page]:
+    return browser_page(browser, tmp_path, VIEWPORT, name)
 
 
 def _save(page: Page, tmp_path: Path, name: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import doctest
 import hashlib
 import http.client
+import importlib
 import io
 import json
 import os
@@ -22,25 +23,11 @@ import pytest
 from PIL import Image
 
 from tests.gallery._support import ASSET, INJECTION, WIDE, StoredRun, get, materialize_run
-from zimage_dagster import serving
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.gallery import (
-    Gallery,
-    access,
-    app,
-    candidates,
-    cli,
-    export,
-    index,
-    keyboard,
-    links,
-    pages,
-    thumbnails,
-    verdicts,
-)
+from zimage_dagster.gallery import Gallery, links, pages
 from zimage_dagster.gallery.index import GalleryIndex, Query
 
 CARD = re.compile(r"<article class='card' data-key='([^']*)' data-status='([^']*)'")
@@ -69,18 +56,12 @@ def cards(html: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     "module",
     [
-        access,
-        app,
-        candidates,
-        cli,
-        export,
-        index,
-        keyboard,
-        links,
-        pages,
-        thumbnails,
-        verdicts,
-        serving,
+        importlib.import_module(f"zimage_dagster.{name}")
+        for name in (
+            *(f"gallery.{m}" for m in ["access", "app", "candidates", "cli", "export", "index"]),
+            *(f"gallery.{m}" for m in ["keyboard", "links", "pages", "thumbnails", "verdicts"]),
+            "serving",
+        )
     ],
 )
 def test_doctests(module: ModuleType) -> None:

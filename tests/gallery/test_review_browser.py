@@ -14,14 +14,14 @@ import os
 import shutil
 import zipfile
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, ViewportSize, expect
 
-from tests.gallery._support import ASSET, StoredRun, materialize_run
+from tests.gallery._support import ASSET, REVIEW_TOKEN, StoredRun, browser_page, materialize_run
 from tests.ui._support import REPO_ROOT, chromium_executable, launched_chromium
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 UI_TIMEOUT_MS = 30_000
 #: The screen the review page must fit: every fact above the fold at 1000 px high.
 VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
-TOKEN = "browser-review-token-" + "k3" * 10
+TOKEN = REVIEW_TOKEN
 
 
 @pytest.fixture(scope="module")
@@ -43,52 +43,14 @@ def run(emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactor
     return materialize_run(emulator_server, tmp_path_factory.mktemp("review-browser"))
 
 
-@pytest.fixture
-def root(run: StoredRun, tmp_path: Path) -> Path:
-    copy = tmp_path / "store"
-    shutil.copytree(run.root, copy)
-    return copy
-
-
-@pytest.fixture
-def gallery(root: Path, tmp_path: Path) -> Iterator[Gallery]:
-    with Gallery(
-        root, cache_dir=tmp_path / "thumbs", refresh_s=0, review_token=TOKEN, reviewer="ana"
-    ) as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def browser(run: StoredRun) -> Iterator[Browser]:
     with launched_chromium() as launched:
         yield launched
 
 
-@contextmanager
-def _page(browser: Browser, tmp_path: Path, *, script: bool = True) -> Iterator[Page]:
-    context = browser.new_context(
-        viewport=VIEWPORT,
-        locale="en-US",
-        timezone_id="UTC",
-        java_script_enabled=script,
-        accept_downloads=True,
-    )
-    page = context.new_page()
-    page.set_default_timeout(UI_TIMEOUT_MS)
-    problems: list[str] = []
-    page.on(
-        "console",
-        lambda m: problems.append(m.text) if m.type == "error" else None,
-    )
-    try:
-        yield page
-        assert problems == []  # no Content-Security-Policy violation, no script error
-    except BaseException:
-        with suppress(Exception):
-            page.screenshot(path=str(tmp_path / "FAILED-review.png"))
-        raise
-    finally:
-        context.close()
+def _page(browser: Browser, tmp_path: Path, *, script: bool = True) -> AbstractContextManager[Page]:
+    return browser_page(browser, tmp_path, VIEWPORT, "review", script=script)
 
 
 def _screenshot(page: Page, tmp_path: Path, name: str) -> None:
@@ -121,13 +83,13 @@ def _on(page: Page, key: str) -> None:
 
 
 def test_a_keyboard_review_next_pick_reject_undo_and_export(
-    browser: Browser, gallery: Gallery, root: Path, tmp_path: Path
+    browser: Browser, review: Gallery, root: Path, tmp_path: Path
 ) -> None:
     store = ImageStore(root)
     keys = sorted(store.partitions(ASSET))  # the stored ones, in the grid's partition order
     with _page(browser, tmp_path) as page:
-        _sign_in(page, gallery)
-        page.goto(gallery.url + links.asset_path(ASSET) + "?order=partition")
+        _sign_in(page, review)
+        page.goto(review.url + links.asset_path(ASSET) + "?order=partition")
         page.locator("article.card a.pic").first.click()
         _on(page, keys[0])
 
@@ -186,13 +148,13 @@ def test_a_keyboard_review_next_pick_reject_undo_and_export(
 
 
 def test_without_script_the_review_works_with_plain_forms(
-    browser: Browser, gallery: Gallery, root: Path, tmp_path: Path
+    browser: Browser, review: Gallery, root: Path, tmp_path: Path
 ) -> None:
     store = ImageStore(root)
     key = sorted(store.partitions(ASSET))[-1]
     with _page(browser, tmp_path, script=False) as page:
-        _sign_in(page, gallery)
-        page.goto(gallery.url + links.partition_url("", ASSET, key) + "?order=partition")
+        _sign_in(page, review)
+        page.goto(review.url + links.partition_url("", ASSET, key) + "?order=partition")
         page.get_by_role("button", name="Pick 1").click()
         expect(page.locator("#verdict")).to_have_attribute("data-review", "picked")
         page.get_by_role("button", name="Undo my last verdict (u)").click()

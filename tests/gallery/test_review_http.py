@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tracemalloc
@@ -24,7 +23,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.gallery._support import ASSET, StoredRun, get, materialize_run
+from tests.gallery._support import ASSET, REVIEW_TOKEN, StoredRun, get, materialize_run
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.reviews import current_verdicts, read_records, record_verdict
@@ -33,7 +32,7 @@ from zimage_dagster.gallery import Gallery, cli, links, pages
 from zimage_dagster.gallery.export import export_picks
 from zimage_dagster.gallery.index import GalleryIndex
 
-TOKEN = "test-review-token-" + "q7" * 12
+TOKEN = REVIEW_TOKEN
 NOTE = "<script>document.title='pwned'</script><b>bold</b> & \"quoted\" 'single'"
 GRID = links.asset_path(ASSET)
 CSRF = re.compile(r"name='csrf' value='([^']+)'")
@@ -44,22 +43,6 @@ METHODS = ("POST", "PUT", "DELETE", "PATCH", "OPTIONS")
 @pytest.fixture(scope="module")
 def run(emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> StoredRun:
     return materialize_run(emulator_server, tmp_path_factory.mktemp("review-store"))
-
-
-@pytest.fixture
-def root(run: StoredRun, tmp_path: Path) -> Path:
-    """A copy of the run's store for this test alone (verdicts write into it)."""
-    copy = tmp_path / "store"
-    shutil.copytree(run.root, copy)
-    return copy
-
-
-@pytest.fixture
-def review(root: Path, tmp_path: Path) -> Iterator[Gallery]:
-    with Gallery(
-        root, cache_dir=tmp_path / "thumbs", refresh_s=0, review_token=TOKEN, reviewer="ana"
-    ) as server:
-        yield server
 
 
 @contextmanager

@@ -332,6 +332,13 @@ def create_gallery_app(
             return JSONResponse({"error": message}, status_code=status)
         return _html(pages.message_page("Refused", message, visitor(request)), status)
 
+    async def same_site_form(request: Request) -> dict[str, str] | Response:
+        """The POST's form, or the answer refusing it (cross-site, too large, not a form)."""
+        reason = cross_site_reason(request.headers, _own_origin(request))
+        if reason is not None:
+            return refused(request, f"cross-site request refused: {reason}")
+        return await _form(request)
+
     async def verdict(request: Request) -> Response:
         assert access is not None  # _Guard lets a POST through only with --review
         located = await run_in_threadpool(locate, request)
@@ -340,10 +347,7 @@ def create_gallery_app(
         item = item_of(located) if located.what == "verdict" else None
         if item is None:
             return _not_found("No such partition in this asset.")
-        reason = cross_site_reason(request.headers, _own_origin(request))
-        if reason is not None:
-            return refused(request, f"cross-site request refused: {reason}")
-        form = await _form(request)
+        form = await same_site_form(request)
         if isinstance(form, Response):
             return form
         reason = access.refusal(request.headers, request.cookies, form)
@@ -386,10 +390,7 @@ def create_gallery_app(
         next_path = request.query_params.get("next", "/")
         if request.method != "POST":
             return _html(pages.sign_in_page(_local(next_path)))
-        reason = cross_site_reason(request.headers, _own_origin(request))
-        if reason is not None:
-            return refused(request, f"cross-site request refused: {reason}")
-        form = await _form(request)
+        form = await same_site_form(request)
         if isinstance(form, Response):
             return form
         if not access.token_matches(form.get("token", "")):
@@ -401,10 +402,9 @@ def create_gallery_app(
         return answer
 
     async def sign_out(request: Request) -> Response:
-        assert access is not None
-        reason = cross_site_reason(request.headers, _own_origin(request))
-        if reason is not None:
-            return refused(request, f"cross-site request refused: {reason}")
+        form = await same_site_form(request)
+        if isinstance(form, Response):
+            return form
         answer = RedirectResponse("/", 303)
         answer.delete_cookie(SESSION_COOKIE, path="/")
         return answer
