@@ -506,3 +506,17 @@ def test_the_readmes_verdict_reading_example_runs(
         "fox rejected None bo blurry",
         "owl picked 0 ana ",
     ]
+
+
+def test_a_verdict_form_too_large_or_not_a_form_is_refused(review: Gallery, root: Path) -> None:
+    url = links.verdict_url("", ASSET, "fox")
+    bearer = {"authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=review.url, timeout=30) as client:
+        big = client.post(url, data={"verdict": "reject", "note": "x" * 20_000}, headers=bearer)
+        assert big.status_code == 413
+        as_json = client.post(url, json={"verdict": "reject"}, headers=bearer)
+        assert as_json.status_code == 415
+        long_note = client.post(url, data={"verdict": "reject", "note": "x" * 2001}, headers=bearer)
+        assert long_note.status_code == 400
+        assert "note: must be text of at most 2000 characters" in long_note.json()["error"]
+    assert _records(root) == []

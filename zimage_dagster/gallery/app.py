@@ -59,7 +59,7 @@ from zimage_dagster.gallery.index import AssetIndex, GalleryIndex, GalleryItem, 
 from zimage_dagster.gallery.keyboard import SCRIPT
 from zimage_dagster.gallery.thumbnails import ThumbnailCache, default_cache_dir
 from zimage_dagster.gallery.verdicts import VerdictCache, neighbours
-from zimage_dagster.serving import Service, ThreadedServer
+from zimage_dagster.serving import BodyTooLargeError, Service, ThreadedServer, read_body
 
 __all__ = ["Gallery", "create_gallery_app", "default_reviewer"]
 
@@ -147,11 +147,10 @@ async def _form(request: Request) -> dict[str, str] | Response:
         return PlainTextResponse(
             "415: send the form as application/x-www-form-urlencoded", status_code=415
         )
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > _MAX_FORM_BYTES:
-            return PlainTextResponse("413: form too large", status_code=413)
+    try:
+        body = await read_body(request, _MAX_FORM_BYTES)
+    except BodyTooLargeError:
+        return PlainTextResponse("413: form too large", status_code=413)
     try:
         return dict(parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=20))
     except (UnicodeDecodeError, ValueError):
