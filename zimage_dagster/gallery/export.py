@@ -3,8 +3,8 @@
 The archive holds ``images/<storage key>.<ext>`` (the picked candidate's file, stored as is) and
 ``manifest.csv``: one row per image with its partition key, file, prompt, seed, task ID, the
 sha256 of the bytes in the archive, the verdict, the candidate, the reviewer, when and the note.
-The zip is written to a non-seekable sink (sizes follow each file in a data descriptor), and each
-file's bytes are handed on as soon as they are written.
+The zip is written to a non-seekable sink (sizes follow each file in a data descriptor), and its
+bytes are handed on once 256 KiB have gathered (so at most one image and that much are held).
 
 >>> import io, tempfile, zipfile
 >>> from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -60,6 +60,9 @@ MANIFEST_FIELDS: tuple[str, ...] = (
 )
 
 
+_CHUNK_BYTES = 256 * 1024
+
+
 class _Sink:
     """A write-only, non-seekable file whose bytes are taken away as they come."""
 
@@ -75,6 +78,10 @@ class _Sink:
 
     def close(self) -> None:
         pass
+
+    @property
+    def size(self) -> int:
+        return sum(len(p) for p in self._parts)
 
     def take(self) -> bytes:
         out = b"".join(self._parts)
@@ -125,7 +132,8 @@ def export_picks(
                 }
             )
             del data
-            yield sink.take()
+            if sink.size >= _CHUNK_BYTES:
+                yield sink.take()
         archive.writestr(
             "manifest.csv", manifest.getvalue().encode("utf-8"), compress_type=zipfile.ZIP_DEFLATED
         )
