@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import Browser, Page, ViewportSize, expect
+from playwright.sync_api import Browser, FloatRect, Page, Route, ViewportSize, expect
 
 from tests.gallery._support import ASSET, REVIEW_TOKEN, StoredRun, browser_page, materialize_run
 from tests.ui._support import REPO_ROOT, chromium_executable, launched_chromium
@@ -27,7 +27,10 @@ from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.reviews import current_verdicts, read_records
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.gallery import Gallery, links
+from zimage_dagster.gallery import Gallery, keyboard, links, pages
+from zimage_dagster.gallery.access import Visitor
+from zimage_dagster.gallery.candidates import Candidate
+from zimage_dagster.gallery.index import GalleryItem
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -60,14 +63,19 @@ def _screenshot(page: Page, tmp_path: Path, name: str) -> None:
         shutil.copyfile(path, REPO_ROOT / "docs" / name)
 
 
+def _boxes(page: Page, selector: str) -> list[FloatRect]:
+    found = page.locator(selector)
+    boxes = [found.nth(n).bounding_box() for n in range(found.count())]
+    assert all(b is not None for b in boxes)
+    return [b for b in boxes if b is not None]
+
+
 def _above_the_fold(page: Page, selector: str) -> int:
     """How many elements match; fails if one ends below the viewport."""
-    found = page.locator(selector)
-    for n in range(found.count()):
-        box = found.nth(n).bounding_box()
-        assert box is not None
-        assert box["y"] + box["height"] <= VIEWPORT["height"], (selector, n, box)
-    return found.count()
+    boxes = _boxes(page, selector)
+    for box in boxes:
+        assert box["y"] + box["height"] <= VIEWPORT["height"], (selector, box)
+    return len(boxes)
 
 
 def _sign_in(page: Page, gallery: Gallery) -> None:
@@ -200,3 +208,49 @@ def test_a_large_image_is_fitted_to_the_screen_beside_its_facts(
         assert page.locator("a#original-0").get_attribute("href") == links.image_url(
             "", "big", "square"
         )
+
+
+def test_eight_candidates_fit_side_by_side_and_8_picks_the_last(
+    browser: Browser, tmp_path: Path
+) -> None:
+    """The layout ``variants=8`` will need, rendered from the page function with eight
+    candidates (all the same image today) and served through Chromium's request routing."""
+    buf = io.BytesIO()
+    Image.new("RGB", (1024, 1024), "olive").save(buf, "PNG")
+    record = ImageRecord(seed=9, task_id="task-8", prompt="eight", width=1024, height=1024)
+    item = GalleryItem(("hero",), "fox", "stored", record)
+    html = pages.partition_page(
+        item,
+        visitor=Visitor(review=True, reviewer="ana", csrf="c" * 64),
+        candidates=[Candidate(item, n, record) for n in range(8)],
+    )
+    base = "http://127.0.0.1:9"  # never reached: every request is answered by the route
+    posted: list[str] = []
+
+    def answer(route: Route) -> None:
+        url = route.request.url
+        if route.request.method == "POST":
+            posted.append(route.request.post_data or "")
+            route.fulfill(status=204)
+        elif url.endswith("/-/gallery.css"):
+            route.fulfill(body=pages.CSS, content_type="text/css")
+        elif url.endswith("/-/review.js"):
+            route.fulfill(body=keyboard.SCRIPT, content_type="text/javascript")
+        elif "/-/image/" in url:
+            route.fulfill(body=buf.getvalue(), content_type="image/png")
+        else:
+            route.fulfill(body=html, content_type="text/html")
+
+    with _page(browser, tmp_path) as page:
+        page.route(f"{base}/**", answer)
+        page.goto(base + links.partition_url("", "hero", "fox"))
+        assert _above_the_fold(page, "figure.candidate img") == 8
+        assert _above_the_fold(page, "figure.candidate button") == 8
+        assert _above_the_fold(page, "tr[data-fact]") >= 8
+        widths = {round(b["width"]) for b in _boxes(page, "figure.candidate")}
+        assert len(widths) == 1  # one grid of equal columns
+        page.keyboard.press("8")
+        page.wait_for_timeout(200)
+    assert len(posted) == 1
+    assert "verdict=pick" in posted[0]
+    assert "candidate=7" in posted[0]

@@ -526,11 +526,13 @@ def partition_page(
     verdict: Verdict | None = None,
     history: Sequence[ReviewRecord] = (),
     visitor: Visitor | None = None,
+    candidates: Sequence[Candidate] | None = None,
 ) -> str:
     """A partition's review page: its candidates side by side, fitted to the screen, with the
     verdict, the review forms (``--review``), the prompt and the facts beside them; then the
     review history, earlier tasks and the request that reproduces the image. ``around``: the
-    previous and next partitions under the grid's ``query``."""
+    previous and next partitions under the grid's ``query``; ``candidates``: the partition's
+    images (default: :func:`~zimage_dagster.gallery.candidates.candidates_of`)."""
     record = item.record
     query = query or Query()
     visitor = visitor or Visitor()
@@ -594,7 +596,8 @@ def partition_page(
             + "</table>"
         )
     side.append(_keys_help(visitor))
-    candidates = candidates_of(item)
+    if candidates is None:
+        candidates = candidates_of(item)
     figures = "".join(_figure(c, verdict, visitor, back) for c in candidates)
     view = (
         f"<section class='candidates n{max(1, len(candidates))}' id='candidates'>"
