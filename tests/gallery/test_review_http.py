@@ -15,6 +15,7 @@ import sys
 import tracemalloc
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from html import unescape
 from pathlib import Path
@@ -520,3 +521,70 @@ def test_a_verdict_form_too_large_or_not_a_form_is_refused(review: Gallery, root
         assert long_note.status_code == 400
         assert "note: must be text of at most 2000 characters" in long_note.json()["error"]
     assert _records(root) == []
+
+
+def test_two_reviewers_in_two_gallery_processes_at_once_lose_nothing(
+    root: Path, tmp_path: Path
+) -> None:
+    token_file = tmp_path / "review.token"
+    token_file.write_text(TOKEN + "\n")
+    script = Path(sys.executable).parent / "zimage-gallery"
+    processes = [
+        subprocess.Popen(
+            [
+                str(script),
+                "--storage",
+                str(root),
+                "--port",
+                "0",
+                "--cache-dir",
+                str(tmp_path / who),
+                "--review-token-file",
+                str(token_file),
+                "--reviewer",
+                who,
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for who in ("ana", "bo")
+    ]
+    keys = ["fox", "owl", "boat", "cliff"]
+    rounds = 15
+    try:
+        urls = []
+        for process in processes:
+            assert process.stdout is not None
+            urls.append(process.stdout.readline().strip())
+
+        def review(url: str, who: str) -> None:
+            with httpx.Client(base_url=url, timeout=60) as client:
+                for n in range(rounds):
+                    for key in keys:
+                        form = (
+                            {"verdict": "pick", "candidate": "0"}
+                            if who == "ana"
+                            else {"verdict": "reject", "note": f"round {n}"}
+                        )
+                        answer = client.post(
+                            links.verdict_url("", ASSET, key),
+                            data=form,
+                            headers={"authorization": f"Bearer {TOKEN}"},
+                        )
+                        assert answer.status_code == 201, answer.text
+
+        with ThreadPoolExecutor(2) as pool:
+            for done in [pool.submit(review, urls[0], "ana"), pool.submit(review, urls[1], "bo")]:
+                done.result()
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=30)
+    store = ImageStore(root)
+    records = read_records(store, ASSET)
+    assert len(records) == 2 * rounds * len(keys)
+    verdicts = current_verdicts(store, ASSET)
+    for key in keys:
+        mine = [r for r in records if r.partition_key == key]
+        assert {r.reviewer for r in mine} == {"ana", "bo"}
+        assert verdicts[key].record_id == max(mine, key=lambda r: r.order).id
