@@ -48,6 +48,8 @@ def _exercise(store: ImageStore) -> None:
     assert names == sorted(f"{r.id}.json" for r in kept)
     stored = json.loads((folder / f"{bo.id}.json").read_bytes())
     assert ReviewRecord.from_json(stored) == bo
+    # The store's own listing of provenance records (the gallery's, the sensors') skips them.
+    assert all(r.asset[0] != "_reviews" for r in store.records())
     # A nested asset's records are not the outer asset's.
     record_verdict(store, ["catalog"], "fox", "pick", reviewer="ana", candidate=0)
     assert set(current_verdicts(store, ["catalog"])) == {"fox"}

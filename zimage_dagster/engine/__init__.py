@@ -22,6 +22,8 @@ these modules; they never read it.
   deferred submit waits on at the provider's cap.
 - :mod:`~zimage_dagster.engine.provenance` and :mod:`~zimage_dagster.engine.thumbnails`: the
   record stored beside each image, and its small preview.
+- :mod:`~zimage_dagster.engine.reviews`: review verdicts (pick, reject, undo) as append-only
+  records in the store, and the one rule for which verdict wins.
 - :mod:`~zimage_dagster.engine.outcome`: one report, one error classification, one reuse and
   reject decision, shared by blocking and deferred mode.
 - :mod:`~zimage_dagster.engine.batch`: the batch generator (blocking mode).
