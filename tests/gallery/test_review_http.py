@@ -350,16 +350,16 @@ def test_the_export_holds_one_image_at_a_time(tmp_path: Path) -> None:
     assert peak < 5 * size  # a few copies of one image, never the archive
 
 
-def test_the_token_is_in_no_page_log_or_record(root: Path, tmp_path: Path) -> None:
+def _gallery_command(root: Path, cache: Path, *options: str) -> list[str]:
+    """``zimage-gallery`` on a free port over ``root``, with ``options``."""
     script = Path(sys.executable).parent / "zimage-gallery"
-    command = [
-        str(script),
-        "--storage",
-        str(root),
-        "--port",
-        "0",
-        "--cache-dir",
-        str(tmp_path / "c"),
+    return [str(script), "--storage", str(root), "--port", "0", "--cache-dir", str(cache), *options]
+
+
+def test_the_token_is_in_no_page_log_or_record(root: Path, tmp_path: Path) -> None:
+    command = _gallery_command(
+        root,
+        tmp_path / "c",
         "--review",
         "--reviewer",
         "ana",
@@ -367,7 +367,7 @@ def test_the_token_is_in_no_page_log_or_record(root: Path, tmp_path: Path) -> No
         "debug",
         "--refresh",
         "0",
-    ]
+    )
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ)
     )
@@ -528,22 +528,11 @@ def test_two_reviewers_in_two_gallery_processes_at_once_lose_nothing(
 ) -> None:
     token_file = tmp_path / "review.token"
     token_file.write_text(TOKEN + "\n")
-    script = Path(sys.executable).parent / "zimage-gallery"
     processes = [
         subprocess.Popen(
-            [
-                str(script),
-                "--storage",
-                str(root),
-                "--port",
-                "0",
-                "--cache-dir",
-                str(tmp_path / who),
-                "--review-token-file",
-                str(token_file),
-                "--reviewer",
-                who,
-            ],
+            _gallery_command(
+                root, tmp_path / who, "--review-token-file", str(token_file), "--reviewer", who
+            ),
             stdout=subprocess.PIPE,
             text=True,
         )
