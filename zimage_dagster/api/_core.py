@@ -18,6 +18,7 @@ import math
 import os
 import random
 import secrets
+import socket
 import ssl
 import time
 import zlib
@@ -36,6 +37,7 @@ from zimage_dagster.api.errors import (
     APIResponseValidationError,
     APIStatusError,
     APITimeoutError,
+    APIUnreachableError,
     ConfigurationError,
     CreateOutcomeUnknownError,
     DownloadError,
@@ -390,6 +392,40 @@ def create_never_reached_server(policy: RetryPolicy, exc: BaseException) -> bool
     return bool(_names(exc) & policy.create_retry_exceptions)
 
 
+#: How long a call keeps retrying a base URL it cannot connect to (refused, or a host name that
+#: does not resolve): long enough for a server that is starting, short enough that a wrong URL
+#: fails the call within seconds.
+UNREACHABLE_RETRY_S = 5.0
+
+
+def unreachable_reason(exc: BaseException) -> str | None:
+    """Why no connection could be made, when ``exc`` (or what caused it) is a refused connection
+    or a host name that does not resolve; ``None`` for any other failure.
+
+    >>> import socket
+    >>> err = httpx.ConnectError("All connection attempts failed")
+    >>> err.__cause__ = ConnectionRefusedError(111, "Connection refused")
+    >>> unreachable_reason(err), unreachable_reason(httpx.ReadTimeout("slow"))
+    ('connection refused', None)
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    host = ""
+    if isinstance(exc, httpx.ConnectError):
+        try:
+            host = exc.request.url.host
+        except RuntimeError:  # no request attached
+            host = ""
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(current, socket.gaierror):
+            return f"host name {host!r} does not resolve" if host else "host name does not resolve"
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def describe_exception(exc: BaseException) -> str:
     text = str(exc).strip()
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
@@ -714,7 +750,12 @@ class ClientCore:
                     raise CreateOutcomeUnknownError(
                         what, method=method, path=path
                     ) from self.safe_cause(outcome)
-                if isinstance(outcome, httpx.TimeoutException):
+                unreachable = unreachable_reason(outcome)
+                if unreachable is not None:
+                    error = APIUnreachableError(
+                        strip_query(self.base_url), unreachable, method=method, path=path
+                    )
+                elif isinstance(outcome, httpx.TimeoutException):
                     error = APITimeoutError(what, method=method, path=path)
                 else:
                     error = APIConnectionError(what, method=method, path=path)
@@ -733,7 +774,12 @@ class ClientCore:
                     logger.debug("%s %s: giving up after %d attempt(s)", method, path, attempt + 1)
                 raise error from cause
             delay = retry_delay(policy, attempt, hint, self.rng)
-            remaining = budget - (self.clock() - start)
+            elapsed = self.clock() - start
+            remaining = budget - elapsed
+            if isinstance(error, APIUnreachableError) and delay >= min(
+                remaining, UNREACHABLE_RETRY_S - elapsed
+            ):
+                raise error from cause
             if delay >= remaining:
                 raise APITimeoutError(
                     f"deadline of {budget:.1f} s would pass during the {delay:.2f} s wait before "

@@ -6,6 +6,7 @@
     ├── ConfigurationError            (also ValueError) bad client settings, e.g. no API key
     ├── RequestValidationError        (also ValueError) a request breaks a documented rule
     ├── APIConnectionError            the server could not be reached / the connection broke
+    │   ├── APIUnreachableError       no connection to the base URL: refused, or its host does not resolve
     │   └── APITimeoutError           a per-attempt timeout, or the call's overall deadline ran out
     ├── CreateOutcomeUnknownError     a create was sent but no answer came: a task may exist
     ├── APIResponseValidationError    a 2xx answer we cannot parse
@@ -41,6 +42,7 @@ __all__ = [
     "APIResponseValidationError",
     "APIStatusError",
     "APITimeoutError",
+    "APIUnreachableError",
     "AuthenticationError",
     "BadRequestError",
     "ConfigurationError",
@@ -201,6 +203,33 @@ class APIConnectionError(ZImageError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class APIUnreachableError(APIConnectionError):
+    """No connection could be made to the API at ``base_url``: the connection was refused, or its
+    host name does not resolve. Nothing reached the server, so no task can have been made.
+
+    This is a setup problem (nothing listens there, or the URL is wrong), not a passing fault:
+    the client retries it only briefly, and a Dagster step does not retry it.
+
+    >>> str(APIUnreachableError("http://127.0.0.1:9", "connection refused", method="GET",
+    ...                         path="/v1/credits"))  # doctest: +NORMALIZE_WHITESPACE
+    'cannot reach the API at http://127.0.0.1:9 (connection refused): is the API, or the local
+    emulator (zimage-emulator), running there? Else ZIMAGE_BASE_URL (the base_url setting) is
+    wrong (GET /v1/credits)'
+    """
+
+    def __init__(
+        self, base_url: str, reason: str, *, method: str | None = None, path: str | None = None
+    ) -> None:
+        self.base_url = base_url
+        self.reason = reason
+        super().__init__(
+            f"cannot reach the API at {base_url} ({reason}): is the API, or the local emulator "
+            "(zimage-emulator), running there? Else ZIMAGE_BASE_URL (the base_url setting) is wrong",
+            method=method,
+            path=path,
+        )
 
 
 class APITimeoutError(APIConnectionError):

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zimage_dagster.api import (
+    APIUnreachableError,
     AsyncZImageClient,
     CapacityHook,
     GenerationRequest,
@@ -207,7 +208,9 @@ class CreateGate:
         self, jobs: Sequence[ImageJob], *, reuse_stored: bool = True, retry_rejected: bool = False
     ) -> outcome.BatchReport | None:
         """Preflight a batch (:func:`tasks_to_create`, then :meth:`preflight`): ``None`` when it
-        may start, else the report that fails every job with ``budget_refused``, saying why."""
+        may start, else the report that fails every job with ``budget_refused``, saying why, or
+        with the :class:`~zimage_dagster.api.APIUnreachableError` of the balance read (nothing
+        listens at the base URL: every create would fail the same way, one by one)."""
         estimate = await asyncio.to_thread(
             tasks_to_create,
             self.ledger,
@@ -216,7 +219,10 @@ class CreateGate:
             reuse_stored=reuse_stored,
             retry_rejected=retry_rejected,
         )
-        reason = await self.preflight(len(jobs), estimate=estimate)
+        try:
+            reason = await self.preflight(len(jobs), estimate=estimate)
+        except APIUnreachableError as exc:
+            return outcome.BatchReport(failures=[outcome.failure_from_error(j, exc) for j in jobs])
         if reason is None:
             return None
         self.log.warning(reason)
@@ -226,6 +232,8 @@ class CreateGate:
     async def _balance(self) -> int | None:
         try:
             balance = await self.client.get_credits()
+        except APIUnreachableError:
+            raise
         except ZImageError as exc:
             self.log.warning(
                 f"could not read the account's balance before submitting ({exc}); going on: "

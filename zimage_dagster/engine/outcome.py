@@ -5,7 +5,9 @@
   skipped because a task is open).
 * :func:`failure_from_error`: the one classification of an error as retryable or not. A create
   whose outcome is unknown (``create_outcome_unknown``) is *not* retryable anywhere: a task may
-  exist that we do not know of, and retrying blindly may pay twice.
+  exist that we do not know of, and retrying blindly may pay twice. An API that cannot be
+  reached at all (refused, or a host name that does not resolve) is not retryable either: the
+  base URL is wrong or nothing runs there, and the error says so.
 * :func:`rejected_before`: the ledger says the provider rejected this identical request with an
   error the user must fix: fail at once, at no cost.
 * :func:`reusable_image`: an image stored for this identical request, intact (its sha256 matches
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from zimage_dagster.api import (
+    APIUnreachableError,
     AuthenticationError,
     BadRequestError,
     CreateOutcomeUnknownError,
@@ -190,6 +193,9 @@ _PERMANENT = (
     PermissionDeniedError,
     NotAnImageError,
     CreateOutcomeUnknownError,
+    # Nothing listens at the base URL, or its host does not resolve: a setup problem. A step
+    # retry would only wait longer before saying the same; tasks already made are in the ledger.
+    APIUnreachableError,
 )
 
 
