@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import http
 from collections.abc import Mapping
 
 __all__ = [
@@ -308,6 +309,12 @@ class APIStatusError(ZImageError):
     ...                    retry_after=2.0)
     >>> str(e)
     'HTTP 429 rate_limit_exceeded: slow down (GET /v1/credits)'
+
+    The older generation's numeric ``code`` repeats the status; the message says the status once,
+    with its name:
+
+    >>> str(AuthenticationError(401, 401, "Invalid or expired token", method="GET", path="/v1/credits"))
+    'HTTP 401 Unauthorized: Invalid or expired token (GET /v1/credits)'
     """
 
     def __init__(
@@ -334,10 +341,7 @@ class APIStatusError(ZImageError):
         self.path = path
         self.request_id = request_id
         self.retry_after = retry_after
-        parts = [f"HTTP {status_code}"]
-        if code is not None:
-            parts.append(f" {code}")
-        text = "".join(parts) + f": {message}"
+        text = f"HTTP {status_code}{_code_label(status_code, code)}: {message}"
         if param:
             text += f" [param {param}]"
         if fallback_suggestion:
@@ -350,6 +354,23 @@ class APIStatusError(ZImageError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _code_label(status_code: int, code: str | int | None) -> str:
+    """What follows ``HTTP <status>`` in a message: the code, or the status's name when the
+    code only repeats the status (the older API generation), or nothing.
+
+    >>> _code_label(402, "insufficient_quota"), _code_label(401, 401), _code_label(418, None)
+    (' insufficient_quota', ' Unauthorized', '')
+    """
+    if code is None or str(code).strip() == "":
+        return ""
+    if str(code).strip() != str(status_code):
+        return f" {code}"
+    try:
+        return f" {http.HTTPStatus(status_code).phrase}"
+    except ValueError:  # a status with no standard name
+        return ""
 
 
 class BadRequestError(APIStatusError):
