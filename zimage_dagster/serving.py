@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import socket
 import threading
@@ -27,6 +28,8 @@ from starlette.types import ASGIApp
 __all__ = [
     "KEEP_ALIVE_S",
     "BodyTooLargeError",
+    "HelpFormatter",
+    "PortUnavailableError",
     "ServerError",
     "Service",
     "ThreadedServer",
@@ -72,12 +75,47 @@ class ServerError(RuntimeError):
     """The server did not start or stop in time."""
 
 
+class PortUnavailableError(OSError):
+    """``host:port`` cannot be listened on (most often: the port is in use). Its text is one
+    line naming the address and what to do, for a console script to print as it is.
+
+    >>> busy = bind_socket()
+    >>> try:
+    ...     bind_socket(port=busy.getsockname()[1])
+    ... except PortUnavailableError as exc:
+    ...     print(str(exc).replace(str(busy.getsockname()[1]), "PORT"))
+    cannot listen on 127.0.0.1:PORT: the port is in use (another server is on it); choose another with --port, or --port 0 for a free one
+    >>> busy.close()
+    """
+
+    def __init__(self, host: str, port: int, cause: OSError, option: str = "--port") -> None:
+        self.host, self.port, self.cause = host, port, cause
+        if cause.errno == errno.EADDRINUSE:
+            why = "the port is in use (another server is on it)"
+        else:
+            why = cause.strerror or str(cause)
+        shown = f"[{host}]" if ":" in host else host
+        self.message = (
+            f"cannot listen on {shown}:{port}: {why}; choose another with {option}, "
+            f"or {option} 0 for a free one"
+        )
+        super().__init__(cause.errno, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket (port 0: a free one, chosen by the OS)."""
+    """A listening TCP socket (port 0: a free one, chosen by the OS); a port that cannot be
+    listened on raises :class:`PortUnavailableError`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortUnavailableError(host, port, exc) from None
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -95,6 +133,25 @@ def socket_url(sock: socket.socket, *, scheme: str = "http", host: str | None = 
 def socket_port(sock: socket.socket) -> int:
     port: int = sock.getsockname()[1]
     return port
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` of the console scripts: every option's default (an option whose default is
+    ``None`` says its own in its help text, e.g. "default: $ZIMAGE_BASE_URL"), and the
+    description and the example (the epilog) as written.
+
+    >>> p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter, epilog="example:\\n  x -n 3")
+    >>> _ = p.add_argument("-n", type=int, default=2, help="how many")
+    >>> _ = p.add_argument("--url", help="where (default: $URL)")
+    >>> text = p.format_help()
+    >>> "how many (default: 2)" in text, "(default: None)" in text, "  x -n 3" in text
+    (True, False, True)
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def json_object_arg(text: str) -> dict[str, Any]:
