@@ -90,7 +90,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import h11
 import uvicorn
@@ -101,11 +101,14 @@ from starlette.routing import Route
 from upath import UPath
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from zimage_dagster.api import AsyncZImageClient, NotFoundError, ZImageError
+from zimage_dagster.api import AsyncZImageClient, ConfigurationError, NotFoundError, ZImageError
+from zimage_dagster.api._core import DEFAULT_BASE_URL, ENV_BASE_URL, resolve_settings
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.serving import (
     BodyTooLargeError,
+    HelpFormatter,
+    PortUnavailableError,
     Service,
     ThreadedServer,
     bind_socket,
@@ -363,37 +366,87 @@ class CallbackReceiver(Service):
         self._serving.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``zimage-callback-receiver``: serve the receiver; print the base URL on the first line."""
+#: What ``zimage-callback-receiver --help`` ends with.
+EPILOG = """\
+example:
+  export ZIMAGE_API_KEY=sk-...
+  zimage-callback-receiver --storage s3://bucket/images --token-file /etc/zimage/callback-token
+
+It checks its settings (the API key, the token, the storage, the port) before it prints its URL,
+the first line of stdout; a problem is one line on stderr and exit 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="zimage-callback-receiver",
         description="Receive Z-Image-Turbo task callbacks and record them in the task ledger.",
+        formatter_class=HelpFormatter,
+        epilog=EPILOG,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind")
     parser.add_argument("--port", type=int, default=8787, help="port (0: any free port)")
-    parser.add_argument("--storage", required=True, help="image store root (path or fsspec URL)")
+    parser.add_argument(
+        "--storage",
+        required=True,
+        help="image store root (path or fsspec URL) (default: none, required)",
+    )
     parser.add_argument(
         "--token-file",
-        help="file holding the secret path token (created if missing); else $ZIMAGE_CALLBACK_TOKEN",
+        help="file holding the secret path token, created if missing "
+        "(default: $ZIMAGE_CALLBACK_TOKEN)",
     )
-    parser.add_argument("--base-url", help="API base URL (default $ZIMAGE_BASE_URL or EvoLink)")
+    parser.add_argument(
+        "--base-url", help=f"API base URL (default: ${ENV_BASE_URL}, else {DEFAULT_BASE_URL})"
+    )
     parser.add_argument(
         "--api-timeout", type=float, default=5.0, help="seconds to re-read one task from the API"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _fail(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    """Exit 2 with one line on stderr (``argparse``'s own errors add the usage first)."""
+    parser.exit(2, f"{parser.prog}: {message}\n")
+
+
+def _app(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Starlette:
+    """The receiver's app, every setting checked first; a problem exits 2 with one line."""
+    # The receiver's client needs a key: check it now, not when the first callback comes in.
+    try:
+        resolve_settings(None, args.base_url)
+    except ConfigurationError as exc:
+        _fail(parser, str(exc))
     if args.token_file:
-        token = load_or_create_token(args.token_file)
+        try:
+            token = load_or_create_token(args.token_file)
+        except OSError as exc:
+            _fail(parser, f"--token-file {args.token_file}: {exc.strerror or exc}")
     else:
         token = os.environ.get("ZIMAGE_CALLBACK_TOKEN", "")
         if not token:
-            parser.error("pass --token-file or set ZIMAGE_CALLBACK_TOKEN")
+            _fail(parser, "pass --token-file or set ZIMAGE_CALLBACK_TOKEN")
     try:
         app = create_receiver_app(
             args.storage, token, base_url=args.base_url, api_timeout_s=args.api_timeout
         )
-    except (ValueError, ZImageError) as exc:
-        parser.error(str(exc))
-    sock = bind_socket(args.host, args.port)
+    except (ValueError, OSError, ZImageError) as exc:
+        _fail(parser, str(exc))
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``zimage-callback-receiver``: serve the receiver; print the base URL on the first line.
+
+    Settings are checked first (the API key, the token, the storage, the port): a problem is one
+    line on stderr and exit 2, before any URL is printed.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    app = _app(parser, args)
+    try:
+        sock = bind_socket(args.host, args.port)
+    except PortUnavailableError as exc:
+        _fail(parser, str(exc))
     print(socket_url(sock), flush=True)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -404,7 +457,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             http=guarded_http_protocol(),
         )
     )
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
