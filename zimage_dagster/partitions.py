@@ -12,24 +12,49 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Collection
 
 import dagster as dg
 
-from zimage_dagster.prompts import PromptDataset, load_prompts
+from zimage_dagster.prompts import PromptDataset, PromptDatasetError, RowProblem, load_prompts
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
 
 __all__ = ["partition_range", "partitions_def_for", "prompt_key", "spec_dataset"]
+
+log = logging.getLogger(__name__)
 
 PROMPT_DIMENSION = "prompt"
 DATE_DIMENSION = "date"
 
 
 def spec_dataset(source: PromptSource) -> PromptDataset:
-    """The dataset of a spec's ``prompts`` (a loaded one as it is)."""
+    r"""The dataset of a spec's ``prompts`` (a loaded one as it is).
+
+    A file that cannot be read as a dataset at all (no ``prompt`` column, a quote never closed,
+    not UTF-8...) is an empty dataset whose one problem says why: the asset has no partitions
+    until the file is fixed, is shown with the reason in its ``dataset_problem_report``, and the
+    code location, with every other asset, still loads. (Rows in Python are code: their errors
+    raise.)
+
+    >>> import tempfile, pathlib
+    >>> bad = pathlib.Path(tempfile.mkdtemp()) / "prompts.csv"
+    >>> _ = bad.write_text("title\na fox\n")
+    >>> ds = spec_dataset(str(bad))
+    >>> len(ds), ds.problems[0].field, "no 'prompt' column" in ds.problems[0].reason
+    (0, 'file', True)
+    """
     if isinstance(source, PromptDataset):
         return source
-    return load_prompts(source)
+    try:
+        return load_prompts(source)
+    except PromptDatasetError as exc:
+        if not isinstance(source, (str, os.PathLike)):
+            raise
+        log.warning(f"{exc}; the asset has no partitions from it until it is fixed")
+        problem = RowProblem(0, "file", None, f"{exc} (no row loaded)")
+        return PromptDataset(rows=(), problems=(problem,), source=str(source))
 
 
 def partitions_def_for(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.PartitionsDefinition:

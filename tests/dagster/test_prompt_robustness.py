@@ -1,4 +1,5 @@
-"""One bad cell never takes a prompt dataset (and so the code location) down.
+"""One bad cell never takes a prompt dataset (and so the code location) down; nor does one bad
+file (its asset has no partitions, and says why); every line end loads.
 
 Each case below once raised for the whole file, or passed silently; each is now a row-level
 problem (row, field, reason) with the other rows kept. Memory: loading a file holding one huge
@@ -13,8 +14,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
+from zimage_dagster import ZImageResource, build_image_assets
 from zimage_dagster.prompts import MAX_LINE_BYTES, MAX_NESTING, PromptDataset, load_prompts
 
 
@@ -132,3 +135,71 @@ def test_memory_stays_a_small_multiple_of_the_file_size(tmp_path: Path, fmt: str
         f"{fmt}: peak allocations while loading {peak / 2**20:.0f} MiB = {multiple:.2f} x the file"
     )
     assert multiple < 1.5
+
+
+LINE_ENDS = {"unix": "\n", "windows": "\r\n", "classic-mac": "\r"}
+
+
+@pytest.mark.parametrize("name", sorted(LINE_ENDS))
+def test_csv_and_jsonl_load_with_every_line_end(tmp_path: Path, name: str) -> None:
+    """``\\n``, ``\\r\\n`` and a lone ``\\r`` all end a line, also inside a quoted CSV field
+    (kept as written), with the same line numbers. A classic-Mac CSV once failed the whole
+    file, and so the code location, asking for "universal-newline mode"."""
+    nl = LINE_ENDS[name]
+    csv_text = nl.join(
+        ["key,prompt,seed", "fox,a red fox,1", f'owl,"an owl,{nl}at night",2', "elk,an elk,3", ""]
+    )
+    ds = _load(tmp_path, "p.csv", csv_text.encode())
+    assert ds.problems == ()
+    assert [(r.key, r.prompt, r.seed, r.row_number) for r in ds] == [
+        ("fox", "a red fox", 1, 2),
+        ("owl", f"an owl,{nl}at night", 2, 3),
+        ("elk", "an elk", 3, 5),
+    ]
+    jsonl = nl.join(['{"key": "fox", "prompt": "a fox"}', "", '{"key": "owl", "prompt": "an owl"}'])
+    ds = _load(tmp_path, "p.jsonl", jsonl.encode())
+    assert ds.problems == ()
+    assert [(r.key, r.row_number) for r in ds] == [("fox", 1), ("owl", 3)]
+
+
+def test_a_classic_mac_csv_loads_as_an_asset(tmp_path: Path) -> None:
+    path = tmp_path / "prompts.csv"
+    path.write_bytes(b"key,prompt\rfox,a red fox\rowl,an owl\r")
+    defs = dg.Definitions.merge(
+        build_image_assets("cards", path, storage=tmp_path / "out"),
+        dg.Definitions(resources={"zimage": ZImageResource(api_key="sk-test")}),
+    )
+    graph = defs.resolve_asset_graph()
+    partitions = graph.get(dg.AssetKey("cards")).partitions_def
+    assert partitions is not None
+    assert partitions.get_partition_keys() == ["fox", "owl"]
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"title\na fox\n", "no 'prompt' column"),
+        (b'prompt\n"a fox never closed\nan owl\n', "never closed"),
+        (b"prompt\na caf\xe9\n", "not valid utf-8"),
+    ],
+)
+def test_one_bad_file_never_takes_the_code_location_down(
+    tmp_path: Path, data: bytes, reason: str
+) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(data)
+    defs = dg.Definitions.merge(
+        build_image_assets("broken", bad, storage=tmp_path / "a"),
+        build_image_assets("fine", [{"key": "fox", "prompt": "a fox"}], storage=tmp_path / "b"),
+        dg.Definitions(resources={"zimage": ZImageResource(api_key="sk-test")}),
+    )
+    graph = defs.resolve_asset_graph()  # the whole location loads
+    broken = graph.get(dg.AssetKey("broken"))
+    assert broken.partitions_def is not None
+    assert broken.partitions_def.get_partition_keys() == []
+    report = broken.metadata["dataset_problem_report"].value
+    assert str(bad) in report
+    assert reason in report.lower()
+    fine = graph.get(dg.AssetKey("fine")).partitions_def
+    assert fine is not None
+    assert fine.get_partition_keys() == ["fox"]

@@ -266,15 +266,23 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(("fmt", "data", "says"), MALFORMED)
-def test_unusable_datasets_raise_one_clear_error(
+def test_unusable_datasets_are_one_clear_error_and_never_a_dead_code_location(
     tmp_path: Path, fmt: str, data: bytes, says: str
 ) -> None:
+    """``load_prompts`` raises one clear error; the asset built from the file loads anyway (the
+    code location with it) with no partitions, and its ``dataset_problem_report`` says why."""
     path = tmp_path / f"prompts.{fmt}"
     path.write_bytes(data)
     with pytest.raises(PromptDatasetError) as caught:
-        build_image_assets("imgs", path, storage=tmp_path / "store")
+        load_prompts(path)
     assert says in str(caught.value)
     assert str(path) in str(caught.value)
+    asset = image_asset(build_image_assets("imgs", path, storage=tmp_path / "store"))
+    assert asset.partitions_def is not None
+    assert asset.partitions_def.get_partition_keys() == []
+    report = asset.metadata_by_key[asset.key]["dataset_problem_report"].value
+    assert says in report
+    assert str(path) in report
     assert not (tmp_path / "store").exists()
 
 

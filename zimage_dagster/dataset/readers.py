@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import os
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -52,14 +53,24 @@ def _decode(data: bytes, source: str, encoding: str) -> str:
     return text.removeprefix("\ufeff")
 
 
+#: A line ends with ``\n`` (Unix), ``\r\n`` (Windows) or a lone ``\r`` (classic Mac OS, and
+#: what some spreadsheet exports still write).
+_LINE_END = re.compile(rb"\r\n?|\n")
+
+
 def _raw_lines(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(line number, start, end) of each line of ``data``, the end past its newline; no copies."""
-    start, number, size = 0, 1, len(data)
-    while start < size:
-        newline = data.find(b"\n", start)
-        end = size if newline < 0 else newline + 1
-        yield number, start, end
-        start, number = end, number + 1
+    r"""(line number, start, end) of each line of ``data``, the end past its line end (``\n``,
+    ``\r\n`` or ``\r``); no copies.
+
+    >>> [data[s:e] for data in [b"a\rb\r\nc\nd"] for _, s, e in _raw_lines(data)]
+    [b'a\r', b'b\r\n', b'c\n', b'd']
+    """
+    start, number = 0, 1
+    for match in _LINE_END.finditer(data):
+        yield number, start, match.end()
+        start, number = match.end(), number + 1
+    if start < len(data):
+        yield number, start, len(data)
 
 
 class _CsvLines:
