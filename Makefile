@@ -26,9 +26,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install only when the project's declared or pinned dependencies change. pip >= 25.1 reads
-# dependency groups (`--group`).
+# dependency groups (`--group`); setuptools without known CVEs (requirements/venv-tools.txt).
 $(RUN_STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(PIP) install --upgrade "pip>=25.1"
+	$(PIP) install --upgrade -r requirements/venv-tools.txt
 	$(INSTALL) -c $(CONSTRAINTS) -e . --group demo
 	touch $(RUN_STAMP)
 

@@ -23,6 +23,8 @@ import pytest
 from tests.readme.walk import QuickStart, readme_emulator, walk_plain_road
 
 REPO = Path(__file__).resolve().parents[2]
+#: What every fresh venv is upgraded to first (the same file as the Makefile's venv rule).
+VENV_TOOLS = REPO / "requirements" / "venv-tools.txt"
 README = REPO / "README.md"
 README_PORT = "8765"
 # The oldest Dagster the plugin supports (pyproject's floor; `make compat` proves it).
@@ -85,6 +87,8 @@ class Venv:
         """A venv at ``root`` holding ``requirements`` (none: an empty one)."""
         self.root = root
         _run([sys.executable, "-m", "venv", str(root)])
+        _run([str(self.bin / "python"), "-m", "pip", "install", "--quiet", "--upgrade",
+              "-r", str(VENV_TOOLS)])  # fmt: skip
         if requirements:
             _run([str(self.bin / "python"), "-m", "pip", "install", "--quiet", *requirements])
 
