@@ -30,6 +30,7 @@ from PIL import Image
 from zimage_dagster.api import parse_size
 from zimage_dagster.balance import balance_definitions
 from zimage_dagster.engine.jobs import ImageJob, plan_job
+from zimage_dagster.engine.keys import partition_key_problem
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.store import ImageStore
@@ -308,6 +309,12 @@ def _generate(
             f"regenerate, of the {len(context.partition_keys)} in the run's range"
         )
     for partition_key in partition_keys:
+        problem = partition_key_problem(str(partition_key))  # e.g. a dynamic one added by hand
+        if problem is not None:
+            missing.append(
+                f"{partition_key}: partition key {str(partition_key)!r} refused: {problem}"
+            )
+            continue
         row_key = prompt_key(partition_key, partitions_def)
         row = dataset.get(row_key)
         if row is None:

@@ -205,10 +205,14 @@ def test_refuses_unsafe_extension(tmp_path: Path) -> None:
 
 def test_allows_dagster_style_keys(tmp_path: Path) -> None:
     store = ImageStore(tmp_path)
-    for key in ["2024-01-01", "2024-01-01-00:00", "a|b", "東京", "..hidden-ish", "a..b"]:
+    for key in ["2024-01-01", "2024-01-01-00:00", "a|b", "東京", "a..b"]:
         store.write_image("hero", key, b"x")
         assert store.read_bytes("hero", key, "png") == b"x"
     assert all(p.startswith("hero/") for p in all_files(tmp_path))
+    # A leading '.' would be a dot-file the store's own scans skip: refused, nothing written.
+    with pytest.raises(UnsafePathError, match=r"'\.\.hidden-ish' refused: starts with '\.'"):
+        store.write_image("hero", "..hidden-ish", b"x")
+    assert len(all_files(tmp_path)) == 5
 
 
 def test_write_atomic_refuses_foreign_paths(tmp_path: Path) -> None:

@@ -7,8 +7,15 @@ import pkgutil
 import random
 from pathlib import Path
 
+import pytest
+
 import zimage_dagster.engine as engine_pkg
-from zimage_dagster.engine.keys import partition_key, storage_key
+from zimage_dagster.engine.keys import (
+    InvalidPartitionKeyError,
+    partition_key,
+    partition_key_problem,
+    storage_key,
+)
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
@@ -24,6 +31,10 @@ def test_the_codec_is_reversible_for_any_key() -> None:
     alphabet = "_|~a-:."
     for _ in range(20_000):
         key = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        if partition_key_problem(key) is not None:  # empty, or a leading '.': never stored
+            with pytest.raises(InvalidPartitionKeyError):
+                storage_key(key)
+            continue
         assert partition_key(storage_key(key)) == key, key
     # Dataset keys and dates are stored as they are; a date x prompt key keeps its readable form.
     assert storage_key("hero_01") == "hero_01"

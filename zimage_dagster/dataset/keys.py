@@ -9,6 +9,11 @@ and ``| , [ ]`` in multi-partition dimensions). A user key breaking the rule is 
 never rewritten. A missing key is derived from the prompt (:func:`derive_key`): a slug and 12 hex
 of the prompt's sha256, stable across runs and machines.
 
+Every partition key of an image asset, a dataset's or not (a date, a dynamic partition added by
+hand), follows :func:`partition_key_problem`: a non-empty string not starting with ``.`` (the
+image store's and the task ledger's scans skip dot-files). Its one home is here, the lowest layer
+that needs it; the engine's storage codec applies it too.
+
 >>> check_key("hero-01") is None, derive_key("a red fox")
 (True, 'a-red-fox-647c3a6520b8')
 """
@@ -19,7 +24,14 @@ import hashlib
 import re
 import unicodedata
 
-__all__ = ["KEY_PATTERN", "check_key", "derive_key"]
+__all__ = [
+    "KEY_PATTERN",
+    "InvalidPartitionKeyError",
+    "check_key",
+    "check_partition_key",
+    "derive_key",
+    "partition_key_problem",
+]
 
 #: The rule every partition key follows (plus: not a Windows device name).
 KEY_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,79}$"
@@ -28,6 +40,60 @@ _RESERVED_KEYS = frozenset(
     {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 )
 _KEY_RULE = f"must match {KEY_PATTERN} (lowercase letters, digits, '-' and '_'; 1 to 80 characters)"
+
+
+class InvalidPartitionKeyError(ValueError):
+    """A partition key the image store and the ledger cannot hold; the message names it.
+
+    >>> str(InvalidPartitionKeyError(".hidden", "starts with '.'"))
+    "partition key '.hidden' refused: starts with '.'"
+    """
+
+    def __init__(self, key: object, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"partition key {key!r} refused: {reason}")
+
+    def __reduce__(self) -> tuple[type[InvalidPartitionKeyError], tuple[object, str]]:
+        return (type(self), (self.key, self.reason))
+
+
+def partition_key_problem(key: object) -> str | None:
+    """``None`` when ``key`` can be a partition key of an image asset, else why not: it must be a
+    non-empty string that does not start with ``.`` (the store's and the ledger's scans skip
+    dot-files, so its image and its task would be invisible to them).
+
+    >>> partition_key_problem("fox"), partition_key_problem("2026-01-01|hero")
+    (None, None)
+    >>> partition_key_problem(".hidden")
+    "starts with '.': the image store and the task ledger skip dot-files when they scan, so its image and its task could never be found"
+    """
+    if not isinstance(key, str) or not key:
+        return "must be a non-empty string"
+    if key.startswith("."):
+        return (
+            "starts with '.': the image store and the task ledger skip dot-files when they scan, "
+            "so its image and its task could never be found"
+        )
+    return None
+
+
+def check_partition_key(key: object) -> str:
+    """``key`` when :func:`partition_key_problem` finds nothing, else
+    :class:`InvalidPartitionKeyError` naming it.
+
+    >>> check_partition_key("fox")
+    'fox'
+    >>> check_partition_key("..x")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    zimage_dagster.dataset.keys.InvalidPartitionKeyError: partition key '..x' refused: starts with '.'...
+    """
+    problem = partition_key_problem(key)
+    if problem is not None:
+        raise InvalidPartitionKeyError(key, problem)
+    assert isinstance(key, str)
+    return key
 
 
 def _utf8(text: str) -> bytes:
@@ -39,8 +105,13 @@ def check_key(key: str) -> str | None:
 
     >>> check_key("hero-01"), check_key("con")
     (None, "'con' is a reserved device name on Windows")
+    >>> check_key(".hidden")[:16]
+    "starts with '.':"
     """
-    if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+    problem = partition_key_problem(key)  # the rule of every partition key, whatever its source
+    if problem is not None:
+        return problem
+    if not _KEY_RE.fullmatch(key):
         return _KEY_RULE
     if key in _RESERVED_KEYS:
         return f"{key!r} is a reserved device name on Windows"

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from zimage_dagster.dataset.keys import check_partition_key
 from zimage_dagster.dataset.request import DEFAULT_SIZE, choose_seed, request_fingerprint
 
 __all__ = [
@@ -86,6 +87,8 @@ class PromptDataset:
     """The valid rows of a dataset, in order, plus the problems found.
 
     ``numbering`` says what ``row_number`` counts: ``"line"`` (CSV, JSON Lines) or ``"record"``.
+    Rows made by hand are checked too: a key no partition may have (one starting with ``.``)
+    raises :class:`~zimage_dagster.dataset.keys.InvalidPartitionKeyError`, naming it.
 
     >>> from zimage_dagster.dataset import load_prompts
     >>> ds = load_prompts(["a lighthouse at dusk", "a lighthouse at dusk"])
@@ -100,6 +103,8 @@ class PromptDataset:
     _index: dict[str, PromptRow] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        for row in self.rows:  # rows made by hand are not checked by the readers
+            check_partition_key(row.key)
         object.__setattr__(self, "_index", {r.key: r for r in self.rows})
 
     @property

@@ -19,6 +19,12 @@ encode them when they build a path) and :func:`partition_key` (they read their f
 gallery and the sensors included, asks them, and the ledger entries and provenance records hold
 the partition key itself.
 
+:func:`storage_key` applies the rule every partition key of an image asset follows, whatever
+brought it (:func:`~zimage_dagster.dataset.keys.partition_key_problem`, re-exported here; it
+lives with the dataset, the lowest layer that needs it): the store and the ledger skip dot-files
+when they scan, so a key starting with ``.`` would be written and then never found again (a
+deferred task for it would be paid and never collected). Nothing is ever written for one.
+
 >>> storage_key("2026-01-01|hero")
 '2026-01-01__hero'
 >>> partition_key("2026-01-01__hero")
@@ -29,7 +35,19 @@ True
 
 from __future__ import annotations
 
-__all__ = ["partition_key", "storage_key"]
+from zimage_dagster.dataset.keys import (
+    InvalidPartitionKeyError,
+    check_partition_key,
+    partition_key_problem,
+)
+
+__all__ = [
+    "InvalidPartitionKeyError",
+    "check_partition_key",
+    "partition_key",
+    "partition_key_problem",
+    "storage_key",
+]
 
 
 def storage_key(key: str) -> str:
@@ -37,8 +55,10 @@ def storage_key(key: str) -> str:
 
     >>> storage_key("fox"), storage_key("2026-01-02|fox"), storage_key("a__b")
     ('fox', '2026-01-02__fox', 'a~__b')
+
+    A key :func:`check_partition_key` refuses raises :class:`InvalidPartitionKeyError`.
     """
-    text = str(key)
+    text = check_partition_key(key)
     out: list[str] = []
     for i, ch in enumerate(text):
         if ch == "|":

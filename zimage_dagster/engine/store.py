@@ -63,8 +63,8 @@ from upath import UPath
 from upath.implementations.local import LocalPath
 
 from zimage_dagster.engine.atomic import ConditionalFiles, conditional_files, replace_file
+from zimage_dagster.engine.keys import InvalidPartitionKeyError, storage_key
 from zimage_dagster.engine.keys import partition_key as decode_key
-from zimage_dagster.engine.keys import storage_key
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 from zimage_dagster.engine.scan import ScanCache
 
@@ -220,9 +220,15 @@ def file_stem(partition_key: str) -> str:
 
     >>> file_stem("2026-01-01|hero")
     '2026-01-01__hero'
+
+    A key the scans could not see again (a leading ``.``) is refused like any unsafe one.
     """
     check_path_component(partition_key)
-    return check_path_component(storage_key(partition_key))
+    try:
+        stem = storage_key(partition_key)
+    except InvalidPartitionKeyError as exc:
+        raise UnsafePathError(str(exc)) from None
+    return check_path_component(stem)
 
 
 def _check_ext(ext: str) -> str:
