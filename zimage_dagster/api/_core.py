@@ -742,31 +742,7 @@ class ClientCore:
             elif isinstance(outcome, Exception):
                 cause = self.safe_cause(outcome)
                 hint = None
-                what = self.scrub(describe_exception(outcome))
-                if is_create and not create_never_reached_server(policy, outcome):
-                    logger.debug(
-                        "%s %s failed after sending: %s; outcome unknown", method, path, what
-                    )
-                    raise CreateOutcomeUnknownError(
-                        what, method=method, path=path
-                    ) from self.safe_cause(outcome)
-                unreachable = unreachable_reason(outcome)
-                if unreachable is not None:
-                    error = APIUnreachableError(
-                        strip_query(self.base_url), unreachable, method=method, path=path
-                    )
-                elif isinstance(outcome, httpx.TimeoutException):
-                    error = APITimeoutError(what, method=method, path=path)
-                else:
-                    error = APIConnectionError(what, method=method, path=path)
-                retryable = is_create or exception_is_retryable(outcome)
-                logger.debug(
-                    "%s %s failed: %s (%s)",
-                    method,
-                    path,
-                    what,
-                    "retryable" if retryable else "final",
-                )
+                error, retryable = self._transport_error(outcome, method, path)
             else:  # pragma: no cover - a driver bug
                 raise TypeError(f"unexpected outcome {outcome!r}")
             if not retryable or attempt >= policy.max_retries:
@@ -796,6 +772,35 @@ class ClientCore:
             else:
                 yield Sleep(delay)
             attempt += 1
+
+    def _transport_error(
+        self, exc: Exception, method: str, path: str
+    ) -> tuple[APIConnectionError, bool]:
+        """The error of an API call that got no answer, and whether to try again. A create that
+        may have reached the server raises :class:`CreateOutcomeUnknownError` (never retried);
+        no connection at all to the base URL is an :class:`APIUnreachableError`."""
+        is_create = method == "POST"
+        what = self.scrub(describe_exception(exc))
+        if is_create and not create_never_reached_server(self.retry, exc):
+            logger.debug("%s %s failed after sending: %s; outcome unknown", method, path, what)
+            raise CreateOutcomeUnknownError(what, method=method, path=path) from self.safe_cause(
+                exc
+            )
+        error: APIConnectionError
+        unreachable = unreachable_reason(exc)
+        if unreachable is not None:
+            error = APIUnreachableError(
+                strip_query(self.base_url), unreachable, method=method, path=path
+            )
+        elif isinstance(exc, httpx.TimeoutException):
+            error = APITimeoutError(what, method=method, path=path)
+        else:
+            error = APIConnectionError(what, method=method, path=path)
+        retryable = is_create or exception_is_retryable(exc)
+        logger.debug(
+            "%s %s failed: %s (%s)", method, path, what, "retryable" if retryable else "final"
+        )
+        return error, retryable
 
     # -- API operations --
 
@@ -851,35 +856,9 @@ class ClientCore:
         while True:
             now = self.clock()
             if task is not None:
-                status = task.known_status
-                if status is TaskStatus.COMPLETED:
-                    seen_done = now if polls == 0 else schedule.observations[-1][0]
-                    if polls:
-                        schedule.learn(seen_done)
-                    queued, generating = schedule.phases(seen_done)
-                    logger.debug(
-                        "task %s completed after %d poll(s) (request id %s)",
-                        task_id,
-                        polls,
-                        task._request_id,
-                    )
-                    return WaitOutcome(
-                        task=task, polls=polls, queued_s=queued, generating_s=generating
-                    )
-                if status in FAILED_STATUSES:
-                    code = task.error.code if task.error else None
-                    message = (task.error.message if task.error else None) or "no error message"
-                    raise TaskFailedError(
-                        task_id,
-                        code,
-                        self.scrub(message),
-                        is_retryable_task_error_code(code, 1),
-                        task=task,
-                    ).with_request_id(task._request_id)
-                if status is None:
-                    raise UnknownTaskStatusError(task_id, str(task.status)).with_request_id(
-                        task._request_id
-                    )
+                done = self._finished(task_id, task, polls, schedule, now)
+                if done is not None:
+                    return done
             elapsed = now - start
             remaining = budget - elapsed
             if remaining <= 0:
@@ -906,6 +885,41 @@ class ClientCore:
             )
             if on_poll is not None:
                 on_poll(task)
+
+    def _finished(
+        self, task_id: str, task: Task, polls: int, schedule: PollSchedule, now: float
+    ) -> WaitOutcome | None:
+        """The outcome of a wait whose task was last seen as ``task``: ``None`` while it runs;
+        a failed task raises :class:`TaskFailedError`, an unknown status
+        :class:`UnknownTaskStatusError`."""
+        status = task.known_status
+        if status is TaskStatus.COMPLETED:
+            seen_done = now if polls == 0 else schedule.observations[-1][0]
+            if polls:
+                schedule.learn(seen_done)
+            queued, generating = schedule.phases(seen_done)
+            logger.debug(
+                "task %s completed after %d poll(s) (request id %s)",
+                task_id,
+                polls,
+                task._request_id,
+            )
+            return WaitOutcome(task=task, polls=polls, queued_s=queued, generating_s=generating)
+        if status in FAILED_STATUSES:
+            code = task.error.code if task.error else None
+            message = (task.error.message if task.error else None) or "no error message"
+            raise TaskFailedError(
+                task_id,
+                code,
+                self.scrub(message),
+                is_retryable_task_error_code(code, 1),
+                task=task,
+            ).with_request_id(task._request_id)
+        if status is None:
+            raise UnknownTaskStatusError(task_id, str(task.status)).with_request_id(
+                task._request_id
+            )
+        return None
 
     def _redirect_target(self, received: Received, hops: int, task_id: str | None) -> str:
         """Where a download redirect leads, if it may be followed (else ``DownloadError``)."""
