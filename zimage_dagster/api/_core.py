@@ -392,36 +392,44 @@ def create_never_reached_server(policy: RetryPolicy, exc: BaseException) -> bool
     return bool(_names(exc) & policy.create_retry_exceptions)
 
 
-#: How long a call keeps retrying a base URL it cannot connect to (refused, or a host name that
-#: does not resolve): long enough for a server that is starting, short enough that a wrong URL
-#: fails the call within seconds.
-UNREACHABLE_RETRY_S = 5.0
+#: How long a call keeps retrying a base URL that refuses connections: long enough for a server
+#: that is starting, short enough that a wrong URL fails the call within seconds. A host name
+#: that does not exist is not retried at all (a temporary DNS failure is, within this window).
+UNREACHABLE_RETRY_S = 3.0
 
 
-def unreachable_reason(exc: BaseException) -> str | None:
-    """Why no connection could be made, when ``exc`` (or what caused it) is a refused connection
-    or a host name that does not resolve; ``None`` for any other failure.
+def unreachable_reason(exc: BaseException) -> tuple[str, bool] | None:
+    """``(why, worth retrying)`` when no connection could be made because ``exc`` (or what
+    caused it) is a refused connection or a host name that does not resolve; ``None`` for any
+    other failure. A name that does not exist is not worth retrying; a refusal (a server still
+    starting) or a temporary DNS failure is.
 
     >>> import socket
     >>> err = httpx.ConnectError("All connection attempts failed")
     >>> err.__cause__ = ConnectionRefusedError(111, "Connection refused")
     >>> unreachable_reason(err), unreachable_reason(httpx.ReadTimeout("slow"))
-    ('connection refused', None)
+    (('connection refused', True), None)
+    >>> err.__cause__ = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    >>> unreachable_reason(err)
+    ('host name does not resolve', False)
     """
     seen: set[int] = set()
     current: BaseException | None = exc
     host = ""
     if isinstance(exc, httpx.ConnectError):
         try:
-            host = exc.request.url.host
+            host = f"host name {exc.request.url.host!r}"
         except RuntimeError:  # no request attached
             host = ""
+    host = host or "host name"
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, ConnectionRefusedError):
-            return "connection refused"
+            return "connection refused", True
         if isinstance(current, socket.gaierror):
-            return f"host name {host!r} does not resolve" if host else "host name does not resolve"
+            if current.errno == socket.EAI_AGAIN:
+                return f"{host} could not be resolved now (temporary DNS failure)", True
+            return f"{host} does not resolve", False
         current = current.__cause__ or current.__context__
     return None
 
@@ -787,16 +795,18 @@ class ClientCore:
                 exc
             )
         error: APIConnectionError
+        retryable = is_create or exception_is_retryable(exc)
         unreachable = unreachable_reason(exc)
         if unreachable is not None:
+            reason, worth_retrying = unreachable
             error = APIUnreachableError(
-                strip_query(self.base_url), unreachable, method=method, path=path
+                strip_query(self.base_url), reason, method=method, path=path
             )
+            retryable = retryable and worth_retrying
         elif isinstance(exc, httpx.TimeoutException):
             error = APITimeoutError(what, method=method, path=path)
         else:
             error = APIConnectionError(what, method=method, path=path)
-        retryable = is_create or exception_is_retryable(exc)
         logger.debug(
             "%s %s failed: %s (%s)", method, path, what, "retryable" if retryable else "final"
         )
