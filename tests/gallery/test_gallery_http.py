@@ -29,6 +29,7 @@ from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links, pages
 from zimage_dagster.gallery.index import GalleryIndex, Query
+from zimage_dagster.serving import bind_socket
 
 CARD = re.compile(r"<article class='card' data-key='([^']*)' data-status='([^']*)'")
 GRID = links.asset_path(ASSET)
@@ -288,6 +289,23 @@ def test_the_console_script_prints_its_url_first_and_serves(run: StoredRun, tmp_
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_the_console_script_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
+    busy = bind_socket()
+    try:
+        port = busy.getsockname()[1]
+        script = Path(sys.executable).parent / "zimage-gallery"
+        command = [str(script), "--storage", str(tmp_path), "--port", str(port)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    finally:
+        busy.close()
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        f"zimage-gallery: cannot listen on 127.0.0.1:{port}: the port is in use (another server "
+        "is on it); choose another with --port, or --port 0 for a free one"
+    ]
 
 
 def test_a_local_rebuild_reads_only_what_changed(tmp_path: Path) -> None:

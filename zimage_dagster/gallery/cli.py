@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from zimage_dagster.engine.reviews import ReviewError, check_reviewer
 from zimage_dagster.gallery.access import new_token, read_token_file
 from zimage_dagster.gallery.app import create_gallery_app, default_reviewer
-from zimage_dagster.serving import json_object_arg, serve
+from zimage_dagster.serving import PortUnavailableError, json_object_arg, serve
 
 __all__ = ["main", "parse_args"]
 
@@ -128,7 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    serve(app, args.host, args.port, log_level=args.log_level)
+    try:
+        serve(app, args.host, args.port, log_level=args.log_level)
+    except PortUnavailableError as exc:
+        print(f"zimage-gallery: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
