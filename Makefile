@@ -27,7 +27,7 @@ $(BIN)/python:
 
 # Re-install only when the project's declared or pinned dependencies change. pip >= 25.1 reads
 # dependency groups (`--group`); setuptools without known CVEs (requirements/venv-tools.txt).
-$(RUN_STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
+$(RUN_STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS) requirements/venv-tools.txt
 	$(PIP) install --upgrade -r requirements/venv-tools.txt
 	$(INSTALL) -c $(CONSTRAINTS) -e . --group demo
 	touch $(RUN_STAMP)
