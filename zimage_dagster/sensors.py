@@ -45,8 +45,11 @@ from dagster._core.storage.tags import (
 )
 from upath import UPath
 
-from zimage_dagster.dataset.request import DEFAULT_SIZE, request_fingerprint
-from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.dataset.request import request_fingerprint
+from zimage_dagster.engine.decide import Action, DecisionPolicy, decide
+from zimage_dagster.engine.jobs import plan_job_for
+from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
     COLLECT_TAG,
@@ -101,7 +104,7 @@ def build_task_status_sensor(
     minimum_interval_seconds: int = 30,
     tick_budget_s: float = 30.0,
     concurrency: int = 32,
-    max_resubmits: int = 2,
+    max_resubmits: int | None = None,
     max_per_run: int = DEFAULT_MAX_PER_RUN,
     max_collect_runs: int = DEFAULT_MAX_COLLECT_RUNS,
     max_active_runs: int = DEFAULT_MAX_ACTIVE_RUNS,
@@ -128,8 +131,9 @@ def build_task_status_sensor(
             ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS``). The watcher gets 85 % of it (polls, ledger
             writes), the answer the rest. Work that does not fit resumes next tick.
         concurrency: status requests in flight at once.
-        max_resubmits: new tasks per partition after retryable failures or expired results
-            (created by the collect run, never by the sensor).
+        max_resubmits: the resubmission budget (see :mod:`zimage_dagster.engine.decide`);
+            default: the resource's ``max_resubmits``, the one option the collect runs use too
+            (they create the new tasks, never the sensor).
         max_per_run: partitions per collect run (a tick asks for one run; more wait for the next).
         max_collect_runs: collect runs a partition may go through uncollected before it is
             reported as failed for good.
@@ -149,7 +153,6 @@ def build_task_status_sensor(
         # The watcher's share; the rest is for the answer (partition ranges, run requests).
         "tick_budget_s": tick_budget_s * WATCHER_SHARE,
         "concurrency": concurrency,
-        "max_resubmits": max_resubmits,
         "max_per_run": max_per_run,
         "max_collect_runs": max_collect_runs,
         "max_active_runs": max_active_runs,
@@ -188,6 +191,7 @@ def build_task_status_sensor(
             spec.asset_key.path,
             logger=context.log,
             open_polls=open_polls,
+            max_resubmits=resource.max_resubmits if max_resubmits is None else max_resubmits,
             **watcher_options,
         )
 
@@ -356,32 +360,6 @@ def load_dataset(files: Sequence[UPath]) -> tuple[dict[str, PromptRow], list[str
     return rows, problems
 
 
-def _content(prompt: Any, size: Any, nsfw: Any, seed: Any) -> tuple[Any, ...]:
-    return (prompt, size or DEFAULT_SIZE, bool(nsfw), seed)
-
-
-def _row_content(spec: ImageAssetSpec, row: PromptRow) -> tuple[Any, ...]:
-    # The seed counts only when the row sets it: a derived seed follows from the prompt, and a
-    # random one (seed_strategy="random") is no reason to regenerate.
-    return _content(row.prompt, row.size or spec.default_size, row.nsfw_check, row.seed)
-
-
-def _entry_content(entry: LedgerEntry, explicit_seed: bool) -> tuple[Any, ...]:
-    r = entry.request
-    return _content(
-        r.get("prompt"), r.get("size"), r.get("nsfw_check"), entry.seed if explicit_seed else None
-    )
-
-
-def _provenance_content(record: Mapping[str, Any], explicit_seed: bool) -> tuple[Any, ...]:
-    return _content(
-        record.get("prompt"),
-        record.get("size_requested"),
-        record.get("nsfw_check"),
-        record.get("seed") if explicit_seed else None,
-    )
-
-
 def _read_provenance(store: ImageStore, spec: ImageAssetSpec) -> dict[str, dict[str, Any]]:
     """Every provenance record of the asset, by partition key, in one bulk read (the store's)."""
     return {r.partition_key: dict(r.provenance) for r in store.records(spec.asset_key.path)}
@@ -521,36 +499,49 @@ def _runs_wanted(
     provenance: Mapping[str, Mapping[str, Any]],
     context: dg.SensorEvaluationContext,
 ) -> list[tuple[str, str, str]]:
-    """``(key, reason, run key)`` of each row not generated (nor being generated, nor rejected)
-    as it is now, sorted by key; ``reason`` is ``new`` or ``changed``."""
+    """``(key, reason, run key)`` of each row a run would generate as it is now (the one
+    decision, :func:`~zimage_dagster.engine.decide.decide`, says ``create`` for its planned
+    request), sorted by key; ``reason`` is ``new`` or ``changed``. Not wanted: a row whose image
+    is stored for its request, whose task is open, or that was rejected as it is (the user must
+    change it); a retryable failure is wanted again."""
+    policy = DecisionPolicy(
+        reuse_stored=True,  # stored for the row's request: up to date, whatever runs do
+        retry_rejected=spec.retry_rejected,
+        refetch_collected=False,  # collected but its image gone: a run is wanted
+    )
     wanted: list[tuple[str, str, str]] = []
     for key, row in rows.items():
-        explicit = row.seed is not None
-        expected = _row_content(spec, row)
         entry = entries.get(key)
-        record = provenance.get(key)
-        if (
-            entry is not None
-            and (entry.is_open or entry.status == LedgerStatus.FAILED)
-            and _entry_content(entry, explicit) == expected
-        ):
-            continue  # being generated, or rejected as it is (the user must change it)
-        if record is not None and _provenance_content(record, explicit) == expected:
-            continue  # generated from this very row
+        record = _stored_record(provenance.get(key))
+        job = plan_job_for(
+            entry,
+            spec.asset_key.path,
+            key,
+            row,
+            strategy=spec.seed_strategy,
+            default_size=spec.default_size,
+        )
+        if decide(entry, record, job.fingerprint, policy).action != Action.CREATE:
+            continue
         if record is None and entry is None:
             reason, basis = "new", "new"
         else:
             reason = "changed"
-            basis = str((record or {}).get("task_id") or (entry.task_id if entry else "new"))
+            basis = record.task_id if record is not None else entry.task_id if entry else "new"
             context.log.info(f"key {key!r}: the dataset row changed; requesting regeneration")
-        fp = request_fingerprint(*_fp_args(expected))
+        # Named by the row's content (its own seed, if any): a random draw never renames it.
+        fp = request_fingerprint(job.row.prompt, job.row.size, row.seed, job.row.nsfw_check)
         wanted.append((key, reason, f"{key}:{fp}:{basis}"))
     return sorted(wanted, key=lambda w: w[0])
 
 
-def _fp_args(content: tuple[Any, ...]) -> tuple[Any, Any, Any, Any]:
-    prompt, size, nsfw, seed = content
-    return prompt, size, seed, nsfw
+def _stored_record(provenance: Mapping[str, Any] | None) -> ImageRecord | None:
+    if provenance is None:
+        return None
+    try:
+        return from_provenance(provenance)
+    except (ValueError, TypeError):
+        return None
 
 
 def _removed_keys(

@@ -79,6 +79,6 @@ def test_sensor_ticks_racing_create_nothing(emulator: EmulatorServer, tmp_path: 
     assert emulator.stats()["tasks_created"] == len(KEYS)
     entries = list(ledger.iter_entries("imgs"))
     assert {e.status for e in entries} == {LedgerStatus.FAILED}
-    batches = {e.extra.get("collect_batch") for e in entries}
+    batches = {e.collect_batch for e in entries}
     assert None not in batches
     assert len(batches) <= 3  # at most one per tick

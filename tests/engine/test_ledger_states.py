@@ -45,10 +45,8 @@ def test_states_only_move_forward(store_root: Root) -> None:
     # Same status again may add detail (the sensor marks a failure handled).
     ledger.record_submitted("imgs", "r", task_id=TASK, request=REQUEST)
     ledger.mark_failed("imgs", "r", TASK, "content_policy_violation")
-    handled = ledger.update(
-        "imgs", "r", TASK, LedgerStatus.FAILED, error_code="x", extra={"handled_at": 1.0}
-    )
-    assert handled.extra["handled_at"] == 1.0
+    handled = ledger.update("imgs", "r", TASK, LedgerStatus.FAILED, error_code="x", handled_at=1.0)
+    assert handled.handled_at == 1.0
 
 
 def test_racing_writers_never_roll_an_entry_back(store_root: Root) -> None:
@@ -112,7 +110,7 @@ def test_an_unreadable_entry_is_moved_aside_and_rebuilt(
     # The task ID survives in the index (written with the entry): the partition re-attaches.
     assert entry is not None
     assert entry.task_id == TASK
-    assert entry.extra["recovered_from"] == aside[0].name
+    assert entry.recovered_from == aside[0].name
     assert entry.status == LedgerStatus.SUBMITTED
     restored = ledger.restore_request("imgs", "p", TASK, request=REQUEST, fingerprint="f" * 16)
     assert restored.fingerprint == "f" * 16
@@ -153,13 +151,9 @@ def test_an_unreadable_provenance_record_is_moved_aside(
 
 def test_one_assets_scan_never_sees_a_nested_assets_entries(tmp_path: Path) -> None:
     ledger = TaskLedger(ImageStore(tmp_path))
-    ledger.record_submitted("a", "p1", task_id=TASK, request=REQUEST, extra={"deferred": True})
+    ledger.record_submitted("a", "p1", task_id=TASK, request=REQUEST, deferred=True)
     ledger.record_submitted(
-        ("a", "b"),
-        "p2",
-        task_id=TASK.replace("abc", "xyz"),
-        request=REQUEST,
-        extra={"deferred": True},
+        ("a", "b"), "p2", task_id=TASK.replace("abc", "xyz"), request=REQUEST, deferred=True
     )
     assert [(e.asset, e.partition_key) for e in ledger.iter_entries("a")] == [(("a",), "p1")]
     assert [(e.asset, e.partition_key) for e in ledger.iter_entries(("a", "b"))] == [
@@ -189,3 +183,57 @@ def test_stored_files_honour_the_umask(tmp_path: Path) -> None:
     assert modes["imgs/p.json"] == 0o644
     assert modes["_ledger/imgs/p.json"] == 0o644
     assert modes["imgs/q.png"] == 0o640
+
+
+def test_a_ledger_written_in_the_old_shape_is_read_into_typed_fields(tmp_path: Path) -> None:
+    """Stores written before the workflow state was typed (``ledger_version`` 2, everything in
+    ``extra``) keep working: the fields are read from ``extra``, the sensor still watches the
+    entry, and the resubmission count is taken as every earlier task (never fewer)."""
+    import json
+
+    ledger = TaskLedger(ImageStore(tmp_path))
+    old = {
+        "ledger_version": 2,
+        "asset": ["imgs"],
+        "partition_key": "2026-01-01|fox",
+        "task_id": TASK,
+        "seed": 7,
+        "fingerprint": "f" * 16,
+        "request": REQUEST,
+        "status": "failed",
+        "submitted_at": 1.0,
+        "updated_at": 2.0,
+        "attempt": 3,
+        "previous": [],
+        "error_code": "service_error",
+        "error_message": "busy",
+        "run_id": "r1",
+        "extra": {
+            "deferred": True,
+            "collect_batch": "b1",
+            "collect_requested_at": 5.0,
+            "collect_runs": 1,
+            "completed_at": 4.0,
+            "via": "callback",
+            "note": "kept",
+        },
+        "credits_reserved": 0.026,
+    }
+    path = ledger.path("imgs", "2026-01-01|fox")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(old))
+    entry = ledger.get("imgs", "2026-01-01|fox")
+    assert entry is not None
+    assert (entry.deferred, entry.collect_batch, entry.collect_requested_at) == (True, "b1", 5.0)
+    assert (entry.collect_runs, entry.completed_at, entry.via) == (1, 4.0, "callback")
+    assert entry.resubmits == 2  # attempt 3: two earlier tasks, all counted
+    assert entry.handled_at is None
+    assert entry.recovered_from is None
+    assert entry.extra == {"note": "kept"}
+    assert [e.partition_key for e in TaskWatcher(ledger, "imgs")._read()] == ["2026-01-01|fox"]
+    # Written again, it takes the new shape and reads back the same.
+    marked = ledger.update("imgs", "2026-01-01|fox", TASK, LedgerStatus.FAILED, handled_at=9.0)
+    assert json.loads(path.read_text())["deferred"] is True
+    assert ledger.get("imgs", "2026-01-01|fox") == marked
+    assert marked.handled_at == 9.0
+    assert marked.resubmits == 2

@@ -12,6 +12,10 @@ import dagster as dg
 import pytest
 
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.jobs import plan_job
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.prompts import load_prompts
 from zimage_dagster.sensors import REASON_TAG, build_prompt_dataset_sensor
 
 from ._support import Tick, make_defs, make_resource, make_spec, tick
@@ -150,3 +154,27 @@ def test_cursor_stays_small_for_10000_rows(tmp_path: Path, instance: dg.DagsterI
 def test_needs_dynamic_partitions(tmp_path: Path) -> None:
     with pytest.raises(dg.DagsterInvalidDefinitionError):
         build_prompt_dataset_sensor(make_spec(tmp_path), "cards_job")
+
+
+def test_a_retryable_failure_is_wanted_again_a_fixable_one_is_not(
+    tmp_path: Path, instance: dg.DagsterInstance
+) -> None:
+    """The sensor asks the one decision: a row whose task failed with a retryable error (the
+    provider's outage) is requested again; one rejected with a fixable error is not (before,
+    any failed entry counted as rejected, and an outage left the row ungenerated for good)."""
+    data = tmp_path / "prompts.csv"
+    write_csv(data, ROWS)
+    spec = make_spec(tmp_path / "out", str(data), partitioning="dynamic")
+    ledger = TaskLedger(ImageStore(spec.storage_root))
+    rows = {row.key: row for row in load_prompts(str(data))}
+    for key, code in (("fox", "service_error"), ("owl", "content_policy_violation")):
+        job = plan_job(ledger, spec.asset_key.path, key, rows[key])
+        task = f"task-unified-1796000000-{key}aaaaa"
+        ledger.record_submitted(
+            spec.asset_key.path, key, task_id=task, request=job.request.to_wire()
+        )
+        ledger.mark_failed(spec.asset_key.path, key, task, code, "it failed")
+    sensor = build_prompt_dataset_sensor(spec, "cards_job")
+    first = tick(sensor, instance)
+    reasons = {r.partition_key: r.tags[REASON_TAG] for r in first.run_requests}
+    assert reasons == {"fox": "changed", "elk": "new"}  # owl stays rejected

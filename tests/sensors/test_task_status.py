@@ -34,7 +34,7 @@ def _batch_entries(ledger: TaskLedger, spec: ImageAssetSpec, batch_id: str) -> s
     return {
         e.partition_key
         for e in ledger.iter_entries(spec.asset_key.path)
-        if e.extra.get("collect_batch") == batch_id
+        if e.collect_batch == batch_id
     }
 
 
@@ -250,7 +250,7 @@ def test_permanent_failure_is_reported_once_and_not_retried(
     entry = ledger.get(spec.asset_key.path, "bad")
     assert entry is not None
     assert entry.status == LedgerStatus.FAILED
-    assert entry.extra["handled_at"]
+    assert entry.handled_at
     # The observation lands on the partition once Dagster stores it (the daemon does this).
     instance.report_runless_asset_event(event)
     [record] = instance.fetch_observations(spec.asset_key, limit=5).records

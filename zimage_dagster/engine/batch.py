@@ -13,12 +13,15 @@
 4. waits (adaptive polling), downloads, stores the image and its provenance atomically, and marks
    the ledger entry collected (temp files that a writer killed mid-write left in the asset's
    folders are removed when a batch starts, once they are an hour old);
-5. resubmits a task that failed with a retryable provider error (same seed) within a budget,
-   regenerates one whose result link expired (same seed, flagged ``regenerated``), and reports a
-   fixable error (content policy...) as a failure of that partition alone.
+5. resubmits a task that failed with a retryable provider error (same seed) within the
+   resubmission budget, regenerates one whose result link expired (same seed, flagged
+   ``regenerated``), and reports a fixable error (content policy...) as a failure of that
+   partition alone.
 
-The reuse and reject decisions and the error classification are the outcome model's
-(:mod:`zimage_dagster.engine.outcome`), shared with deferred mode. Nothing here knows Dagster:
+Steps 1-3 and the resubmissions of step 5 are the one decision
+(:func:`~zimage_dagster.engine.decide.decide`, shared with deferred mode, the create gate's
+estimate and the prompt-dataset sensor); the error classification is the outcome model's
+(:mod:`zimage_dagster.engine.outcome`). Nothing here knows Dagster:
 callers get an ``on_success`` callback per stored image (the asset logs an
 ``AssetMaterialization`` there) and a :class:`~zimage_dagster.engine.outcome.BatchReport` at the
 end.
@@ -48,7 +51,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zimage_dagster.api import (
@@ -61,7 +64,6 @@ from zimage_dagster.api import (
     TaskFailedError,
     WaitOutcome,
     ZImageError,
-    is_retryable_task_error_code,
 )
 from zimage_dagster.engine.atomic import remove_stale_temp_files
 from zimage_dagster.engine.claims import (
@@ -73,6 +75,7 @@ from zimage_dagster.engine.claims import (
 )
 from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import CreditBudget, from_micro, to_micro
+from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import (
@@ -82,8 +85,8 @@ from zimage_dagster.engine.outcome import (
     Log,
     failure_from_claim_error,
     failure_from_error,
-    rejected_before,
-    reusable_image,
+    look_up,
+    rejected_failure,
 )
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import AssetLike, ImageStore, asset_parts
@@ -103,6 +106,7 @@ class _Attempt:
     attempts: int = 0
     regenerated: bool = False
     reattached: bool = False
+    resubmits: int = 0  # the ledger's count for the task made next (see engine.decide)
     previous: list[str] = field(default_factory=list)
 
 
@@ -115,7 +119,7 @@ class BatchGenerator:
         ledger: where task IDs are written before any wait.
         asset: the asset key's parts (the folder under the store's root).
         concurrency: partitions in flight at once.
-        max_resubmits: new tasks allowed per partition after retryable task failures or expiry.
+        max_resubmits: the resubmission budget of a request (see :mod:`zimage_dagster.engine.decide`).
         reuse_stored: reuse a stored image made from the identical request instead of paying again.
         retry_rejected: submit again a request the provider rejected before with a fixable error
             (by default the ledger's record of the rejection fails the partition at once).
@@ -162,9 +166,9 @@ class BatchGenerator:
         self.ledger = ledger
         self.asset = asset_parts(asset)
         self.concurrency = concurrency
-        self.max_resubmits = max_resubmits
-        self.reuse_stored = reuse_stored
-        self.retry_rejected = retry_rejected
+        self.policy = DecisionPolicy(
+            reuse_stored=reuse_stored, retry_rejected=retry_rejected, max_resubmits=max_resubmits
+        )
         self.wait_deadline = wait_deadline
         self.on_success = on_success
         self.on_failure = on_failure
@@ -195,9 +199,7 @@ class BatchGenerator:
         if self.store.is_local:  # temp files of writers killed mid-write (hours old)
             for folder in (self.store.asset_dir(self.asset), self.ledger.folder(self.asset)):
                 await asyncio.to_thread(remove_stale_temp_files, folder.path)
-        refused = await self.creator.refused(
-            jobs, reuse_stored=self.reuse_stored, retry_rejected=self.retry_rejected
-        )
+        refused = await self.creator.refused(jobs, self.policy)
         if refused is not None:
             return refused
         with self._gate:
@@ -262,13 +264,11 @@ class BatchGenerator:
         except Exception as exc:  # the storage cannot arbitrate: never create blindly
             return failure_from_claim_error(job, exc)
         try:
-            # Having waited for another run, reuse what it stored even if asked to regenerate:
-            # both runs asked for the same image at the same time.
-            reused = await asyncio.to_thread(self._reuse_stored, job, waited)
+            decision, reused = await asyncio.to_thread(self._decide, job, waited)
             if reused is not None:
                 return reused
             state = _Attempt()
-            rejected = await self._reattach(job, state)
+            rejected = await self._start(job, decision, state)
             if rejected is not None:
                 return rejected
             return await self._run_to_image(job, state)
@@ -287,50 +287,40 @@ class BatchGenerator:
         finally:
             await asyncio.to_thread(self._gate.release, key)
 
-    def _reuse_stored(self, job: ImageJob, waited: bool = False) -> ImageSuccess | None:
-        if not (self.reuse_stored or waited):
-            return None
-        return reusable_image(self.store, self.ledger, self.asset, job, self.log)
+    def _decide(self, job: ImageJob, waited: bool) -> tuple[Decision, ImageSuccess | None]:
+        # Having waited for another run, reuse what it stored even if asked to regenerate:
+        # both runs asked for the same image at the same time.
+        policy = replace(self.policy, reuse_stored=True) if waited else self.policy
+        return look_up(self.store, self.ledger, self.asset, job, policy, self.log)
 
-    async def _reattach(self, job: ImageJob, state: _Attempt) -> ImageFailure | None:
-        """Pick up the partition's task from the ledger, if it is still the same request.
-
-        ``submitted`` / ``completed``: the live task is fetched and waited on (a completed one
-        is just downloaded). ``failed`` with a fixable code: the partition fails at once (unless
-        ``retry_rejected``). ``expired``: a new task is made and flagged ``regenerated``.
-        ``failed`` (retryable) / ``abandoned``: a new task is made. Either way the attempt count
-        and the earlier task IDs carry on from the ledger.
-        """
-        entry = await asyncio.to_thread(self.ledger.get, self.asset, job.partition_key)
-        if entry is not None and entry.extra.get("recovered_from") and not entry.fingerprint:
-            entry = await asyncio.to_thread(
-                self.ledger.restore_request,
-                self.asset,
-                job.partition_key,
-                entry.task_id,
-                request=job.request.to_wire(),
-                fingerprint=job.fingerprint,
-            )
-        if entry is None or entry.fingerprint != job.fingerprint:
+    async def _start(
+        self, job: ImageJob, decision: Decision, state: _Attempt
+    ) -> ImageFailure | None:
+        """Act on the decision taken for the partition (see
+        :func:`~zimage_dagster.engine.decide.decide`): ``rejected`` fails it at once;
+        ``reattach`` fetches the ledger's task (a completed one is just downloaded; a collected
+        one whose image is gone is fetched again); ``create`` of a resubmission carries the
+        attempt count and the earlier task IDs on from the ledger (an expired one is flagged
+        ``regenerated``)."""
+        if decision.action == Action.REJECTED:
+            return rejected_failure(job, decision)
+        entry = decision.entry
+        if entry is None:
             return None
         state.attempts = entry.attempt
         state.previous = [p.task_id for p in entry.previous]
-        rejected = rejected_before(job, entry, retry_rejected=self.retry_rejected)
-        if rejected is not None:
-            return rejected
-        if entry.status == LedgerStatus.COLLECTED and self.reuse_stored:
-            # Collected, yet no intact stored image (deleted, or its record was unreadable):
-            # fetch the result again while its link lives rather than paying for a new task.
+        if decision.action == Action.CREATE:
+            state.previous.append(entry.task_id)
+            state.regenerated = decision.regenerated
+            state.resubmits = decision.resubmits
+            return None
+        if entry.status == LedgerStatus.COLLECTED:
             self.log.warning(
                 f"partition {job.partition_key}: task {entry.task_id} was collected but its "
                 "stored image is missing or unreadable; fetching its result again"
             )
-        elif not entry.is_open:
-            state.previous.append(entry.task_id)
-            state.regenerated = entry.status == LedgerStatus.EXPIRED
-            return None
-        # A task the deferred-mode sensor made to replace an expired one is still a regeneration.
-        state.regenerated = bool(entry.extra.get("regenerated"))
+        state.regenerated = entry.regenerated
+        state.resubmits = entry.resubmits
         try:
             state.task = await self.client.get_task(entry.task_id)
             state.reattached = True
@@ -341,6 +331,7 @@ class BatchGenerator:
         except NotFoundError:
             await self._ledger_update(job, entry.task_id, LedgerStatus.ABANDONED, "not found")
             state.previous.append(entry.task_id)
+            state.resubmits += 1
         return None
 
     async def _create(self, job: ImageJob, state: _Attempt) -> Task:
@@ -354,13 +345,25 @@ class BatchGenerator:
             partition_key=job.partition_key,
             fingerprint=job.fingerprint,
             extra=self.ledger_extra or None,
+            resubmits=state.resubmits,
+            regenerated=state.regenerated,
         )
         state.attempts += 1
         state.reattached = False
         return task
 
+    def _resubmit(self, job: ImageJob, entry: LedgerEntry, state: _Attempt) -> Decision:
+        """After the task of ``entry`` failed or expired in this run: the one decision, with the
+        resubmission budget (``create``: the state is ready for the new task)."""
+        decision = decide(entry, None, job.fingerprint, self.policy, resubmitting=True)
+        if decision.action == Action.CREATE:
+            state.previous.append(entry.task_id)
+            state.resubmits = decision.resubmits
+            state.regenerated = state.regenerated or decision.regenerated
+            state.task = None
+        return decision
+
     async def _run_to_image(self, job: ImageJob, state: _Attempt) -> ImageSuccess | ImageFailure:
-        budget = self.max_resubmits + max(state.attempts, 1)
         while True:
             try:
                 # The provider counts tasks from create to their end: hold a slot that long,
@@ -378,30 +381,26 @@ class BatchGenerator:
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:
                 self.creator.task_failed(task)
-                await self._ledger_update(
+                entry = await self._ledger_update(
                     job, task.id, LedgerStatus.FAILED, exc.message, code=str(exc.code)
                 )
-                retryable = is_retryable_task_error_code(exc.code, attempt=state.attempts)
-                if retryable and state.attempts < budget:
+                decision = self._resubmit(job, entry, state)
+                if decision.action == Action.CREATE:
                     self.log.info(
                         f"partition {job.partition_key}: task {task.id} failed with {exc.code}; "
                         "resubmitting with the same seed"
                     )
-                    state.previous.append(task.id)
-                    state.task = None
                     continue
+                retryable = decision.action != Action.REJECTED or decision.budget_spent
                 return ImageFailure(job, str(exc.code), exc.message, retryable, task.id)
             except ResultExpiredError:
-                await self._ledger_update(job, task.id, LedgerStatus.EXPIRED)
-                if state.attempts >= budget:
+                entry = await self._ledger_update(job, task.id, LedgerStatus.EXPIRED)
+                if self._resubmit(job, entry, state).action != Action.CREATE:
                     raise
                 self.log.info(
                     f"partition {job.partition_key}: the result of task {task.id} expired; "
                     "regenerating with the same seed"
                 )
-                state.regenerated = True
-                state.previous.append(task.id)
-                state.task = None
                 continue
             return await asyncio.to_thread(self._store, job, state, outcome, image, downloading_s)
 

@@ -60,8 +60,9 @@ from zimage_dagster.api import (
 from zimage_dagster.api.errors import CreateOutcomeUnknownError, InsufficientQuotaError
 from zimage_dagster.engine import credits, outcome
 from zimage_dagster.engine.credits import CreditBudget, SpendCounter, Usage, from_micro, to_micro
+from zimage_dagster.engine.decide import DEFAULT_POLICY, Action, DecisionPolicy, decide
 from zimage_dagster.engine.jobs import ImageJob
-from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BudgetError, Log
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
@@ -205,20 +206,13 @@ class CreateGate:
         )
 
     async def refused(
-        self, jobs: Sequence[ImageJob], *, reuse_stored: bool = True, retry_rejected: bool = False
+        self, jobs: Sequence[ImageJob], policy: DecisionPolicy = DEFAULT_POLICY
     ) -> outcome.BatchReport | None:
         """Preflight a batch (:func:`tasks_to_create`, then :meth:`preflight`): ``None`` when it
         may start, else the report that fails every job with ``budget_refused``, saying why, or
         with the :class:`~zimage_dagster.api.APIUnreachableError` of the balance read (nothing
         listens at the base URL: every create would fail the same way, one by one)."""
-        estimate = await asyncio.to_thread(
-            tasks_to_create,
-            self.ledger,
-            self.asset,
-            jobs,
-            reuse_stored=reuse_stored,
-            retry_rejected=retry_rejected,
-        )
+        estimate = await asyncio.to_thread(tasks_to_create, self.ledger, self.asset, jobs, policy)
         try:
             reason = await self.preflight(len(jobs), estimate=estimate)
         except APIUnreachableError as exc:
@@ -254,11 +248,16 @@ class CreateGate:
         run_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
         wait_for_capacity: CapacityHook | None = None,
+        resubmits: int = 0,
+        regenerated: bool = False,
+        deferred: bool | None = None,
     ) -> Task:
         """Create the task for ``request`` within the budgets and record it in the ledger.
 
         ``record`` is the request as the ledger keeps it (default: ``request``'s wire form);
-        ``run_id`` the run recorded on the entry (default: the gate's). Raises
+        ``run_id`` the run recorded on the entry (default: the gate's); ``resubmits``,
+        ``regenerated`` and ``deferred`` are the entry's workflow fields (see
+        :class:`~zimage_dagster.engine.ledger.LedgerEntry`). Raises
         :class:`~zimage_dagster.engine.outcome.BudgetError` (no task created), the provider's
         :class:`~zimage_dagster.api.InsufficientQuotaError` (then no further create is sent), or
         any error of the client. ``wait_for_capacity`` is the client's hook for a create
@@ -303,6 +302,9 @@ class CreateGate:
             run_id=run_id or self.run_id,
             extra=extra,
             credits_reserved=from_micro(actual),
+            resubmits=resubmits,
+            regenerated=regenerated,
+            deferred=deferred,
         )
         return task
 
@@ -335,13 +337,13 @@ def tasks_to_create(
     ledger: TaskLedger,
     asset: AssetLike,
     jobs: Sequence[ImageJob],
-    *,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
+    policy: DecisionPolicy = DEFAULT_POLICY,
 ) -> int:
-    """How many of ``jobs`` will need a new task, from the ledger: not those with an open or
-    collected task for the identical request (re-attached or reused), nor those rejected
-    before for good. An estimate: a stored image found damaged later costs one more."""
+    """How many of ``jobs`` the one decision (:func:`~zimage_dagster.engine.decide.decide`)
+    sends to ``create``, from the ledger alone: not those with an open task of the identical
+    request, or a collected one (re-attached or reused), nor those rejected before for good.
+    An estimate: stored images are not read (a damaged one costs one more, one stored without
+    a ledger entry one less)."""
     parts = asset_parts(asset)
     count = 0
     for job in jobs:
@@ -349,10 +351,6 @@ def tasks_to_create(
             entry = ledger.get(parts, job.partition_key)
         except Exception:  # the partition fails on its own later (a bad key...): count it
             entry = None
-        if entry is not None and entry.fingerprint == job.fingerprint:
-            if entry.is_open or (reuse_stored and entry.status == LedgerStatus.COLLECTED):
-                continue
-            if outcome.rejected_before(job, entry, retry_rejected=retry_rejected) is not None:
-                continue
-        count += 1
+        if decide(entry, None, job.fingerprint, policy).action == Action.CREATE:
+            count += 1
     return count

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from zimage_dagster.api import GenerationRequest
 from zimage_dagster.dataset.request import (
@@ -27,9 +28,9 @@ from zimage_dagster.dataset.request import (
     request_fingerprint,
 )
 from zimage_dagster.dataset.rows import PromptRow
-from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
 
-__all__ = ["ImageJob", "plan_job"]
+__all__ = ["ImageJob", "plan_job", "plan_job_for"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,19 @@ class ImageJob:
 
 
 def plan_job(
-    ledger: TaskLedger,
+    ledger: TaskLedger, asset: Sequence[str], partition_key: str, row: PromptRow, **how: Any
+) -> ImageJob:
+    """The job for one partition of ``asset`` (key parts) made from ``row``: :func:`plan_job_for`
+    (``strategy``, ``default_size``) with the partition's ledger entry, read only when the seed
+    may come from it."""
+    entry = None
+    if row.seed is None and how.get("strategy") == "random":
+        entry = ledger.get(asset, partition_key)
+    return plan_job_for(entry, asset, partition_key, row, **how)
+
+
+def plan_job_for(
+    entry: LedgerEntry | None,
     asset: Sequence[str],
     partition_key: str,
     row: PromptRow,
@@ -77,22 +90,27 @@ def plan_job(
     strategy: SeedStrategy = "derived",
     default_size: str | None = None,
 ) -> ImageJob:
-    """The job for one partition of ``asset`` (key parts) made from ``row``.
+    """The job for one partition of ``asset`` made from ``row``, given its ledger ``entry``.
 
     ``default_size`` fills a row without a size. With ``strategy="random"`` the seed of the
     ledger's entry for the partition is kept while the request is otherwise unchanged, so a
     resumed run re-attaches to its task, a re-run reuses the stored image and a rejected prompt
     stays rejected, instead of paying for a new draw each time.
+
+    >>> plan_job_for(None, ("hero",), "fox", PromptRow("fox", "a fox", None, 7, None)).seed
+    7
     """
     if default_size and not row.size:
         row = replace(row, size=default_size)
     kept: int | None = None
-    if row.seed is None and strategy == "random":
-        entry = ledger.get(asset, partition_key)
-        if entry is not None and entry.fingerprint == request_fingerprint(
-            row.prompt, row.size, entry.seed, bool(row.nsfw_check)
-        ):
-            kept = entry.seed
+    if (
+        row.seed is None
+        and strategy == "random"
+        and entry is not None
+        and entry.fingerprint
+        == request_fingerprint(row.prompt, row.size, entry.seed, bool(row.nsfw_check))
+    ):
+        kept = entry.seed
     seed = choose_seed(
         "/".join(asset),
         partition_key,

@@ -38,7 +38,7 @@ claim (:mod:`zimage_dagster.engine.claims`), which lives next to the entry (:met
 Self-repair: an entry that cannot be read (truncated, garbage, ``{}``, binary) is moved aside to
 ``<storage key>.json.unreadable-<time>-<random>`` with a warning naming both files, and the partition is
 rebuilt: when a task ID can be recovered (from the damaged bytes or the task-ID index), the entry
-is re-made for that task (``extra["recovered_from"]``) so the run re-attaches to it instead of
+is re-made for that task (``recovered_from``) so the run re-attaches to it instead of
 paying again; otherwise the partition has no entry and is generated again with its same seed.
 Scans of one asset never see the entries of another (``a`` does not see ``a/b``).
 
@@ -106,12 +106,14 @@ __all__ = [
     "OPEN_STATUSES",
     "REQUEST_FIELDS",
     "STATE_DIR",
+    "WORKFLOW_FIELDS",
     "LedgerConflictError",
     "LedgerEntry",
     "LedgerStatus",
     "PreviousAttempt",
     "TaskLedger",
     "moves_forward",
+    "split_workflow",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,8 +123,9 @@ REQUEST_FIELDS: tuple[str, ...] = ("model", "prompt", "size", "seed", "nsfw_chec
 
 _MAX_MESSAGE_CHARS = 2000
 
-#: Version of the entry layout (2: ``partition_key`` is the Dagster partition key itself).
-LEDGER_VERSION = 2
+#: Version of the entry layout (2: ``partition_key`` is the Dagster partition key itself; 3: the
+#: workflow state is typed fields, no longer ``extra`` keys, which are still read).
+LEDGER_VERSION = 3
 
 #: Reserved folders under ``<root>/_ledger`` (not assets): the task-ID index and sensor state.
 INDEX_DIR = "_by_task"
@@ -238,9 +241,31 @@ class LedgerEntry:
     error_code: str | None = None
     error_message: str | None = None
     run_id: str | None = None
+    #: Anything else a caller recorded (unknown keys of older or newer writers are kept here).
     extra: Mapping[str, Any] = field(default_factory=dict)
     #: What the provider reserved for the current task (``usage.credits_reserved``), when known.
     credits_reserved: float | None = None
+    # -- workflow state (typed; version 2 ledgers kept these in ``extra``, still read there) ----
+    #: Watched by the task-status sensor (a deferred submit's task, or a collect run's).
+    deferred: bool = False
+    #: Tasks created for this very request (same fingerprint) before the current one: the count
+    #: the resubmission budget reads (:mod:`zimage_dagster.engine.decide`).
+    resubmits: int = 0
+    #: The task replaces one whose result link expired.
+    regenerated: bool = False
+    #: Re-made from a damaged entry file (its name): the request is not known yet.
+    recovered_from: str | None = None
+    #: When the task was first seen completed (unix s).
+    completed_at: float | None = None
+    #: ``"callback"`` when the callback receiver recorded the task's end.
+    via: str | None = None
+    #: The collect batch last asked to collect the entry, and when (unix s).
+    collect_batch: str | None = None
+    collect_requested_at: float | None = None
+    #: Collect runs that ended without collecting the entry.
+    collect_runs: int = 0
+    #: When a failure of the entry was reported (it is reported once).
+    handled_at: float | None = None
 
     @property
     def asset_name(self) -> str:
@@ -272,6 +297,7 @@ class LedgerEntry:
             "run_id": self.run_id,
             "extra": dict(self.extra),
             "credits_reserved": self.credits_reserved,
+            **{name: getattr(self, name) for name in WORKFLOW_FIELDS},
         }
 
     @classmethod
@@ -283,6 +309,12 @@ class LedgerEntry:
         key = str(data["partition_key"])
         if int(data.get("ledger_version", 1)) < 2:
             key = decode_key(key)
+        extra, workflow = split_workflow(data.get("extra") or {})
+        for name in WORKFLOW_FIELDS:
+            if data.get(name) is not None:
+                workflow[name] = _WORKFLOW_TYPES[name](data[name])
+        if "resubmits" not in workflow:  # older entries: every earlier task counts (never less)
+            workflow["resubmits"] = max(int(data.get("attempt", 1)) - 1, 0)
         return cls(
             asset=tuple(str(p) for p in data["asset"]),
             partition_key=key,
@@ -298,8 +330,9 @@ class LedgerEntry:
             error_code=data.get("error_code"),
             error_message=data.get("error_message"),
             run_id=data.get("run_id"),
-            extra=dict(data.get("extra") or {}),
+            extra=extra,
             credits_reserved=_credits(data.get("credits_reserved")),
+            **workflow,
         )
 
 
@@ -310,6 +343,50 @@ def _parse_entry(path: str, raw: bytes) -> LedgerEntry | None:
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
         log.debug("skipping unreadable ledger file %s: %s", path, exc)
         return None
+
+
+#: The typed workflow fields of an entry, with how a value read from JSON is coerced.
+_WORKFLOW_TYPES: dict[str, Any] = {
+    "deferred": bool,
+    "resubmits": int,
+    "regenerated": bool,
+    "recovered_from": str,
+    "completed_at": float,
+    "via": str,
+    "collect_batch": str,
+    "collect_requested_at": float,
+    "collect_runs": int,
+    "handled_at": float,
+}
+WORKFLOW_FIELDS: tuple[str, ...] = tuple(_WORKFLOW_TYPES)
+
+
+def split_workflow(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(other keys, typed workflow fields)`` of an ``extra`` mapping: version 2 entries (and
+    callers of ``extra=``) kept the workflow state there; it goes to the typed fields.
+
+    >>> split_workflow({"deferred": True, "collect_runs": "2", "note": "x"})
+    ({'note': 'x'}, {'deferred': True, 'collect_runs': 2})
+    """
+    rest: dict[str, Any] = {}
+    typed: dict[str, Any] = {}
+    for name, value in extra.items():
+        kind = _WORKFLOW_TYPES.get(name)
+        if kind is None:
+            rest[name] = value
+        elif value is not None:
+            typed[name] = kind(value)
+    return rest, typed
+
+
+def _workflow_changes(
+    extra: Mapping[str, Any] | None, given: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(other extra keys, workflow fields to set)``: the typed ``given`` ones (not ``None``)
+    over those found in ``extra``."""
+    others, workflow = split_workflow(extra or {})
+    workflow.update({name: value for name, value in given.items() if value is not None})
+    return others, workflow
 
 
 def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
@@ -459,7 +536,7 @@ class TaskLedger:
             status=LedgerStatus.SUBMITTED,
             submitted_at=now,
             updated_at=now,
-            extra={"recovered_from": aside.name},
+            recovered_from=aside.name,
         )
         with contextlib.suppress(FileExistsError):
             self.files.create(path, _encode(entry))
@@ -628,6 +705,10 @@ class TaskLedger:
         run_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
         credits_reserved: float | None = None,
+        deferred: bool | None = None,
+        resubmits: int | None = None,
+        regenerated: bool | None = None,
+        collect_batch: str | None = None,
     ) -> LedgerEntry:
         """Record a freshly created task (call it before waiting on the task).
 
@@ -637,8 +718,19 @@ class TaskLedger:
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
         grows by one, keeping what each earlier task reserved (``credits_reserved``: the
         partition's spend stays known). Recording the same task ID again is a no-op returning
-        the entry.
+        the entry. ``deferred``, ``resubmits``, ``regenerated`` and ``collect_batch`` are the
+        entry's workflow fields (see :class:`LedgerEntry`); workflow keys given in ``extra``
+        (the version 2 way) go to them too.
         """
+        others, workflow = _workflow_changes(
+            extra,
+            dict(
+                deferred=deferred,
+                resubmits=resubmits,
+                regenerated=regenerated,
+                collect_batch=collect_batch,
+            ),
+        )
         parts = _ledger_asset_parts(asset)
         kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
         seed = kept.get("seed")
@@ -684,8 +776,9 @@ class TaskLedger:
                 attempt=attempt,
                 previous=previous,
                 run_id=run_id,
-                extra=dict(extra or {}),
+                extra=others,
                 credits_reserved=credits_reserved,
+                **workflow,
             )
 
         entry = self._change(parts, partition_key, decide)
@@ -703,15 +796,35 @@ class TaskLedger:
         error_code: str | None = None,
         error_message: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        deferred: bool | None = None,
+        completed_at: float | None = None,
+        via: str | None = None,
+        collect_batch: str | None = None,
+        collect_requested_at: float | None = None,
+        collect_runs: int | None = None,
+        handled_at: float | None = None,
     ) -> LedgerEntry:
         """Set the status of the partition's current task ``task_id`` (a compare-and-set).
 
         Raises ``KeyError`` when there is no entry and :class:`LedgerConflictError` when the
-        entry's current task is another one. ``extra`` is merged into the entry's ``extra``. A
-        status that would move the entry back (:func:`moves_forward`) leaves it unchanged and
-        returns it as it is.
+        entry's current task is another one. ``extra`` is merged into the entry's ``extra``
+        (its workflow keys go to the typed fields); the workflow fields given (not ``None``)
+        are set. A status that would move the entry back (:func:`moves_forward`) leaves it
+        unchanged and returns it as it is.
         """
         new_status = LedgerStatus(status)
+        others, workflow = _workflow_changes(
+            extra,
+            dict(
+                deferred=deferred,
+                completed_at=completed_at,
+                via=via,
+                collect_batch=collect_batch,
+                collect_requested_at=collect_requested_at,
+                collect_runs=collect_runs,
+                handled_at=handled_at,
+            ),
+        )
 
         def decide(old: LedgerEntry | None) -> LedgerEntry:
             if old is None:
@@ -737,7 +850,8 @@ class TaskLedger:
                 updated_at=float(self._clock()),
                 error_code=error_code,
                 error_message=_clip(error_message),
-                extra={**old.extra, **(extra or {})},
+                extra={**old.extra, **others},
+                **workflow,
             )
 
         entry = self._change(asset, partition_key, decide)
@@ -753,8 +867,8 @@ class TaskLedger:
         request: Mapping[str, Any],
         fingerprint: str,
     ) -> LedgerEntry:
-        """Give an entry recovered from a damaged file (``extra["recovered_from"]``, no
-        fingerprint) the request of the job that re-attaches to its task."""
+        """Give an entry recovered from a damaged file (``recovered_from``, no fingerprint) the
+        request of the job that re-attaches to its task."""
         kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
 
         def decide(old: LedgerEntry | None) -> LedgerEntry:

@@ -8,10 +8,10 @@
   exist that we do not know of, and retrying blindly may pay twice. An API that cannot be
   reached at all (refused, or a host name that does not resolve) is not retryable either: the
   base URL is wrong or nothing runs there, and the error says so.
-* :func:`rejected_before`: the ledger says the provider rejected this identical request with an
-  error the user must fix: fail at once, at no cost.
-* :func:`reusable_image`: an image stored for this identical request, intact (its sha256 matches
-  the provenance record): reuse it instead of paying again.
+* :func:`look_up`: read a unit's ledger entry and stored record, take the one decision on it
+  (:func:`~zimage_dagster.engine.decide.decide`) and act on what needs no task: an intact
+  stored image of the identical request (its sha256 matches the provenance record) is reused;
+  :func:`rejected_failure` is what a ``rejected`` decision reports, at no cost.
 
 >>> from zimage_dagster.api import CreateOutcomeUnknownError
 >>> from zimage_dagster.engine.jobs import ImageJob
@@ -41,15 +41,15 @@ from zimage_dagster.api import (
     RequestValidationError,
     TaskFailedError,
     ZImageError,
-    is_retryable_task_error_code,
 )
 from zimage_dagster.engine.atomic import AtomicWritesUnsupportedError
 from zimage_dagster.engine.claims import ClaimLostError
 from zimage_dagster.engine.credits import Usage
+from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide
 from zimage_dagster.engine.jobs import ImageJob
-from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
-from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.store import ImageStore, StoredImage
 from zimage_dagster.engine.thumbnails import make_thumbnail
 
 __all__ = [
@@ -63,7 +63,9 @@ __all__ = [
     "failure_from_claim_error",
     "failure_from_error",
     "is_transient",
+    "look_up",
     "rejected_before",
+    "rejected_failure",
     "reusable_image",
 ]
 
@@ -247,55 +249,104 @@ def failure_from_claim_error(job: ImageJob, exc: Exception) -> ImageFailure:
 def rejected_before(
     job: ImageJob, entry: LedgerEntry | None, *, retry_rejected: bool = False
 ) -> ImageFailure | None:
-    """The failure to report at once when the ledger holds a fixable rejection of this request.
+    """The failure to report at once when the ledger holds a fixable rejection of this request
+    (:func:`~zimage_dagster.engine.decide.decide` says ``rejected``).
 
     ``None`` when there is none, when the failure was retryable, or with ``retry_rejected``.
     """
-    if (
-        retry_rejected
-        or entry is None
-        or entry.status != LedgerStatus.FAILED
-        or entry.fingerprint != job.fingerprint
-    ):
-        return None
-    code = entry.error_code or "unknown_error"
-    if is_retryable_task_error_code(code, attempt=entry.attempt):
-        return None
+    decision = decide(entry, None, job.fingerprint, DecisionPolicy(retry_rejected=retry_rejected))
+    return rejected_failure(job, decision) if decision.action == Action.REJECTED else None
+
+
+def rejected_failure(job: ImageJob, decision: Decision) -> ImageFailure:
+    """The failure of ``job`` that a ``rejected`` decision reports, at no cost. A spent
+    resubmission budget stays retryable: a run asked for again (or Dagster's retry policy)
+    may make one task (see :mod:`zimage_dagster.engine.decide`)."""
+    code = decision.code or "unknown_error"
+    if decision.budget_spent:
+        return ImageFailure(job, code, decision.failure_message, True, _task(decision))
     return ImageFailure(
         job,
         code,
-        f"{entry.error_message or 'rejected'} (rejected before; change the prompt, "
+        f"{decision.failure_message} (rejected before; change the prompt, "
         "or pass retry_rejected=True to submit it again)",
         retryable=False,
-        task_id=entry.task_id,
+        task_id=_task(decision),
     )
 
 
-def reusable_image(
+def _task(decision: Decision) -> str | None:
+    return decision.entry.task_id if decision.entry is not None else None
+
+
+def look_up(
     store: ImageStore,
     ledger: TaskLedger,
     asset: Sequence[str],
     job: ImageJob,
+    policy: DecisionPolicy,
     logger: Log | None = None,
-) -> ImageSuccess | None:
-    """The stored image of ``job`` when it was made from the identical request and is intact.
+) -> tuple[Decision, ImageSuccess | None]:
+    """Read what is known of ``job`` (its ledger entry, its stored image's record), decide
+    (:func:`~zimage_dagster.engine.decide.decide`) and act on what needs no task:
 
-    A stored file whose sha256 differs from its provenance record (damaged, replaced by hand) is
-    not reused: the partition is generated again (same seed, so the same image). When the ledger
-    still shows the stored task open (the run stopped before it said so), it is marked collected.
+    * ``reuse``: the stored file is read and checked against its record's sha256; intact, it is
+      returned (and a ledger entry still open for its task is marked collected); damaged or
+      gone, the decision is taken again without it (same seed, so the same image);
+    * an entry recovered from a damaged file gets the job's request when the decision uses it.
     """
-    found = store.find(asset, job.partition_key)
-    if found is None or found.provenance.get("fingerprint") != job.fingerprint:
-        return None
-    entry = ledger.get(asset, job.partition_key)
-    recovered = entry is not None and bool(entry.extra.get("recovered_from"))
+    parts = tuple(asset)
+    entry = ledger.get(parts, job.partition_key)
+    found = store.find(parts, job.partition_key) if policy.reuse_stored else None
+    decision = decide(entry, _stored_record(found), job.fingerprint, policy)
+    if decision.action == Action.REUSE and found is not None:
+        reused = _intact(store, ledger, parts, job, found, entry, logger)
+        if reused is not None:
+            return decision, reused
+        decision = decide(entry, None, job.fingerprint, policy)
     if (
-        entry is not None
-        and entry.is_open
-        and entry.fingerprint != job.fingerprint
-        and not recovered  # re-made from a damaged file: its fingerprint is unknown
+        decision.entry is not None
+        and decision.entry.recovered_from
+        and not entry_has_request(decision.entry)
     ):
+        restored: LedgerEntry | None
+        try:  # re-made from a damaged file: it is this partition's task
+            restored = ledger.restore_request(
+                parts,
+                job.partition_key,
+                decision.entry.task_id,
+                request=job.request.to_wire(),
+                fingerprint=job.fingerprint,
+            )
+        except (LedgerConflictError, KeyError):  # moved on meanwhile: decide on what it is now
+            restored = ledger.get(parts, job.partition_key)
+        decision = decide(restored, None, job.fingerprint, policy)
+    return decision, None
+
+
+def entry_has_request(entry: LedgerEntry) -> bool:
+    """Whether the entry knows its request (an entry recovered from a damaged file does not)."""
+    return bool(entry.fingerprint)
+
+
+def _stored_record(found: StoredImage | None) -> ImageRecord | None:
+    if found is None:
         return None
+    try:
+        return from_provenance(found.provenance)
+    except (ValueError, TypeError):
+        return None
+
+
+def _intact(
+    store: ImageStore,
+    ledger: TaskLedger,
+    asset: tuple[str, ...],
+    job: ImageJob,
+    found: StoredImage,
+    entry: LedgerEntry | None,
+    logger: Log | None,
+) -> ImageSuccess | None:
     data = store.read_bytes_or_none(found.path)
     if data is None:
         return None
@@ -309,3 +360,15 @@ def reusable_image(
     if entry is not None and entry.is_open and entry.task_id == record.task_id:
         ledger.mark_collected(asset, job.partition_key, entry.task_id)
     return ImageSuccess(job, record, make_thumbnail(data))
+
+
+def reusable_image(
+    store: ImageStore,
+    ledger: TaskLedger,
+    asset: Sequence[str],
+    job: ImageJob,
+    logger: Log | None = None,
+) -> ImageSuccess | None:
+    """The stored image of ``job`` when it was made from the identical request and is intact
+    (:func:`look_up` with reuse allowed)."""
+    return look_up(store, ledger, asset, job, DecisionPolicy(reuse_stored=True), logger)[1]

@@ -2,12 +2,12 @@
 
 Waiting for the provider inside a running step holds a worker for the whole generation. In
 deferred mode a step only submits (:func:`submit_jobs`): one task per partition (bounded
-concurrency, async client), each task ID written to the ledger with ``extra["deferred"] = True``
-before anything else. The task watcher (:mod:`zimage_dagster.engine.watcher`, driven by the
+concurrency, async client), each task ID written to the ledger (``deferred``: watched by the
+sensor) before anything else. The task watcher (:mod:`zimage_dagster.engine.watcher`, driven by the
 task-status sensor) collects the images later.
 
-Per partition, the same decisions as blocking mode (:mod:`zimage_dagster.engine.outcome`), in the
-same order, under the partition's claim (:mod:`zimage_dagster.engine.claims`): a partition another
+Per partition, the one decision of blocking mode (:func:`~zimage_dagster.engine.decide.decide`,
+through :func:`~zimage_dagster.engine.outcome.look_up`), under the partition's claim (:mod:`zimage_dagster.engine.claims`): a partition another
 run is generating right now is left to it and reported as such (``held``, not a failure); an
 intact stored image of the identical request is reused (``successes``); an open
 task for it is kept (``open_task``; a blocking run's live task is adopted, so the sensor watches
@@ -43,16 +43,18 @@ from zimage_dagster.engine.capacity import OwnSlots
 from zimage_dagster.engine.claims import Owner, PartitionGate, RunAliveFn
 from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import CreditBudget
+from zimage_dagster.engine.decide import Action, DecisionPolicy
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.outcome import (
     BatchReport,
+    ImageFailure,
     Log,
     SubmittedTask,
     failure_from_claim_error,
     failure_from_error,
-    rejected_before,
-    reusable_image,
+    look_up,
+    rejected_failure,
 )
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
@@ -96,11 +98,15 @@ async def submit_jobs(
     parts = asset_parts(asset)
     out = logger or log
     callback = resolve_callback_url(callback_url)
+    # Deferred mode cannot fetch a collected task again: its sensor watches open tasks only.
+    policy = DecisionPolicy(
+        reuse_stored=reuse_stored, retry_rejected=retry_rejected, refetch_collected=False
+    )
     started = time.monotonic()
     limit = asyncio.Semaphore(concurrency)
     creator = CreateGate(client, ledger, parts, budget=budget, run_id=run_id, logger=out)
     slots = OwnSlots(client, ledger, parts, logger=out)
-    refused = await creator.refused(jobs, reuse_stored=reuse_stored, retry_rejected=retry_rejected)
+    refused = await creator.refused(jobs, policy)
     if refused is not None:
         return refused
     report = BatchReport(usage=creator.usage)
@@ -129,18 +135,26 @@ async def submit_jobs(
             await asyncio.to_thread(gate.release, job.partition_key)
 
     async def claimed(job: ImageJob) -> None:
-        if reuse_stored:
-            reused = await asyncio.to_thread(reusable_image, ledger.store, ledger, parts, job, out)
+        for _ in range(2):  # again once if the open task moved on while we adopted it
+            decision, reused = await asyncio.to_thread(
+                look_up, ledger.store, ledger, parts, job, policy, out
+            )
             if reused is not None:
                 report.successes.append(reused)
                 return
-        entry = await asyncio.to_thread(_adopt_open_task, ledger, parts, job)
-        if entry is not None and entry.is_open:
-            report.open_task.append(SubmittedTask(job, entry.task_id))
+            if decision.action != Action.REATTACH or decision.entry is None:
+                break
+            kept = await asyncio.to_thread(_adopt, ledger, decision.entry)
+            if kept is not None:
+                report.open_task.append(SubmittedTask(job, kept.task_id))
+                return
+        if decision.action == Action.REJECTED:
+            report.failures.append(rejected_failure(job, decision))
             return
-        rejected = rejected_before(job, entry, retry_rejected=retry_rejected)
-        if rejected is not None:
-            report.failures.append(rejected)
+        if decision.action != Action.CREATE:  # moved on twice under our claim: the next run's
+            report.failures.append(
+                ImageFailure(job, "internal_error", "its ledger entry kept changing", True)
+            )
             return
         async with limit, slots.turn() as wait_for_capacity:
             request = job.request
@@ -152,8 +166,10 @@ async def submit_jobs(
                     partition_key=job.partition_key,
                     fingerprint=job.fingerprint,
                     record=job.request.to_wire(),
-                    extra={"deferred": True, "resubmits": 0},
                     wait_for_capacity=wait_for_capacity,
+                    resubmits=decision.resubmits,
+                    regenerated=decision.regenerated,
+                    deferred=True,
                 )
             except ZImageError as exc:
                 report.failures.append(failure_from_error(job, exc))
@@ -174,32 +190,18 @@ async def submit_jobs(
     return report
 
 
-def _adopt_open_task(
-    ledger: TaskLedger, asset: tuple[str, ...], job: ImageJob
-) -> LedgerEntry | None:
-    """The partition's ledger entry for this identical request (``None`` for another request).
-
-    An open entry of a blocking run is adopted (marked deferred) so that the sensor watches it.
-    """
-    entry = ledger.get(asset, job.partition_key)
-    if entry is not None and entry.extra.get("recovered_from") and not entry.fingerprint:
-        try:  # re-made from a damaged file: it is this partition's task
-            entry = ledger.restore_request(
-                asset,
-                job.partition_key,
-                entry.task_id,
-                request=job.request.to_wire(),
-                fingerprint=job.fingerprint,
-            )
-        except (LedgerConflictError, KeyError):
-            return None
-    if entry is None or entry.fingerprint != job.fingerprint:
+def _adopt(ledger: TaskLedger, entry: LedgerEntry) -> LedgerEntry | None:
+    """Keep the open task of the identical request: an open entry of a blocking run is adopted
+    (marked ``deferred``) so that the sensor watches it. ``None`` when the entry has moved on
+    (or is no longer open)."""
+    if not entry.is_open:
         return None
-    if entry.is_open and not entry.extra.get("deferred"):
-        try:
-            return ledger.update(
-                asset, job.partition_key, entry.task_id, entry.status, extra={"deferred": True}
-            )
-        except (LedgerConflictError, KeyError):
-            return None
-    return entry
+    if entry.deferred:
+        return entry
+    try:
+        kept = ledger.update(
+            entry.asset, entry.partition_key, entry.task_id, entry.status, deferred=True
+        )
+    except (LedgerConflictError, KeyError):
+        return None
+    return kept if kept.is_open else None

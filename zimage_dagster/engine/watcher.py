@@ -25,16 +25,21 @@ Nothing here imports Dagster: the watcher returns plain decisions (:class:`TickR
 :mod:`zimage_dagster.sensors` turns into ``RunRequest`` and ``AssetObservation`` objects; the
 state of earlier batches' runs comes from a ``batch_state`` function the sensor passes.
 
-Ledger conventions (``LedgerEntry.extra``) of deferred entries:
+The workflow fields of deferred ledger entries (typed fields of
+:class:`~zimage_dagster.engine.ledger.LedgerEntry`):
 
 - ``deferred``: True (only such entries are watched: a blocking run's own tasks are its business).
 - ``collect_batch``: the batch last asked to collect the entry; ``collect_requested_at``: when.
 - ``collect_runs``: collect runs that ended without collecting the entry.
+- ``resubmits``: tasks of the request before this one (the resubmission budget's count: failures
+  and expiries go to a collect run only while :func:`~zimage_dagster.engine.decide.decide` says
+  ``create``).
 - ``regenerated``: the task replaces one whose result link expired.
 - ``handled_at``: a failure was reported (reported once).
-- ``via``: ``"callback"`` when the callback receiver recorded the result.
-- ``completed_at``: when the task's end was first seen (a tick's poll, the callback);
-  ``polls``: the status requests the sensor made of the task (none when a callback settled it).
+- ``completed_at`` / ``via``: when the task's end was first seen (a tick's poll, the callback);
+  ``"callback"`` when the callback receiver recorded the result (:func:`record_end`, the one
+  writer of a task's end). ``polls`` (kept in ``extra``): the status requests the sensor made of
+  the task (none when a callback settled it).
 
 Example:
     >>> import asyncio, tempfile
@@ -66,8 +71,8 @@ from zimage_dagster.api import (
     RateLimitError,
     Task,
     ZImageError,
-    is_retryable_task_error_code,
 )
+from zimage_dagster.engine.decide import Action, DecisionPolicy, decide
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import Log
 from zimage_dagster.engine.provenance import ImageRecord
@@ -194,8 +199,8 @@ class TaskWatcher:
             ledger writes that follow), so it never overruns Dagster's sensor timeout (60 s
             unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise).
         concurrency: polls in flight at once.
-        max_resubmits: new tasks per partition after retryable failures (and expiries); the
-            collect run creates them.
+        max_resubmits: the resubmission budget of a request (after retryable failures and
+            expiries; see :mod:`zimage_dagster.engine.decide`); the collect run creates them.
         result_ttl_s: how long the provider keeps result links (24 h).
         expiry_margin_s: regenerate rather than collect when a link is this close to expiring.
         recollect_after_s: ask again (same run key) for a batch whose run does not exist this
@@ -237,7 +242,7 @@ class TaskWatcher:
         self.asset = asset_parts(asset)
         self.tick_budget_s = tick_budget_s
         self.concurrency = concurrency
-        self.max_resubmits = max_resubmits
+        self.policy = DecisionPolicy(max_resubmits=max_resubmits)
         self.result_ttl_s = result_ttl_s
         self.expiry_margin_s = expiry_margin_s
         self.recollect_after_s = recollect_after_s
@@ -278,8 +283,8 @@ class TaskWatcher:
         awaiting: list[LedgerEntry] = []
         active: set[str] = set()
         for entry in entries:
-            batch = entry.extra.get("collect_batch")
-            if isinstance(batch, str) and state_of(batch) == "active":
+            batch = entry.collect_batch
+            if batch is not None and state_of(batch) == "active":
                 report.waiting += 1  # its collect run is on it: no poll, no decision
                 active.add(batch)
             elif entry.status == LedgerStatus.SUBMITTED:
@@ -326,9 +331,9 @@ class TaskWatcher:
     def _read(self) -> list[LedgerEntry]:
         watched = []
         for entry in self.ledger.iter_entries(self.asset):
-            if not entry.extra.get("deferred"):
+            if not entry.deferred:
                 continue
-            if entry.status in _REPORTABLE and entry.extra.get("handled_at"):
+            if entry.status in _REPORTABLE and entry.handled_at is not None:
                 continue
             if entry.status in _WATCHED:
                 watched.append(entry)
@@ -396,17 +401,15 @@ class TaskWatcher:
         state_of: Callable[[str], Literal["active", "finished"] | None],
     ) -> None:
         """A known entry (completed, failed, expired): into a batch, reported, or left."""
-        runs = int(entry.extra.get("collect_runs") or 0)
-        batch = entry.extra.get("collect_batch")
-        if isinstance(batch, str):
+        runs = entry.collect_runs
+        batch = entry.collect_batch
+        if batch is not None:
             state = state_of(batch)
             if state == "finished":
                 runs += 1  # its run ended and did not collect it
             else:
-                asked = entry.extra.get("collect_requested_at")
-                if isinstance(asked, int | float) and (
-                    self.clock() - float(asked) < self.recollect_after_s
-                ):
+                asked = entry.collect_requested_at
+                if asked is not None and self.clock() - asked < self.recollect_after_s:
                     report.waiting += 1  # asked for; the run is about to be created
                     self._asked.add(batch)
                     return
@@ -419,36 +422,27 @@ class TaskWatcher:
                 )
             )
             return
-        resubmits = entry.attempt - 1
         if entry.status == LedgerStatus.COMPLETED and self._near_expiry(entry):
             entry = self.ledger.mark_expired(entry.asset, entry.partition_key, entry.task_id)
         if entry.status == LedgerStatus.COMPLETED:
             due.append(_Due(entry, runs, new_task=False))
+            return
+        # Failed or expired: the one decision, with the resubmission budget.
+        decision = decide(entry, None, entry.fingerprint, self.policy, resubmitting=True)
+        if decision.action == Action.CREATE:
+            due.append(_Due(entry, runs, new_task=True))
         elif entry.status == LedgerStatus.EXPIRED:
-            if resubmits >= self.max_resubmits:
-                report.failures.append(
-                    self._failure(
-                        entry,
-                        "result_expired",
-                        f"the result link expired before it was collected, {resubmits + 1} "
-                        "time(s); gave up (is the collect job running?)",
-                    )
+            report.failures.append(
+                self._failure(
+                    entry,
+                    "result_expired",
+                    f"the result link expired before it was collected, {entry.resubmits + 1} "
+                    "time(s); gave up (is the collect job running?)",
                 )
-            else:
-                due.append(_Due(entry, runs, new_task=True))
-        elif entry.status == LedgerStatus.FAILED:
-            code = entry.error_code or "unknown_error"
-            message = entry.error_message or "failed"
-            if not is_retryable_task_error_code(code, attempt=entry.attempt):
-                report.failures.append(self._failure(entry, code, message))
-            elif resubmits >= self.max_resubmits:
-                report.failures.append(
-                    self._failure(
-                        entry, code, f"{message} (gave up after {resubmits} resubmission(s))"
-                    )
-                )
-            else:
-                due.append(_Due(entry, runs, new_task=True))
+            )
+        elif decision.action == Action.REJECTED:
+            code = decision.code or "unknown_error"
+            report.failures.append(self._failure(entry, code, decision.failure_message))
 
     def _near_expiry(self, entry: LedgerEntry) -> bool:
         return self.clock() - _ready_at(entry) > self.result_ttl_s - self.expiry_margin_s
@@ -481,11 +475,9 @@ class TaskWatcher:
                 d.entry.status,
                 error_code=d.entry.error_code,
                 error_message=d.entry.error_message,
-                extra={
-                    "collect_batch": batch_id,
-                    "collect_requested_at": now,
-                    "collect_runs": d.collect_runs,
-                },
+                collect_batch=batch_id,
+                collect_requested_at=now,
+                collect_runs=d.collect_runs,
             )
             is not None
         ]
@@ -510,7 +502,7 @@ class TaskWatcher:
             status,
             error_code=failure.code,
             error_message=failure.message,
-            extra={"handled_at": self.clock()},
+            handled_at=self.clock(),
         )
 
     async def _write(self, method: Any, entry: LedgerEntry, *args: Any, **kwargs: Any) -> Any:
@@ -545,14 +537,17 @@ def record_end(
     clock: Callable[[], float] = time.time,
     logger: Log = log,
     polls: int | None = None,
+    via: str | None = None,
 ) -> LedgerEntry | None:
     """Write what a status answer showed of ``task``'s end to its ledger entry: ``completed``
-    (with ``extra["completed_at"]``, and ``extra["polls"]``, the status requests the task took,
-    when the caller counted them) or ``failed`` (the task's error code and message). Returns
-    the entry as written; ``None`` when the task has not ended, or the entry has moved on to
-    another task. Safe against a concurrent writer (a sensor tick, the callback receiver): a
-    compare-and-set that never moves a status back. The task watcher and the deferred submit
-    (:mod:`zimage_dagster.engine.capacity`) both record what they saw here.
+    (with ``completed_at``, and ``extra["polls"]``, the status requests the task took, when the
+    caller counted them) or ``failed`` (the task's error code and message); ``via`` says who saw
+    it (``"callback"``). Returns the entry as written; ``None`` when the task has not ended, or
+    the entry has moved on to another task. Safe against a concurrent writer (a sensor tick, the
+    callback receiver): a compare-and-set that never moves a status back. The one writer of a
+    task's end: the task watcher, the deferred submit's capacity follower
+    (:mod:`zimage_dagster.engine.capacity`) and the callback receiver
+    (:mod:`zimage_dagster.receiver`) all record what they saw here.
 
     >>> import tempfile
     >>> from zimage_dagster.engine.store import ImageStore
@@ -562,23 +557,22 @@ def record_end(
     >>> record_end(ledger, "hero", "fox", done).status.value
     'completed'
     """
-    if task.is_completed:
-        return _write_entry(
-            logger,
-            ledger.update,
-            asset,
-            partition_key,
-            task.id,
-            LedgerStatus.COMPLETED,
-            extra={"completed_at": clock(), **({} if polls is None else {"polls": polls})},
-        )
-    if task.is_failed:
-        code = str(task.error.code) if task.error and task.error.code else "unknown_error"
-        message = (task.error.message if task.error else None) or "failed"
-        return _write_entry(
-            logger, ledger.mark_failed, asset, partition_key, task.id, code, message
-        )
-    return None
+    if not (task.is_completed or task.is_failed):
+        return None
+    error = task.error
+    return _write_entry(
+        logger,
+        ledger.update,
+        asset,
+        partition_key,
+        task.id,
+        LedgerStatus.COMPLETED if task.is_completed else LedgerStatus.FAILED,
+        error_code=None if task.is_completed else str((error and error.code) or "unknown_error"),
+        error_message=None if task.is_completed else ((error and error.message) or "failed"),
+        completed_at=clock() if task.is_completed else None,
+        extra=None if polls is None or not task.is_completed else {"polls": polls},
+        via=via,
+    )
 
 
 def collected_record(
@@ -634,7 +628,7 @@ def batch_partitions(ledger: TaskLedger, asset: AssetLike, batch_id: str) -> dic
     return {
         e.partition_key: e.task_id
         for e in ledger.iter_entries(asset)
-        if e.extra.get("collect_batch") == batch_id
+        if e.collect_batch == batch_id
     }
 
 
@@ -646,8 +640,7 @@ _REPORTABLE = frozenset({LedgerStatus.FAILED, LedgerStatus.EXPIRED})
 
 def _ready_at(entry: LedgerEntry) -> float:
     """When an entry became ready: its task's completion as first seen, else its last write."""
-    completed_at = entry.extra.get("completed_at")
-    return float(completed_at) if isinstance(completed_at, int | float) else entry.updated_at
+    return entry.completed_at if entry.completed_at is not None else entry.updated_at
 
 
 def _ready_since(due: _Due) -> tuple[float, str]:

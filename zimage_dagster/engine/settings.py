@@ -1,0 +1,105 @@
+"""What a run asks of the engine, in two objects instead of a relay of a dozen parameters.
+
+* :class:`GenerationPolicy`: *how* to generate (reuse, rejections, the resubmission budget, tasks in
+  flight, the wait deadline, the credit budgets). Built once from the asset's or the op's options
+  and the resource (:meth:`GenerationPolicy.of`), and read by
+  :class:`~zimage_dagster.engine.batch.BatchGenerator`,
+  :func:`~zimage_dagster.engine.submit.submit_jobs` and the one decision
+  (:meth:`GenerationPolicy.decision`, :mod:`zimage_dagster.engine.decide`).
+* :class:`RunIdentity`: *who* is generating (the Dagster run and step, and how to tell whether
+  a run is alive), recorded in the ledger and the partition claims.
+
+>>> policy = GenerationPolicy(max_resubmits=1, concurrency=4)
+>>> policy.decision(deferred=True).refetch_collected, policy.decision().max_resubmits
+(False, 1)
+>>> RunIdentity(run_id="r1", step="hero").run_id
+'r1'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from zimage_dagster.engine.claims import RunAliveFn
+from zimage_dagster.engine.credits import CreditBudget
+from zimage_dagster.engine.decide import DecisionPolicy
+
+__all__ = ["GenerationPolicy", "RunIdentity"]
+
+
+class _Options(Protocol):
+    """What :meth:`GenerationPolicy.of` reads from an asset's or op's options."""
+
+    reuse_stored: bool
+    retry_rejected: bool
+
+    @property
+    def credit_budget(self) -> CreditBudget: ...
+
+
+class _Resource(Protocol):
+    """What :meth:`GenerationPolicy.of` reads from the resource."""
+
+    concurrency: int
+    max_resubmits: int
+    wait_deadline: Any
+
+
+@dataclass(frozen=True)
+class GenerationPolicy:
+    """How the engine generates (see the module doc).
+
+    ``reuse_stored`` / ``retry_rejected`` / ``max_resubmits``: the decision's options
+    (:class:`~zimage_dagster.engine.decide.DecisionPolicy`); ``concurrency``: tasks in flight at
+    once; ``wait_deadline``: seconds to wait for one task (``None``: the client's);
+    ``budget``: the credit budgets and the balance preflight (``None``: none).
+    """
+
+    reuse_stored: bool = True
+    retry_rejected: bool = False
+    max_resubmits: int = 2
+    concurrency: int = 8
+    wait_deadline: float | None = None
+    budget: CreditBudget | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.max_resubmits < 0:
+            raise ValueError("max_resubmits must be >= 0")
+
+    @classmethod
+    def of(cls, options: _Options, resource: _Resource) -> GenerationPolicy:
+        """The policy of an asset's or op's options and its resource (the resource holds the
+        settings of the client and of the budget it shares: tasks in flight, resubmissions,
+        the wait deadline)."""
+        return cls(
+            reuse_stored=options.reuse_stored,
+            retry_rejected=options.retry_rejected,
+            max_resubmits=resource.max_resubmits,
+            concurrency=resource.concurrency,
+            wait_deadline=resource.wait_deadline,
+            budget=options.credit_budget,
+        )
+
+    def decision(self, *, deferred: bool = False) -> DecisionPolicy:
+        """The options of the one decision; a deferred submit cannot fetch a collected task
+        again (its sensor watches open tasks only)."""
+        return DecisionPolicy(
+            reuse_stored=self.reuse_stored,
+            retry_rejected=self.retry_rejected,
+            max_resubmits=self.max_resubmits,
+            refetch_collected=not deferred,
+        )
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Who is generating: ``run_id`` (recorded in the ledger, the partition claims and the run's
+    budget counter), ``step`` (named in the claims), ``is_run_alive`` (``run_id -> alive?``: a
+    claim of a run reported dead is taken over at once, else when its lease expires)."""
+
+    run_id: str | None = None
+    step: str | None = None
+    is_run_alive: RunAliveFn | None = None
