@@ -10,8 +10,9 @@ after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
   (``task-unified-<digits>-<8 lowercase alnum>``);
 - looks the task up in the ledger's task-ID index (O(1); an unknown task: 200, nothing done,
   no API call), then re-reads the task from the API with its own client, and records what the
-  API says: ``completed`` (with ``extra.completed_at``) or ``failed`` (code and message), marked
-  ``via: "callback"``. A task the API calls pending or unknown is recorded as nothing; an entry
+  API says: ``completed`` (with ``completed_at``) or ``failed`` (code and message), marked
+  ``via: "callback"``, through the one writer of a task's end
+  (:func:`~zimage_dagster.engine.watcher.record_end`). A task the API calls pending or unknown is recorded as nothing; an entry
   that moved on meanwhile (a collect run marked it ``collected`` during the re-read) is left as it
   is: ledger states only move forward (a compare-and-set, see :mod:`zimage_dagster.engine.ledger`);
 - reads at most 64 KiB of body (413 as soon as ``Content-Length`` or the bytes read say more,
@@ -87,7 +88,6 @@ import os
 import re
 import secrets
 import sys
-import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, NoReturn
@@ -103,8 +103,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from zimage_dagster.api import AsyncZImageClient, ConfigurationError, NotFoundError, ZImageError
 from zimage_dagster.api._core import DEFAULT_BASE_URL, ENV_BASE_URL, resolve_settings
-from zimage_dagster.engine.ledger import LedgerConflictError, LedgerStatus, TaskLedger
+from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.watcher import record_end
 from zimage_dagster.serving import (
     BodyTooLargeError,
     HelpFormatter,
@@ -275,34 +276,14 @@ async def _record(
     except (ZImageError, asyncio.TimeoutError) as exc:
         log.warning("callback for %s: could not re-read the task: %s", task_id, exc)
         return JSONResponse({"recorded": False, "reason": "API unavailable"}, status_code=503)
-    now = time.time()
-    try:
-        if task.is_completed:
-            written = await asyncio.to_thread(
-                ledger.update,
-                entry.asset,
-                entry.partition_key,
-                task_id,
-                LedgerStatus.COMPLETED,
-                extra={"completed_at": now, "via": "callback"},
-            )
-        elif task.is_failed:
-            code = str(task.error.code) if task.error and task.error.code else "unknown_error"
-            written = await asyncio.to_thread(
-                ledger.update,
-                entry.asset,
-                entry.partition_key,
-                task_id,
-                LedgerStatus.FAILED,
-                error_code=code,
-                error_message=(task.error.message if task.error else None) or "failed",
-                extra={"via": "callback"},
-            )
-        else:
-            return JSONResponse(
-                {"recorded": False, "reason": f"the API says {task.status}"}, status_code=202
-            )
-    except (LedgerConflictError, KeyError):
+    if not (task.is_completed or task.is_failed):
+        return JSONResponse(
+            {"recorded": False, "reason": f"the API says {task.status}"}, status_code=202
+        )
+    written = await asyncio.to_thread(
+        record_end, ledger, entry.asset, entry.partition_key, task, logger=log, via="callback"
+    )
+    if written is None:
         return JSONResponse({"recorded": False, "reason": "the partition moved on"})
     if written.status not in (LedgerStatus.COMPLETED, LedgerStatus.FAILED):
         # A collect run stored the image while we re-read the task: states only move forward.
