@@ -42,6 +42,7 @@ from zimage_dagster.emulator import EmulatorProcess
 from zimage_dagster.engine.batch import BatchGenerator
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
@@ -95,7 +96,7 @@ async def _engine(emu: EmulatorProcess, rows: list[dict[str, Any]], root: str) -
     store = ImageStore(root)
     async with _resource(emu).async_client() as client:
         engine = BatchGenerator(
-            client, store, TaskLedger(store), "overhead", concurrency=CONCURRENCY
+            client, store, TaskLedger(store), "overhead", GenerationPolicy(concurrency=CONCURRENCY)
         )
         engine.progress_interval = 0
         report = await engine.run(jobs)

@@ -33,6 +33,7 @@ from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.keys import partition_key_problem
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG, batch_partitions
 from zimage_dagster.gallery.links import gallery_base_url, grid_url
@@ -346,10 +347,8 @@ def _generate(
     # image is already stored for the identical request are materialized at once.
     deferred = spec.deferred and batch is None
     options = StepOptions(
-        reuse_stored=spec.reuse_stored,
-        retry_rejected=spec.retry_rejected,
+        GenerationPolicy.of(spec, resource),
         gallery_url=gallery_base_url(spec.gallery_url),
-        budget=spec.credit_budget,
         deferred=deferred,
         # A task a collect run creates (resubmission, regeneration) stays watched by the sensor,
         # and is left alone while this run is on it.

@@ -38,22 +38,23 @@ Example (runnable; ``base_url`` must point at an API, e.g. the local emulator)::
 ('generate_images', ['zimage'])
 """
 
-import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import dagster as dg
 from pydantic import Field
 
-from zimage_dagster.dataset.request import SeedStrategy
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import plan_job
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery.links import gallery_base_url
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.spec import GenerationOptions
 from zimage_dagster.step import StepOptions, run_in_step
 
 __all__ = [
@@ -168,19 +169,9 @@ def build_generate_images_op(
     name: str = "generate_images",
     *,
     asset_key: str | Sequence[str] | dg.AssetKey,
-    storage: str | os.PathLike[str] = "zimage_output",
-    storage_options: Mapping[str, Any] | None = None,
-    resource_key: str = "zimage",
-    seed_strategy: SeedStrategy = "derived",
-    default_size: str | None = None,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
-    retry_policy: dg.RetryPolicy | None = None,
-    pool: str | None = "zimage",
     description: str | None = None,
-    gallery_url: str | None = None,
-    max_credits_per_run: float | None = None,
     budget: CreditBudget | None = None,
+    **options: Any,
 ) -> dg.OpDefinition:
     """An op that generates one image per input row and records it as an asset partition.
 
@@ -195,40 +186,33 @@ def build_generate_images_op(
         asset_key: the asset the images belong to (also their folder under ``storage``). Declare
             it in your ``Definitions`` (e.g. ``dg.AssetSpec(asset_key, partitions_def=...)``) to
             see it in the asset catalogue.
-        storage: root folder or fsspec URL of the image store (images, provenance, ledger).
-        resource_key: the key of the :class:`~zimage_dagster.ZImageResource`.
-        seed_strategy: ``"derived"`` (from asset key, row key and prompt, as the assets do: the
-            same row gives the same request) or ``"random"``; a row's own ``seed`` always wins.
-        default_size: size for rows without one (else the API default, ``1:1``).
-        reuse_stored: reuse an image already stored for the identical request (no new task).
-        retry_rejected: submit again a request the provider rejected with a fixable error.
-        retry_policy: whole-step retries (a ``Failure`` with ``allow_retries=False`` is not
-            retried: fixable errors such as a content-policy rejection).
-        pool: Dagster concurrency pool of the op.
-        gallery_url: base URL of ``zimage-gallery`` (default ``$ZIMAGE_GALLERY_URL``): each
-            materialization links to its image's page there.
-        max_credits_per_run: credits the run's tasks may reserve; when reached, the rows left
-            fail with ``budget_reached`` (not retried). The balance is read first (preflight).
-        budget: every budget knob at once (:class:`~zimage_dagster.engine.credits.CreditBudget`:
-            daily budget, price, ``over_budget``, preflight), instead of ``max_credits_per_run``.
+        description: the op's description.
+        budget: every budget knob at once (:class:`~zimage_dagster.engine.credits.CreditBudget`),
+            instead of ``max_credits_per_run`` and the other budget options.
+        options: the generation options an image asset takes, described once in
+            :class:`~zimage_dagster.spec.GenerationOptions`: ``storage`` (default
+            ``$ZIMAGE_STORAGE_URL``, else ``zimage_output``, as for the assets),
+            ``storage_options``, ``resource_key``, ``seed_strategy``, ``default_size``,
+            ``reuse_stored``, ``retry_rejected``, ``retry_policy`` (default here: none; a
+            ``Failure`` with ``allow_retries=False`` is never retried), ``pool``,
+            ``gallery_url``, ``max_credits_per_run``, ``daily_credits``, ``credits_per_task``,
+            ``over_budget``, ``credits_preflight``.
 
     >>> op_def = build_generate_images_op(asset_key=["catalog", "hero"], storage="/tmp/x")
     >>> op_def.name
     'generate_images'
     """
     key = asset_key if isinstance(asset_key, dg.AssetKey) else dg.AssetKey.from_coercible(asset_key)
-    root = os.fspath(storage)
-    store_options = dict(storage_options or {})
-    if budget is not None and max_credits_per_run is not None:
+    settings = GenerationOptions.model_validate({"retry_policy": None, **options})
+    budget_fields = ("max_credits_per_run", "daily_credits", "credits_per_task")
+    if budget is not None and any(options.get(field) is not None for field in budget_fields):
         raise dg.DagsterInvalidDefinitionError(
-            "pass max_credits_per_run or budget (which has its own max_credits_per_run), not both"
+            "pass max_credits_per_run (and the other budget options) or budget, not both"
         )
-    options = StepOptions(
-        reuse_stored=reuse_stored,
-        retry_rejected=retry_rejected,
-        gallery_url=gallery_base_url(gallery_url),
-        budget=budget or CreditBudget(max_credits_per_run=max_credits_per_run),
-    )
+    root, store_options = settings.storage_root, dict(settings.storage_options)
+    resource_key = settings.resource_key
+    gallery = gallery_base_url(settings.gallery_url)
+    credit_budget = budget or settings.credit_budget
 
     @dg.op(
         name=name,
@@ -237,8 +221,8 @@ def build_generate_images_op(
         ins={"rows": dg.In(list, description="Prompt rows (dicts with key, prompt, ...).")},
         out=dg.Out(list, description="One record per stored image (seed, task_id, path...)."),
         required_resource_keys={resource_key},
-        retry_policy=retry_policy,
-        pool=pool,
+        retry_policy=settings.retry_policy,
+        pool=settings.pool,
         tags={"kind": "zimage"},
     )
     def _generate_images(context: dg.OpExecutionContext, rows: list[Any]) -> list[Any]:
@@ -249,12 +233,18 @@ def build_generate_images_op(
         ledger = TaskLedger(ImageStore(root, store_options))
         jobs = [
             plan_job(
-                ledger, key.path, row.key, row, strategy=seed_strategy, default_size=default_size
+                ledger,
+                key.path,
+                row.key,
+                row,
+                strategy=settings.seed_strategy,
+                default_size=settings.default_size,
             )
             for row in dataset
         ]
-
-        report = run_in_step(context, resource, ledger, key, jobs, options)
+        policy = replace(GenerationPolicy.of(settings, resource), budget=credit_budget)
+        step = StepOptions(policy, gallery_url=gallery)
+        report = run_in_step(context, resource, ledger, key, jobs, step)
         order = {job.partition_key: i for i, job in enumerate(jobs)}
         successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])
         records = [to_provenance(s.record) for s in successes]

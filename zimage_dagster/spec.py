@@ -35,6 +35,7 @@ from zimage_dagster.prompts import PromptDataset
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",
+    "GenerationOptions",
     "ImageAssetSpec",
     "Partitioning",
     "PromptSource",
@@ -168,67 +169,23 @@ class ScheduleSettings(dg.Model, dg.Resolvable):
         return int(match.group(2)), int(match.group(1))
 
 
-# No `default_factory` in the fields below: Dagster 1.10.x merges each field with one carrying a
-# plain default, which newer pydantic (2.14 here) refuses when a default_factory is set: `dg`
-# could not load the component on the Dagster floor (`make compat` checks it). pydantic copies
-# these mutable defaults per instance.
-class ImageAssetSpec(dg.Model, dg.Resolvable):
-    """Everything that defines an image asset (the factory's arguments, the component's YAML).
+class GenerationOptions(dg.Model, dg.Resolvable):
+    """The options of image generation shared by an image asset (:class:`ImageAssetSpec`) and
+    the op (:func:`~zimage_dagster.ops.build_generate_images_op`): each is declared here once,
+    with its type, default, description and validation.
 
-    Python callers may pass ``prompts`` as a path, URL, ``PromptDataset`` or list of rows,
-    and ``storage`` as a path or URL.
+    >>> GenerationOptions(max_credits_per_run=1.0).credit_budget.limited
+    True
+    >>> GenerationOptions(default_size="7:5")
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 1 validation error for GenerationOptions
+    default_size
+      Value error, ...
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    asset_name: str = Field(
-        description="Name of the image asset (also its folder under storage), e.g. poster_images.",
-        examples=["poster_images"],
-    )
-    prompts: Annotated[
-        PromptSource,
-        dg.Resolver.default(
-            model_field_type=str | list[str | dict[str, Any]],
-            description=(
-                "The prompt dataset: a CSV / TSV / JSON Lines / JSON / Parquet file (in YAML: by a "
-                "path relative to the defs.yaml's folder, looked up first, or to the project "
-                "root), an absolute path, or any fsspec URL; or inline prompts (strings, or "
-                "mappings with prompt and optionally key, size, seed, nsfw_check). Other columns "
-                "go to metadata."
-            ),
-            examples=["prompts.csv", "s3://bucket/prompts.jsonl"],
-        ),
-    ]
-    key_prefix: list[str] = Field(
-        default=[],
-        description="Asset key prefix, e.g. [marketing] for marketing/poster_images.",
-    )
-    group_name: str | None = Field(
-        default=None, description="Asset group in the Dagster UI (default: 'default')."
-    )
-    description: str | None = Field(
-        default=None, description="Asset description (default: one naming the dataset)."
-    )
-    partitioning: Partitioning = Field(
-        default="static",
-        description=(
-            "static: one partition per dataset row; dynamic: partitions added at run time (by the "
-            "prompt-dataset sensor; the dataset is re-read each run); daily: date x prompt, a new "
-            "image per prompt each day (seeds differ per day)."
-        ),
-    )
-    dynamic_partitions_name: str | None = Field(
-        default=None,
-        description="With partitioning: dynamic, the partitions' name (default: <asset_name>_prompts).",
-    )
-    daily_start_date: str | None = Field(
-        default=None,
-        description=(
-            "With partitioning: daily (and required there), the first date of the partitions "
-            "(YYYY-MM-DD): every day from it to today is a partition of every prompt, to fill."
-        ),
-        examples=["2026-12-01"],
-    )
     default_size: str | None = Field(
         default=None,
         description=(
@@ -265,51 +222,11 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         ),
         examples=["http://127.0.0.1:3001"],
     )
-    mode: Literal["blocking", "deferred"] = Field(
-        default="blocking",
-        description=(
-            "blocking: the step submits, waits and stores; deferred: the step submits and ends, "
-            "the task-status sensor collects the images."
-        ),
-    )
-    dataset_sensor: bool | None = Field(
-        default=None,
-        description=(
-            "With partitioning: dynamic, the prompt-dataset sensor (stopped unless "
-            "default_status: running: it starts paid generation) adds the dataset's new keys as partitions, requests "
-            "their runs and regenerates changed prompts. Default: on when partitioning is "
-            "dynamic and prompts is a file or URL."
-        ),
-    )
-    schedule: ScheduleSettings | None = Field(
-        default=None,
-        description=(
-            "With partitioning: daily, a schedule (stopped unless default_status: running): "
-            "{cron, timezone}."
-        ),
-    )
-    default_status: Literal["stopped", "running"] = Field(
-        default="stopped",
-        description=(
-            "Whether the asset's prompt-dataset sensor (partitioning: dynamic) and its daily "
-            "schedule start running when the code location loads. stopped (the default): turn "
-            "them on in the UI, since each tick can start paid generation; running: they start "
-            "at once."
-        ),
-    )
     pool: str | None = Field(
         default="zimage",
         description=(
             "Dagster concurrency pool of the step; cap it across runs in the instance settings "
             "(concurrency: pools:). null: no pool."
-        ),
-    )
-    max_partitions_per_run: int | None = Field(
-        default=None,
-        ge=1,
-        description=(
-            "Most partitions one backfill run covers (null: any number, one run; their tasks are "
-            "submitted concurrently, up to resource.concurrency at a time)."
         ),
     )
     retry_policy: Annotated[
@@ -374,6 +291,153 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
             "it as one more budget."
         ),
     )
+    resource_key: str = Field(
+        default="zimage", description="Resource key of the ZImageResource the asset uses."
+    )
+
+    @field_validator("storage_options", mode="before")
+    @classmethod
+    def _no_options(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @field_validator("storage", mode="before")
+    @classmethod
+    def _storage_path(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
+    @field_validator("asset_name", "resource_key", check_fields=False)  # asset_name: the spec's
+    @classmethod
+    def _dagster_name(cls, value: str) -> str:
+        return _check_name(value, "name")
+
+    @field_validator("default_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                validate_size(value)
+            except RequestValidationError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def credit_budget(self) -> CreditBudget:
+        """The run's budgets and preflight, for the engine's create gate."""
+        return CreditBudget(
+            max_credits_per_run=self.max_credits_per_run,
+            daily_credits=self.daily_credits,
+            credits_per_task=self.credits_per_task,
+            over_budget=self.over_budget,
+            preflight=self.credits_preflight,
+        )
+
+    @property
+    def storage_root(self) -> str:
+        """Where images go: ``storage``, else ``$ZIMAGE_STORAGE_URL``, else ``zimage_output``."""
+        return resolve_storage(self.storage)
+
+
+# No `default_factory` in the fields below: Dagster 1.10.x merges each field with one carrying a
+# plain default, which newer pydantic (2.14 here) refuses when a default_factory is set: `dg`
+# could not load the component on the Dagster floor (`make compat` checks it). pydantic copies
+# these mutable defaults per instance.
+class ImageAssetSpec(GenerationOptions):
+    """Everything that defines an image asset (the factory's arguments, the component's YAML).
+
+    Python callers may pass ``prompts`` as a path, URL, ``PromptDataset`` or list of rows,
+    and ``storage`` as a path or URL.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    asset_name: str = Field(
+        description="Name of the image asset (also its folder under storage), e.g. poster_images.",
+        examples=["poster_images"],
+    )
+    prompts: Annotated[
+        PromptSource,
+        dg.Resolver.default(
+            model_field_type=str | list[str | dict[str, Any]],
+            description=(
+                "The prompt dataset: a CSV / TSV / JSON Lines / JSON / Parquet file (in YAML: by a "
+                "path relative to the defs.yaml's folder, looked up first, or to the project "
+                "root), an absolute path, or any fsspec URL; or inline prompts (strings, or "
+                "mappings with prompt and optionally key, size, seed, nsfw_check). Other columns "
+                "go to metadata."
+            ),
+            examples=["prompts.csv", "s3://bucket/prompts.jsonl"],
+        ),
+    ]
+    key_prefix: list[str] = Field(
+        default=[],
+        description="Asset key prefix, e.g. [marketing] for marketing/poster_images.",
+    )
+    group_name: str | None = Field(
+        default=None, description="Asset group in the Dagster UI (default: 'default')."
+    )
+    description: str | None = Field(
+        default=None, description="Asset description (default: one naming the dataset)."
+    )
+    partitioning: Partitioning = Field(
+        default="static",
+        description=(
+            "static: one partition per dataset row; dynamic: partitions added at run time (by the "
+            "prompt-dataset sensor; the dataset is re-read each run); daily: date x prompt, a new "
+            "image per prompt each day (seeds differ per day)."
+        ),
+    )
+    dynamic_partitions_name: str | None = Field(
+        default=None,
+        description="With partitioning: dynamic, the partitions' name (default: <asset_name>_prompts).",
+    )
+    daily_start_date: str | None = Field(
+        default=None,
+        description=(
+            "With partitioning: daily (and required there), the first date of the partitions "
+            "(YYYY-MM-DD): every day from it to today is a partition of every prompt, to fill."
+        ),
+        examples=["2026-12-01"],
+    )
+    mode: Literal["blocking", "deferred"] = Field(
+        default="blocking",
+        description=(
+            "blocking: the step submits, waits and stores; deferred: the step submits and ends, "
+            "the task-status sensor collects the images."
+        ),
+    )
+    dataset_sensor: bool | None = Field(
+        default=None,
+        description=(
+            "With partitioning: dynamic, the prompt-dataset sensor (stopped unless "
+            "default_status: running: it starts paid generation) adds the dataset's new keys as partitions, requests "
+            "their runs and regenerates changed prompts. Default: on when partitioning is "
+            "dynamic and prompts is a file or URL."
+        ),
+    )
+    schedule: ScheduleSettings | None = Field(
+        default=None,
+        description=(
+            "With partitioning: daily, a schedule (stopped unless default_status: running): "
+            "{cron, timezone}."
+        ),
+    )
+    default_status: Literal["stopped", "running"] = Field(
+        default="stopped",
+        description=(
+            "Whether the asset's prompt-dataset sensor (partitioning: dynamic) and its daily "
+            "schedule start running when the code location loads. stopped (the default): turn "
+            "them on in the UI, since each tick can start paid generation; running: they start "
+            "at once."
+        ),
+    )
+    max_partitions_per_run: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Most partitions one backfill run covers (null: any number, one run; their tasks are "
+            "submitted concurrently, up to resource.concurrency at a time)."
+        ),
+    )
     balance_asset: bool = Field(
         default=False,
         description=(
@@ -391,9 +455,6 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         default=3600,
         ge=30,
         description="Seconds between two observations of the balance (the balance sensor's interval).",
-    )
-    resource_key: str = Field(
-        default="zimage", description="Resource key of the ZImageResource the asset uses."
     )
     deps: Annotated[
         list[Any],
@@ -448,38 +509,13 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
             str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
         )
 
-    @field_validator("storage_options", mode="before")
-    @classmethod
-    def _no_options(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-    @field_validator("storage", mode="before")
-    @classmethod
-    def _storage_path(cls, value: Any) -> Any:
-        return os.fspath(value) if isinstance(value, os.PathLike) else value
-
     # -- validation: each message names its field (pydantic prefixes it) --------------------
-
-    @field_validator("asset_name", "resource_key")
-    @classmethod
-    def _dagster_name(cls, value: str) -> str:
-        return _check_name(value, "name")
 
     @field_validator("key_prefix")
     @classmethod
     def _prefix_parts(cls, value: list[str]) -> list[str]:
         for part in value:
             _check_name(part, "key_prefix part")
-        return value
-
-    @field_validator("default_size")
-    @classmethod
-    def _size(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                validate_size(value)
-            except RequestValidationError as exc:
-                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("daily_start_date")
@@ -532,25 +568,9 @@ class ImageAssetSpec(dg.Model, dg.Resolvable):
         return dg.AssetKey([*self.key_prefix, self.asset_name])
 
     @property
-    def credit_budget(self) -> CreditBudget:
-        """The run's budgets and preflight, for the engine's create gate."""
-        return CreditBudget(
-            max_credits_per_run=self.max_credits_per_run,
-            daily_credits=self.daily_credits,
-            credits_per_task=self.credits_per_task,
-            over_budget=self.over_budget,
-            preflight=self.credits_preflight,
-        )
-
-    @property
     def deferred(self) -> bool:
         """True in deferred mode."""
         return self.mode == "deferred"
-
-    @property
-    def storage_root(self) -> str:
-        """Where images go: ``storage``, else ``$ZIMAGE_STORAGE_URL``, else ``zimage_output``."""
-        return resolve_storage(self.storage)
 
     @property
     def first_day(self) -> str:

@@ -17,7 +17,7 @@ Example::
     def make(context: dg.OpExecutionContext) -> None:
         report = run_in_step(
             context, context.resources.zimage, TaskLedger(store), dg.AssetKey("images"), jobs,
-            StepOptions(budget=CreditBudget(max_credits_per_run=5.0)),
+            StepOptions(GenerationPolicy.of(options, context.resources.zimage)),
         )
         context.log.info(report.summary())
 """
@@ -44,6 +44,7 @@ from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
+from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike
 from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.gallery.links import materialization_url
@@ -140,23 +141,43 @@ def run_alive_fn(instance: dg.DagsterInstance) -> RunAliveFn:
 class StepOptions:
     """What a step asks of the engine, the same for the factory, the component and the ops.
 
-    ``reuse_stored`` / ``retry_rejected``: see :class:`~zimage_dagster.engine.batch.BatchGenerator`;
-    ``gallery_url``: base URL of the gallery the materializations link to; ``budget``: the
-    credit budgets and preflight (:class:`~zimage_dagster.engine.credits.CreditBudget`);
+    ``policy``: how to generate (:class:`~zimage_dagster.engine.settings.GenerationPolicy`,
+    usually ``GenerationPolicy.of(spec, resource)``; ``None``: the resource's settings and the
+    defaults); ``gallery_url``: base URL of the gallery the materializations link to;
     ``deferred``: submit the tasks and end (deferred mode) instead of waiting for the images;
     ``ledger_extra``: written into the ledger entry of each task created (a collect run marks
     its resubmissions so that the task-status sensor keeps watching them).
 
-    >>> StepOptions(budget=CreditBudget(max_credits_per_run=1.0)).budget.limited
+    ``reuse_stored``, ``retry_rejected`` and ``budget`` are the loose fields of earlier versions:
+    given, they go into the policy, with a ``DeprecationWarning``.
+
+    >>> from zimage_dagster.engine.credits import CreditBudget
+    >>> StepOptions(GenerationPolicy(budget=CreditBudget(max_credits_per_run=1.0))).policy.budget.limited
     True
     """
 
-    reuse_stored: bool = True
-    retry_rejected: bool = False
+    policy: GenerationPolicy | None = None
     gallery_url: str | None = None
-    budget: CreditBudget | None = None
     deferred: bool = False
     ledger_extra: Mapping[str, Any] | None = None
+    reuse_stored: bool | None = None
+    retry_rejected: bool | None = None
+    budget: CreditBudget | None = None
+
+    def policy_for(self, resource: ZImageResource) -> GenerationPolicy:
+        """The step's policy: ``policy``, else the resource's settings (tasks in flight,
+        resubmissions, wait deadline) with the defaults; the loose fields go on top."""
+        base = self.policy or GenerationPolicy(
+            max_resubmits=resource.max_resubmits,
+            concurrency=resource.concurrency,
+            wait_deadline=resource.wait_deadline,
+        )
+        loose = {
+            name: value
+            for name in ("reuse_stored", "retry_rejected", "budget")
+            if (value := getattr(self, name)) is not None
+        }
+        return settings_of(base, None, loose, where="StepOptions")[0]
 
 
 def _record_usage(context: StepContext, asset_key: dg.AssetKey, report: BatchReport) -> None:
@@ -203,6 +224,13 @@ def run_in_step(
     def on_success(success: ImageSuccess) -> None:
         events.submit(lambda: _record(context, asset_key, success, options.gallery_url))
 
+    policy = options.policy_for(resource)
+    identity = RunIdentity(
+        run_id=context.run.run_id,
+        step=asset_key.to_user_string(),
+        is_run_alive=run_alive_fn(context.instance),
+    )
+
     async def generate() -> BatchReport:
         async with resource.async_client() as client:
             engine = BatchGenerator(
@@ -210,17 +238,10 @@ def run_in_step(
                 ledger.store,
                 ledger,
                 asset_key.path,
-                concurrency=resource.concurrency,
-                max_resubmits=resource.max_resubmits,
-                reuse_stored=options.reuse_stored,
-                retry_rejected=options.retry_rejected,
-                wait_deadline=resource.wait_deadline,
+                policy,
+                identity,
                 on_success=on_success,
-                run_id=context.run.run_id,
                 logger=context.log,
-                step=asset_key.to_user_string(),
-                is_run_alive=run_alive_fn(context.instance),
-                budget=options.budget,
                 ledger_extra=options.ledger_extra,
             )
             return await engine.run(jobs)
@@ -228,16 +249,7 @@ def run_in_step(
     with engine_warnings_in_run_log(context):
         if options.deferred:
             report = submit_deferred(
-                resource,
-                ledger,
-                asset_key.path,
-                jobs,
-                reuse_stored=options.reuse_stored,
-                retry_rejected=options.retry_rejected,
-                run_id=context.run.run_id,
-                logger=context.log,
-                is_run_alive=run_alive_fn(context.instance),
-                budget=options.budget,
+                resource, ledger, asset_key.path, jobs, policy, identity, logger=context.log
             )
             for success in report.successes:
                 _record(context, asset_key, success, options.gallery_url)
@@ -245,7 +257,7 @@ def run_in_step(
             context.log.info(
                 f"materializing {len(jobs)} partition(s) of {asset_key.to_user_string()}: "
                 "images stored for the identical request are reused, the others generated with "
-                f"up to {resource.concurrency} task(s) in flight"
+                f"up to {policy.concurrency} task(s) in flight"
             )
             try:
                 report = asyncio.run(generate())
@@ -262,18 +274,19 @@ def submit_deferred(
     ledger: TaskLedger,
     asset: AssetLike,
     jobs: Sequence[ImageJob],
+    policy: GenerationPolicy | None = None,
+    identity: RunIdentity | None = None,
     *,
-    concurrency: int | None = None,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
     callback_url: str | None = None,
-    run_id: str | None = None,
     logger: Log | None = None,
-    is_run_alive: RunAliveFn | None = None,
-    budget: CreditBudget | None = None,
+    **loose: Any,
 ) -> BatchReport:
     """:func:`~zimage_dagster.engine.submit.submit_jobs` from synchronous code, with the
-    resource's async client (``concurrency`` defaults to the resource's)."""
+    resource's async client (``policy`` defaults to the resource's settings; the loose keyword
+    arguments of earlier versions are still taken, with a ``DeprecationWarning``)."""
+    settings, who = settings_of(
+        policy or StepOptions().policy_for(resource), identity, loose, where="submit_deferred"
+    )
 
     async def run() -> BatchReport:
         async with resource.async_client() as client:
@@ -282,14 +295,10 @@ def submit_deferred(
                 ledger,
                 asset,
                 jobs,
-                concurrency=concurrency or resource.concurrency,
-                reuse_stored=reuse_stored,
-                retry_rejected=retry_rejected,
+                settings,
+                who,
                 callback_url=callback_url,
-                run_id=run_id,
                 logger=logger,
-                is_run_alive=is_run_alive,
-                budget=budget,
             )
 
     return asyncio.run(run())

@@ -20,6 +20,7 @@ from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.keys import storage_key
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageFailure
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow
 
@@ -52,13 +53,26 @@ FAST_POLLS = PollPolicy(
 
 
 def _run(
-    emulator: EmulatorServer, store: ImageStore, jobs: list[ImageJob], **engine: Any
+    emulator: EmulatorServer,
+    store: ImageStore,
+    jobs: list[ImageJob],
+    logger: Any = None,
+    progress_interval: float = 5.0,
+    **policy: Any,
 ) -> BatchReport:
     async def go() -> BatchReport:
         async with AsyncZImageClient(
             api_key=emulator.api_key, base_url=emulator.url, poll=FAST_POLLS
         ) as client:
-            generator = BatchGenerator(client, store, TaskLedger(store), "imgs", **engine)
+            generator = BatchGenerator(
+                client,
+                store,
+                TaskLedger(store),
+                "imgs",
+                GenerationPolicy(**policy),
+                logger=logger,
+                progress_interval=progress_interval,
+            )
             return await generator.run(jobs)
 
     return asyncio.run(go())

@@ -10,11 +10,13 @@ from typing import Any
 
 import dagster as dg
 import httpx
+import pydantic
 import pytest
 
 from zimage_dagster import ZImageResource
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.ops import build_generate_images_op, load_prompts_op
+from zimage_dagster.spec import GenerationOptions, ImageAssetSpec
 
 ASSET = "ops_images"
 ROWS_CSV = """key,prompt,size,seed,category
@@ -242,3 +244,41 @@ def test_a_missing_key_fails_the_load_step(
 
     assert not result.success
     assert emulator.stats()["tasks_created"] == 0
+
+
+def test_the_op_takes_the_assets_option_model(tmp_path: Path) -> None:
+    """Each option is described once (GenerationOptions, shared with ImageAssetSpec): the op
+    validates its options with the same messages, and refuses one it does not know."""
+    assert set(GenerationOptions.model_fields) <= set(ImageAssetSpec.model_fields)
+    with pytest.raises(pydantic.ValidationError, match="default_size"):
+        build_generate_images_op(asset_key=ASSET, storage=str(tmp_path), default_size="7:5")
+    with pytest.raises(pydantic.ValidationError, match="no_such_option"):
+        build_generate_images_op(asset_key=ASSET, no_such_option=1)
+
+
+def test_the_op_resolves_its_storage_as_the_assets_do(
+    emulator: EmulatorServer,
+    instance: dg.DagsterInstance,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No storage given: $ZIMAGE_STORAGE_URL (resolve_storage), not a folder of the cwd."""
+    storage = tmp_path / "from_env"
+    monkeypatch.setenv("ZIMAGE_STORAGE_URL", str(storage))
+    dataset = tmp_path / "prompts.csv"
+    dataset.write_text(ROWS_CSV)
+    generate = build_generate_images_op("generate_images", asset_key=ASSET)
+
+    @dg.job(
+        resource_defs={"zimage": ZImageResource(api_key=emulator.api_key, base_url=emulator.url)}
+    )
+    def images_job() -> None:
+        generate(load_prompts_op())
+
+    result = images_job.execute_in_process(
+        run_config=_run_config(dataset, keys=["fox"]), instance=instance
+    )
+    assert result.success
+    [record] = result.output_for_node("generate_images")
+    assert Path(record["path"]).is_relative_to(storage)
+    assert emulator.stats()["tasks_created"] == 1

@@ -13,6 +13,7 @@ from upath import UPath
 
 from zimage_dagster.engine.atomic import PreconditionFailedError, conditional_files
 from zimage_dagster.engine.claims import ClaimBook, Owner
+from zimage_dagster.engine.settings import RunIdentity
 
 
 def root_path(root: str, storage_options: Mapping[str, Any]) -> UPath:
@@ -137,10 +138,17 @@ def create_race(
         async with AsyncZImageClient(api_key=api_key, base_url=url) as c:
             barrier.wait()
             if mode == "submit":
-                report = await submit_jobs(c, ledger, ("imgs",), _jobs(keys), run_id=run_id)
+                report = await submit_jobs(
+                    c, ledger, ("imgs",), _jobs(keys), identity=RunIdentity(run_id=run_id)
+                )
             elif mode == "blocking":
                 engine = BatchGenerator(
-                    c, ledger.store, ledger, ("imgs",), run_id=run_id, progress_interval=0
+                    c,
+                    ledger.store,
+                    ledger,
+                    ("imgs",),
+                    identity=RunIdentity(run_id=run_id),
+                    progress_interval=0,
                 )
                 report = await engine.run(_jobs(keys))
             else:

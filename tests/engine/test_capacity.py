@@ -21,6 +21,7 @@ from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.engine.watcher import TaskWatcher, record_end
 from zimage_dagster.prompts import PromptRow
@@ -51,7 +52,9 @@ def _submit(
             retry=RetryPolicy(max_retries=5),  # waiting in line is not a retry
             deadline=60.0,
         ) as client:
-            return await submit_jobs(client, ledger, ASSET, jobs, concurrency=concurrency)
+            return await submit_jobs(
+                client, ledger, ASSET, jobs, GenerationPolicy(concurrency=concurrency)
+            )
 
     return asyncio.run(main())
 

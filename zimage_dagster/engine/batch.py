@@ -66,16 +66,10 @@ from zimage_dagster.api import (
     ZImageError,
 )
 from zimage_dagster.engine.atomic import remove_stale_temp_files
-from zimage_dagster.engine.claims import (
-    ClaimLostError,
-    Owner,
-    PartitionClaim,
-    PartitionGate,
-    RunAliveFn,
-)
+from zimage_dagster.engine.claims import ClaimLostError, Owner, PartitionClaim, PartitionGate
 from zimage_dagster.engine.create import CreateGate
-from zimage_dagster.engine.credits import CreditBudget, from_micro, to_micro
-from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide
+from zimage_dagster.engine.credits import from_micro, to_micro
+from zimage_dagster.engine.decide import Action, Decision, decide
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import (
@@ -89,6 +83,7 @@ from zimage_dagster.engine.outcome import (
     rejected_failure,
 )
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike, ImageStore, asset_parts
 from zimage_dagster.engine.thumbnails import make_thumbnail
 from zimage_dagster.engine.watcher import collected_record
@@ -118,22 +113,19 @@ class BatchGenerator:
         store: where images and provenance records go.
         ledger: where task IDs are written before any wait.
         asset: the asset key's parts (the folder under the store's root).
-        concurrency: partitions in flight at once.
-        max_resubmits: the resubmission budget of a request (see :mod:`zimage_dagster.engine.decide`).
-        reuse_stored: reuse a stored image made from the identical request instead of paying again.
-        retry_rejected: submit again a request the provider rejected before with a fixable error
-            (by default the ledger's record of the rejection fails the partition at once).
-        wait_deadline: seconds to wait for one task.
+        policy: how to generate (:class:`~zimage_dagster.engine.settings.GenerationPolicy`:
+            reuse, rejections, the resubmission budget, tasks in flight, the wait deadline, the
+            credit budgets).
+        identity: who is generating (:class:`~zimage_dagster.engine.settings.RunIdentity`: the
+            run recorded in the ledger and the claims, the step, whether a run is alive).
         on_success / on_failure: called (in the event loop's thread) as each partition finishes.
-        run_id: recorded in the ledger and in the partition claims.
         progress_interval: seconds between progress log lines.
-        step: named in the partition claims (who is generating a partition).
-        is_run_alive: ``run_id -> True/False/None``: a claim of a run reported dead is taken over
-            at once (else when its lease expires).
         claim_lease_s: lease of the partition claims (renewed while working).
-        budget: credit budgets and the balance preflight (see
-            :class:`~zimage_dagster.engine.create.CreateGate`); ``None``: none.
-        ledger_extra: written into the ledger entry of each task created (``LedgerEntry.extra``).
+        ledger_extra: written into the ledger entry of each task created (workflow keys such as
+            ``deferred`` go to the entry's typed fields).
+
+    The loose keyword arguments of earlier versions (``concurrency=``, ``run_id=``, ...) are
+    still taken, with a ``DeprecationWarning``.
     """
 
     def __init__(
@@ -142,49 +134,45 @@ class BatchGenerator:
         store: ImageStore,
         ledger: TaskLedger,
         asset: AssetLike,
+        policy: GenerationPolicy | None = None,
+        identity: RunIdentity | None = None,
         *,
-        concurrency: int = 8,
-        max_resubmits: int = 2,
-        reuse_stored: bool = True,
-        retry_rejected: bool = False,
-        wait_deadline: float | None = None,
         on_success: Callable[[ImageSuccess], Any] | None = None,
         on_failure: Callable[[ImageFailure], Any] | None = None,
-        run_id: str | None = None,
         logger: Log | None = None,
         progress_interval: float = 5.0,
-        step: str | None = None,
-        is_run_alive: RunAliveFn | None = None,
         claim_lease_s: float | None = None,
-        budget: CreditBudget | None = None,
         ledger_extra: Mapping[str, Any] | None = None,
+        **loose: Any,
     ) -> None:
-        if concurrency < 1:
-            raise ValueError("concurrency must be >= 1")
+        self.settings, self.identity = settings_of(policy, identity, loose, where="BatchGenerator")
         self.client = client
         self.store = store
         self.ledger = ledger
         self.asset = asset_parts(asset)
-        self.concurrency = concurrency
-        self.policy = DecisionPolicy(
-            reuse_stored=reuse_stored, retry_rejected=retry_rejected, max_resubmits=max_resubmits
-        )
-        self.wait_deadline = wait_deadline
+        self.concurrency = self.settings.concurrency
+        self.policy = self.settings.decision()
+        self.wait_deadline = self.settings.wait_deadline
         self.on_success = on_success
         self.on_failure = on_failure
-        self.run_id = run_id
+        self.run_id = self.identity.run_id
         self.log: Log = logger or log
         self.progress_interval = progress_interval
         self.ledger_extra = dict(ledger_extra or {})
-        self._live = asyncio.Semaphore(concurrency)
+        self._live = asyncio.Semaphore(self.concurrency)
         self._gate = PartitionGate(
-            ledger.claim_book(lease_s=claim_lease_s, is_run_alive=is_run_alive),
+            ledger.claim_book(lease_s=claim_lease_s, is_run_alive=self.identity.is_run_alive),
             lambda key: ledger.claim_path(self.asset, key),
-            Owner.here(run_id=run_id, step=step),
+            Owner.here(run_id=self.run_id, step=self.identity.step),
             logger=self.log,
         )
         self.creator = CreateGate(
-            client, ledger, self.asset, budget=budget, run_id=run_id, logger=self.log
+            client,
+            ledger,
+            self.asset,
+            budget=self.settings.budget,
+            run_id=self.run_id,
+            logger=self.log,
         )
 
     # -- the batch -----------------------------------------------------------------------------

@@ -18,22 +18,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
 from zimage_dagster.engine.claims import RunAliveFn
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.decide import DecisionPolicy
 
-__all__ = ["GenerationPolicy", "RunIdentity"]
+__all__ = ["GenerationPolicy", "RunIdentity", "settings_of"]
 
 
 class _Options(Protocol):
     """What :meth:`GenerationPolicy.of` reads from an asset's or op's options."""
 
-    reuse_stored: bool
-    retry_rejected: bool
-
+    @property
+    def reuse_stored(self) -> bool: ...
+    @property
+    def retry_rejected(self) -> bool: ...
     @property
     def credit_budget(self) -> CreditBudget: ...
 
@@ -41,9 +44,12 @@ class _Options(Protocol):
 class _Resource(Protocol):
     """What :meth:`GenerationPolicy.of` reads from the resource."""
 
-    concurrency: int
-    max_resubmits: int
-    wait_deadline: Any
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def max_resubmits(self) -> int: ...
+    @property
+    def wait_deadline(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
@@ -103,3 +109,44 @@ class RunIdentity:
     run_id: str | None = None
     step: str | None = None
     is_run_alive: RunAliveFn | None = None
+
+
+_POLICY_FIELDS = frozenset(f.name for f in fields(GenerationPolicy))
+_IDENTITY_FIELDS = frozenset(f.name for f in fields(RunIdentity))
+
+
+def settings_of(
+    policy: GenerationPolicy | None,
+    identity: RunIdentity | None,
+    loose: Mapping[str, Any],
+    *,
+    where: str,
+) -> tuple[GenerationPolicy, RunIdentity]:
+    """The settings objects of a call, with the loose keyword arguments of the old signature
+    (``concurrency=``, ``run_id=``...) folded in, each with a ``DeprecationWarning``.
+
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as seen:
+    ...     warnings.simplefilter("always")
+    ...     policy, who = settings_of(None, None, {"concurrency": 2, "run_id": "r"}, where="f")
+    >>> policy.concurrency, who.run_id, seen[0].category.__name__
+    (2, 'r', 'DeprecationWarning')
+    """
+    unknown = sorted(set(loose) - _POLICY_FIELDS - _IDENTITY_FIELDS)
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s): {', '.join(unknown)}")
+    if loose:
+        warnings.warn(
+            f"{where}(): pass policy=GenerationPolicy(...) and identity=RunIdentity(...) instead "
+            f"of {', '.join(sorted(loose))}",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+    return (
+        replace(
+            policy or GenerationPolicy(), **{k: v for k, v in loose.items() if k in _POLICY_FIELDS}
+        ),
+        replace(
+            identity or RunIdentity(), **{k: v for k, v in loose.items() if k in _IDENTITY_FIELDS}
+        ),
+    )

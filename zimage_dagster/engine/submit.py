@@ -37,13 +37,13 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from zimage_dagster.api import AsyncZImageClient, ZImageError
 from zimage_dagster.engine.capacity import OwnSlots
-from zimage_dagster.engine.claims import Owner, PartitionGate, RunAliveFn
+from zimage_dagster.engine.claims import Owner, PartitionGate
 from zimage_dagster.engine.create import CreateGate
-from zimage_dagster.engine.credits import CreditBudget
-from zimage_dagster.engine.decide import Action, DecisionPolicy
+from zimage_dagster.engine.decide import Action
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.outcome import (
@@ -56,6 +56,7 @@ from zimage_dagster.engine.outcome import (
     look_up,
     rejected_failure,
 )
+from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
 __all__ = ["CALLBACK_URL_ENV", "resolve_callback_url", "submit_jobs"]
@@ -76,45 +77,41 @@ async def submit_jobs(
     ledger: TaskLedger,
     asset: AssetLike,
     jobs: Sequence[ImageJob],
+    policy: GenerationPolicy | None = None,
+    identity: RunIdentity | None = None,
     *,
-    concurrency: int = 8,
-    reuse_stored: bool = True,
-    retry_rejected: bool = False,
     callback_url: str | None = None,
-    run_id: str | None = None,
     logger: Log | None = None,
-    step: str | None = None,
-    is_run_alive: RunAliveFn | None = None,
-    budget: CreditBudget | None = None,
+    **loose: Any,
 ) -> BatchReport:
     """Create a task for each job that needs one, record it in the ledger, and return.
 
-    ``callback_url`` (default ``$ZIMAGE_CALLBACK_URL``) is sent with each task; it is never
-    written to the ledger. ``run_id``, ``step``, ``is_run_alive`` and ``budget`` mean what they
-    mean for :class:`~zimage_dagster.engine.batch.BatchGenerator`.
+    ``policy`` and ``identity`` mean what they mean for
+    :class:`~zimage_dagster.engine.batch.BatchGenerator` (the loose keyword arguments of
+    earlier versions are still taken, with a ``DeprecationWarning``). ``callback_url``
+    (default ``$ZIMAGE_CALLBACK_URL``) is sent with each task; it is never written to the
+    ledger.
     """
-    if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
+    settings, who = settings_of(policy, identity, loose, where="submit_jobs")
     parts = asset_parts(asset)
     out = logger or log
     callback = resolve_callback_url(callback_url)
-    # Deferred mode cannot fetch a collected task again: its sensor watches open tasks only.
-    policy = DecisionPolicy(
-        reuse_stored=reuse_stored, retry_rejected=retry_rejected, refetch_collected=False
-    )
+    decisions = settings.decision(deferred=True)
     started = time.monotonic()
-    limit = asyncio.Semaphore(concurrency)
-    creator = CreateGate(client, ledger, parts, budget=budget, run_id=run_id, logger=out)
+    limit = asyncio.Semaphore(settings.concurrency)
+    creator = CreateGate(
+        client, ledger, parts, budget=settings.budget, run_id=who.run_id, logger=out
+    )
     slots = OwnSlots(client, ledger, parts, logger=out)
-    refused = await creator.refused(jobs, policy)
+    refused = await creator.refused(jobs, decisions)
     if refused is not None:
         return refused
     report = BatchReport(usage=creator.usage)
 
     gate = PartitionGate(
-        ledger.claim_book(is_run_alive=is_run_alive),
+        ledger.claim_book(is_run_alive=who.is_run_alive),
         lambda key: ledger.claim_path(parts, key),
-        Owner.here(run_id=run_id, step=step),
+        Owner.here(run_id=who.run_id, step=who.step),
         logger=out,
     )
 
@@ -137,7 +134,7 @@ async def submit_jobs(
     async def claimed(job: ImageJob) -> None:
         for _ in range(2):  # again once if the open task moved on while we adopted it
             decision, reused = await asyncio.to_thread(
-                look_up, ledger.store, ledger, parts, job, policy, out
+                look_up, ledger.store, ledger, parts, job, decisions, out
             )
             if reused is not None:
                 report.successes.append(reused)
