@@ -557,21 +557,21 @@ def record_end(
     >>> record_end(ledger, "hero", "fox", done).status.value
     'completed'
     """
-    if not (task.is_completed or task.is_failed):
+    changes: dict[str, Any]
+    if task.is_completed:
+        status = LedgerStatus.COMPLETED
+        changes = {"completed_at": clock(), "extra": None if polls is None else {"polls": polls}}
+    elif task.is_failed:
+        error = task.error
+        status = LedgerStatus.FAILED
+        changes = {
+            "error_code": str(error.code) if error and error.code else "unknown_error",
+            "error_message": (error.message if error else None) or "failed",
+        }
+    else:
         return None
-    error = task.error
     return _write_entry(
-        logger,
-        ledger.update,
-        asset,
-        partition_key,
-        task.id,
-        LedgerStatus.COMPLETED if task.is_completed else LedgerStatus.FAILED,
-        error_code=None if task.is_completed else str((error and error.code) or "unknown_error"),
-        error_message=None if task.is_completed else ((error and error.message) or "failed"),
-        completed_at=clock() if task.is_completed else None,
-        extra=None if polls is None or not task.is_completed else {"polls": polls},
-        via=via,
+        logger, ledger.update, asset, partition_key, task.id, status, via=via, **changes
     )
 
 
@@ -588,20 +588,19 @@ def collected_record(
     one saw it start). Any other record (a blocking run's, a reused image's) is returned as is.
 
     >>> entry = LedgerEntry(("a",), "fox", "t", 1, "f", {}, LedgerStatus.COLLECTED, 1000, 1010,
-    ...                     extra={"deferred": True, "completed_at": 1009.5, "polls": 2})
+    ...                     extra={"polls": 2}, deferred=True, completed_at=1009.5)
     >>> r = collected_record(ImageRecord(seed=1, task_id="t", prompt="p", reused=True), entry, 1000)
     >>> r.reused, r.polls, r.queued_s, r.generating_s
     (False, 2, None, 9.5)
     """
-    if entry is None or entry.task_id != record.task_id or not entry.extra.get("deferred"):
+    if entry is None or entry.task_id != record.task_id or not entry.deferred:
         return record
     if not record.reused:
         return record
-    completed_at = entry.extra.get("completed_at")
     polls = entry.extra.get("polls")
     span = None
-    if isinstance(completed_at, int | float) and created:
-        span = round(max(float(completed_at) - created, 0.0), 3)
+    if entry.completed_at is not None and created:
+        span = round(max(entry.completed_at - created, 0.0), 3)
     return replace(
         record,
         reused=False,
