@@ -24,8 +24,11 @@ these modules; they never read it.
   record stored beside each image, and its small preview.
 - :mod:`~zimage_dagster.engine.reviews`: review verdicts (pick, reject, undo) as append-only
   records in the store, and the one rule for which verdict wins.
-- :mod:`~zimage_dagster.engine.outcome`: one report, one error classification, one reuse and
-  reject decision, shared by blocking and deferred mode.
+- :mod:`~zimage_dagster.engine.decide`: the one decision on a unit of work (reuse, re-attach,
+  rejected before, create) and the resubmission budget; :mod:`~zimage_dagster.engine.settings`:
+  what a run asks of the engine (``GenerationPolicy``, ``RunIdentity``).
+- :mod:`~zimage_dagster.engine.outcome`: one report, one error classification, and acting on a
+  decision (``look_up``), shared by blocking and deferred mode.
 - :mod:`~zimage_dagster.engine.batch`: the batch generator (blocking mode).
 - :mod:`~zimage_dagster.engine.submit` and :mod:`~zimage_dagster.engine.watcher`: deferred mode.
 
