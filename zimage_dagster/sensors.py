@@ -46,10 +46,9 @@ from dagster._core.storage.tags import (
 from upath import UPath
 
 from zimage_dagster.dataset.request import request_fingerprint
-from zimage_dagster.engine.decide import Action, DecisionPolicy, decide
+from zimage_dagster.engine.decide import Action, DecisionPolicy, decide, stored_record
 from zimage_dagster.engine.jobs import plan_job_for
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
-from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
     COLLECT_TAG,
@@ -512,7 +511,7 @@ def _runs_wanted(
     wanted: list[tuple[str, str, str]] = []
     for key, row in rows.items():
         entry = entries.get(key)
-        record = _stored_record(provenance.get(key))
+        record = stored_record(provenance.get(key))
         job = plan_job_for(
             entry,
             spec.asset_key.path,
@@ -533,15 +532,6 @@ def _runs_wanted(
         fp = request_fingerprint(job.row.prompt, job.row.size, row.seed, job.row.nsfw_check)
         wanted.append((key, reason, f"{key}:{fp}:{basis}"))
     return sorted(wanted, key=lambda w: w[0])
-
-
-def _stored_record(provenance: Mapping[str, Any] | None) -> ImageRecord | None:
-    if provenance is None:
-        return None
-    try:
-        return from_provenance(provenance)
-    except (ValueError, TypeError):
-        return None
 
 
 def _removed_keys(

@@ -60,14 +60,24 @@ the bare client, which has no ledger.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 from zimage_dagster.api import is_retryable_task_error_code
 from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus
-from zimage_dagster.engine.provenance import ImageRecord
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 
-__all__ = ["DEFAULT_POLICY", "Action", "Decision", "DecisionPolicy", "budget_spent", "decide"]
+__all__ = [
+    "DEFAULT_POLICY",
+    "Action",
+    "Decision",
+    "DecisionPolicy",
+    "budget_spent",
+    "decide",
+    "stored_record",
+]
 
 
 class Action(str, Enum):
@@ -165,6 +175,21 @@ def is_same_request(entry: LedgerEntry | None, fingerprint: str) -> bool:
     return entry.fingerprint == fingerprint or (
         bool(entry.recovered_from) and not entry.fingerprint
     )
+
+
+def stored_record(provenance: Mapping[str, Any] | None) -> ImageRecord | None:
+    """The stored image's record as :func:`decide` reads it: ``None`` when there is none or it
+    cannot be read (then the unit is decided as if nothing were stored).
+
+    >>> stored_record({"seed": 7}) is None, stored_record({"seed": 7, "task_id": "t", "prompt": "p"}).seed
+    (True, 7)
+    """
+    if provenance is None:
+        return None
+    try:
+        return from_provenance(provenance)
+    except (ValueError, TypeError):
+        return None
 
 
 def decide(

@@ -45,7 +45,7 @@ from zimage_dagster.api import (
 from zimage_dagster.engine.atomic import AtomicWritesUnsupportedError
 from zimage_dagster.engine.claims import ClaimLostError
 from zimage_dagster.engine.credits import Usage
-from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide
+from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide, stored_record
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
@@ -298,7 +298,8 @@ def look_up(
     parts = tuple(asset)
     entry = ledger.get(parts, job.partition_key)
     found = store.find(parts, job.partition_key) if policy.reuse_stored else None
-    decision = decide(entry, _stored_record(found), job.fingerprint, policy)
+    record = stored_record(found.provenance if found is not None else None)
+    decision = decide(entry, record, job.fingerprint, policy)
     if decision.action == Action.REUSE and found is not None:
         reused = _intact(store, ledger, parts, job, found, entry, logger)
         if reused is not None:
@@ -327,15 +328,6 @@ def look_up(
 def entry_has_request(entry: LedgerEntry) -> bool:
     """Whether the entry knows its request (an entry recovered from a damaged file does not)."""
     return bool(entry.fingerprint)
-
-
-def _stored_record(found: StoredImage | None) -> ImageRecord | None:
-    if found is None:
-        return None
-    try:
-        return from_provenance(found.provenance)
-    except (ValueError, TypeError):
-        return None
 
 
 def _intact(
