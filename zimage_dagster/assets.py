@@ -16,8 +16,6 @@ their own runs: an automation condition, a sensor, or a second job. They load im
 :class:`~zimage_dagster.storage.ImageStoreIOManager`.
 """
 
-import hashlib
-import io
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -25,14 +23,14 @@ from typing import Any
 
 import dagster as dg
 from dagster import AssetExecutionContext
-from PIL import Image
 
-from zimage_dagster.api import parse_size
 from zimage_dagster.balance import balance_definitions
+from zimage_dagster.checks import CHECK_NAMES, check_evaluations, check_specs
 from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.keys import partition_key_problem
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
+from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG, batch_partitions
@@ -49,9 +47,6 @@ __all__ = [
     "build_image_assets",
     "build_image_definitions",
 ]
-
-#: The checks evaluated for the partitions a run stored.
-CHECK_NAMES = ("image_decodes", "dimensions_match_request", "sha256_matches")
 
 
 def build_image_assets(
@@ -166,12 +161,6 @@ def _image_asset(
         definition_metadata["dataset_problem_report"] = dg.MetadataValue.md(
             "\n".join(f"- {p}" for p in dataset.problems[:50])
         )
-    check_specs = [
-        dg.AssetCheckSpec(
-            name=check_name, asset=spec.asset_key, description=_CHECK_DOCS[check_name]
-        )
-        for check_name in CHECK_NAMES
-    ]
 
     @dg.asset(
         name=spec.asset_name,
@@ -190,7 +179,7 @@ def _image_asset(
         kinds=set(spec.kinds),
         metadata=definition_metadata,
         output_required=False,
-        check_specs=check_specs,
+        check_specs=check_specs(spec.asset_key, partitions_def),
         required_resource_keys={spec.resource_key},
         deps=[_dep(d) for d in spec.deps],
         tags=dict(spec.tags) or None,
@@ -205,7 +194,7 @@ def _image_asset(
         for problem in rows.problems:
             context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         report, missing = _generate(context, spec, resource, rows)
-        yield from _check_results(spec, report)
+        yield from _check_results(spec, report, context.instance)
         if _collect_batch(spec, context) is not None:
             _log_collect_failures(context, report, missing)
         elif report.failures or missing:
@@ -251,13 +240,6 @@ def _failure(
         },
         allow_retries=bool(retryable) and retries_left,
     )
-
-
-_CHECK_DOCS = {
-    "image_decodes": "Every image stored by the run decodes fully.",
-    "dimensions_match_request": "Each image has the requested WxH, or the requested aspect ratio.",
-    "sha256_matches": "The stored file's sha256 matches the one recorded at download.",
-}
 
 
 def _with_gallery_link(description: str, gallery: str | None, key: dg.AssetKey) -> str:
@@ -399,61 +381,11 @@ def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
 # -- checks -------------------------------------------------------------------------------------
 
 
-def _check_results(spec: ImageAssetSpec, report: BatchReport) -> Iterator[dg.AssetCheckResult]:
-    """One evaluation per check over the partitions the run stored: the stored file is read back
-    and hashed (what a downstream asset will load, not what was downloaded); a file whose sha256
-    is the download's was fully decoded at download, any other one is decoded here."""
+def _check_results(
+    spec: ImageAssetSpec, report: BatchReport, instance: dg.DagsterInstance | None = None
+) -> Iterator[dg.AssetCheckEvaluation | dg.AssetCheckResult]:
+    """The checks of the partitions the run stored (:mod:`zimage_dagster.checks`), with the
+    ``review`` verdicts already recorded for them."""
     store = ImageStore(spec.storage_root, spec.storage_options)
-    problems: dict[str, list[str]] = {name: [] for name in CHECK_NAMES}
-    for success in report.successes:
-        record = success.record
-        key = success.job.partition_key
-        try:
-            data = store.read_bytes(spec.asset_key.path, success.job.partition_key)
-        except FileNotFoundError:
-            for name in CHECK_NAMES:
-                problems[name].append(f"{key}: image file missing")
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest == record.sha256 and record.width and record.height:
-            # The very bytes that were fully decoded when downloaded: no second decode.
-            width, height = record.width, record.height
-        else:
-            if digest != record.sha256:
-                problems["sha256_matches"].append(f"{key}: stored file differs from the download")
-            try:
-                with Image.open(io.BytesIO(data)) as image:
-                    image.load()
-                    width, height = image.size
-            except Exception as exc:
-                problems["image_decodes"].append(f"{key}: {exc}")
-                continue
-        mismatch = _dimension_mismatch(record.size_requested, width, height)
-        if mismatch:
-            problems["dimensions_match_request"].append(f"{key}: {mismatch}")
-    checked = len(report.successes)
-    for name in CHECK_NAMES:
-        failures = problems[name]
-        yield dg.AssetCheckResult(
-            check_name=name,
-            asset_key=spec.asset_key,
-            passed=not failures,
-            description=_CHECK_DOCS[name],
-            metadata={
-                "partitions_checked": checked,
-                "partitions_failed": len(failures),
-                "failures": dg.MetadataValue.json(failures[:100]),
-            },
-        )
-
-
-def _dimension_mismatch(size: str, width: int, height: int) -> str | None:
-    exact = parse_size(size)
-    if exact is not None:
-        if (width, height) != exact:
-            return f"got {width}x{height}, requested {size}"
-        return None
-    ratio_w, ratio_h = (int(part) for part in size.split(":"))
-    if abs(width / height - ratio_w / ratio_h) > 0.02 * (ratio_w / ratio_h):
-        return f"got {width}x{height} ({width / height:.3f}), requested ratio {size}"
-    return None
+    verdicts = current_verdicts(store, spec.asset_key.path) if report.successes else {}
+    yield from check_evaluations(store, spec.asset_key, report.successes, verdicts, instance)

@@ -40,11 +40,13 @@ from tests.dagster._support import (
     values,
 )
 from zimage_dagster.api import AsyncZImageClient, GenerationRequest, PollPolicy, ZImageClient
-from zimage_dagster.assets import (
+from zimage_dagster.assets import build_image_assets
+from zimage_dagster.checks import (
     CHECK_NAMES,
-    _check_results,
+    PARTITIONED_CHECKS,
+    REVIEW_CHECK,
     _dimension_mismatch,
-    build_image_assets,
+    judge_partition,
 )
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.batch import BatchGenerator
@@ -54,7 +56,6 @@ from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.prompts import PromptRow, derive_seed, request_fingerprint
 from zimage_dagster.resource import ZImageResource
-from zimage_dagster.spec import ImageAssetSpec
 
 METADATA_FIELDS = (
     "seed",
@@ -245,7 +246,7 @@ def test_a_rejected_prompt_fails_its_partition_alone_and_is_remembered(
         assert dg.DagsterEventType.STEP_UP_FOR_RETRY not in kinds
         assert emulator.stats()["tasks_created"] == 5
         # Checks ran for the four stored partitions.
-        assert check_evaluations(result) == {name: [True] for name in CHECK_NAMES}
+        assert check_evaluations(result) == _all_passed(4)
 
         # The failed partition alone, again: the ledger remembers the rejection, no new task.
         again = run_one(asset, instance, resource_for(emulator), "p4")
@@ -557,7 +558,7 @@ def test_a_damaged_stored_file_is_not_reused_but_generated_again(
         latest = values(materializations(instance, "imgs")["p0"][-1])
         assert latest["reused"] is True  # from the ledger's task, not a new one
         assert latest["sha256"] == original == _sha(path)
-        assert check_evaluations(result) == {name: [True] for name in CHECK_NAMES}
+        assert check_evaluations(result) == _all_passed(1)
         assert any(
             "differs from its provenance" in m for m in log_messages(instance, result.run_id)
         )
@@ -592,22 +593,26 @@ def test_checks_fail_for_files_changed_after_they_were_stored(
     (folder / "swapped.webp").write_bytes(other.getvalue())  # a valid image, not ours
     (folder / "garbage.webp").write_bytes(b"RIFF\x10\x00\x00\x00WEBP not really")
 
-    spec = ImageAssetSpec(asset_name="imgs", prompts=[], storage=str(tmp_path))
-    results = {r.check_name: r for r in _check_results(spec, report)}
-    assert set(results) == set(CHECK_NAMES)
-    assert all(r.metadata["partitions_checked"].value == 3 for r in results.values())
+    store = ImageStore(tmp_path)
+    failed: dict[str, dict[str, str]] = {}
+    for success in report.successes:
+        for finding in judge_partition(store, ["imgs"], success):
+            if not finding.passed:
+                failed.setdefault(finding.check_name, {})[success.job.partition_key] = (
+                    finding.problem
+                )
+    assert sorted(failed["sha256_matches"]) == ["garbage", "swapped"]
+    assert sorted(failed["image_decodes"]) == ["garbage"]
+    assert failed["dimensions_match_request"]["swapped"] == "got 400x300, requested 376x376"
+    assert "intact" not in failed.get("not_blank", {})
 
-    def failures(name: str) -> list[str]:
-        value = results[name].metadata["failures"].value
-        assert isinstance(value, list)
-        return [str(v) for v in value]
 
-    assert results["sha256_matches"].passed is False
-    assert sorted(f.split(":")[0] for f in failures("sha256_matches")) == ["garbage", "swapped"]
-    assert results["image_decodes"].passed is False
-    assert [f.split(":")[0] for f in failures("image_decodes")] == ["garbage"]
-    assert results["dimensions_match_request"].passed is False
-    assert failures("dimensions_match_request") == ["swapped: got 400x300, requested 376x376"]
+def _all_passed(stored: int) -> dict[str, list[bool]]:
+    """What a run storing ``stored`` good, unreviewed partitions evaluates: per partition with
+    partitioned checks (no ``review`` evaluation while unreviewed), else once per check."""
+    if PARTITIONED_CHECKS:
+        return {name: [True] * stored for name in CHECK_NAMES if name != REVIEW_CHECK}
+    return {name: [True] for name in CHECK_NAMES}
 
 
 @pytest.mark.parametrize(
