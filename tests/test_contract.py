@@ -107,7 +107,7 @@ def shape(defs: dg.Definitions) -> dict[str, Any]:
 
 
 def _expected_automations(partitioning: str, mode: str) -> tuple[list[str], list[str]]:
-    sensors = []
+    sensors = ["imgs_review_sensor"]  # every image asset's (stopped by default)
     if mode == "deferred":
         sensors.append("imgs_task_status")
     if partitioning == "dynamic":

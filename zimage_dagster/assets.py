@@ -25,7 +25,13 @@ import dagster as dg
 from dagster import AssetExecutionContext
 
 from zimage_dagster.balance import balance_definitions
-from zimage_dagster.checks import CHECK_NAMES, check_evaluations, check_specs
+from zimage_dagster.checks import (
+    CHECK_NAMES,
+    PARTITIONED_CHECKS,
+    check_evaluations,
+    check_outputs,
+    check_specs,
+)
 from zimage_dagster.engine.jobs import ImageJob, plan_job
 from zimage_dagster.engine.keys import partition_key_problem
 from zimage_dagster.engine.ledger import TaskLedger
@@ -36,8 +42,10 @@ from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import COLLECT_TAG, batch_partitions
 from zimage_dagster.gallery.links import gallery_base_url, grid_url
 from zimage_dagster.partitions import partitions_def_for, prompt_key, spec_dataset
+from zimage_dagster.picks import picks_asset
 from zimage_dagster.prompts import PromptDataset
 from zimage_dagster.resource import ZImageResource
+from zimage_dagster.review_sensor import review_definitions
 from zimage_dagster.sensors import automation_definitions
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
 from zimage_dagster.step import StepOptions, run_in_step
@@ -129,6 +137,10 @@ def build_image_definitions(
             dataset_options=dataset_options,
         ),
     ]
+    # Verdicts written in the gallery: the review sensor reports them as the review check.
+    parts.append(review_definitions(spec, partitions_def))
+    if spec.picks:
+        parts.append(dg.Definitions(assets=[picks_asset(spec, partitions_def)]))
     if spec.balance_asset:
         parts.append(balance_definitions(spec))
     return dg.Definitions.merge(*parts)
@@ -195,6 +207,7 @@ def _image_asset(
             context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         report, missing = _generate(context, spec, resource, rows)
         yield from _check_results(spec, report, context.instance)
+        yield from check_outputs(context)
         if _collect_batch(spec, context) is not None:
             _log_collect_failures(context, report, missing)
         elif report.failures or missing:
@@ -384,8 +397,9 @@ def _materialized_in_run(context: dg.AssetExecutionContext) -> set[str]:
 def _check_results(
     spec: ImageAssetSpec, report: BatchReport, instance: dg.DagsterInstance | None = None
 ) -> Iterator[dg.AssetCheckEvaluation | dg.AssetCheckResult]:
-    """The checks of the partitions the run stored (:mod:`zimage_dagster.checks`), with the
-    ``review`` verdicts already recorded for them."""
+    """The checks of the partitions the run stored (:mod:`zimage_dagster.checks`); on Dagster
+    without partitioned checks, ``review`` too, from the verdicts already recorded."""
     store = ImageStore(spec.storage_root, spec.storage_options)
-    verdicts = current_verdicts(store, spec.asset_key.path) if report.successes else {}
+    per_asset_review = report.successes and not PARTITIONED_CHECKS
+    verdicts = current_verdicts(store, spec.asset_key.path) if per_asset_review else {}
     yield from check_evaluations(store, spec.asset_key, report.successes, verdicts, instance)

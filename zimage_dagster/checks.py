@@ -45,19 +45,24 @@ from zimage_dagster.engine.thumbnails import fit_image
 __all__ = [
     "BLANK_STDDEV",
     "CHECK_NAMES",
+    "IMAGE_CHECKS",
     "PARTITIONED_CHECKS",
     "REVIEW_CHECK",
     "Finding",
     "check_evaluations",
+    "check_outputs",
     "check_specs",
     "is_blank",
     "judge_partition",
     "latest_materializations",
+    "review_check_spec",
     "review_evaluation",
 ]
 
 #: The checks of an image asset, in the order the UI lists them.
 CHECK_NAMES = ("image_decodes", "dimensions_match_request", "sha256_matches", "not_blank", "review")
+#: The checks of the image itself, evaluated by the run that stores it.
+IMAGE_CHECKS = CHECK_NAMES[:4]
 #: The check a person's verdict sets.
 REVIEW_CHECK = "review"
 #: Below this standard deviation (0-255, mean over the RGB bands of the thumbnail-size image)
@@ -85,22 +90,42 @@ _CHECK_DOCS = {
 def check_specs(
     asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition | None
 ) -> list[dg.AssetCheckSpec]:
-    """The asset's check specs: partitioned like the asset where Dagster allows.
+    """The check specs the image asset evaluates itself: partitioned like the asset where
+    Dagster allows, and then the four image checks (``review`` is its own check definition,
+    :func:`~zimage_dagster.review_sensor.review_definitions`); on older Dagster all five,
+    per asset.
 
-    >>> [s.name for s in check_specs(dg.AssetKey("hero"), None)][-2:]
-    ['not_blank', 'review']
+    >>> [s.name for s in check_specs(dg.AssetKey("hero"), None)][-1]
+    'not_blank'
     """
     options: dict[str, Any] = {}
-    if PARTITIONED_CHECKS and partitions_def is not None:
-        options["partitions_def"] = partitions_def
+    names: tuple[str, ...] = CHECK_NAMES
+    if PARTITIONED_CHECKS:
+        names = IMAGE_CHECKS
+        if partitions_def is not None:
+            options["partitions_def"] = partitions_def
     with warnings.catch_warnings():
         # Partitioned checks are "preview" in Dagster; chosen knowingly (each prompt shows its
         # own status), so the warning is silenced here instead of on every load.
         warnings.filterwarnings("ignore", message="Specifying a partitions_def")
         return [
             dg.AssetCheckSpec(name=name, asset=asset_key, description=_CHECK_DOCS[name], **options)
-            for name in CHECK_NAMES
+            for name in names
         ]
+
+
+def review_check_spec(
+    asset_key: dg.AssetKey, partitions_def: dg.PartitionsDefinition | None
+) -> dg.AssetCheckSpec:
+    """The partitioned ``review`` check's spec (Dagster with partitioned checks only)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Specifying a partitions_def")
+        return dg.AssetCheckSpec(
+            name=REVIEW_CHECK,
+            asset=asset_key,
+            description=_CHECK_DOCS[REVIEW_CHECK],
+            partitions_def=partitions_def,
+        )
 
 
 @dataclass(frozen=True)
@@ -276,9 +301,9 @@ def check_evaluations(
     instance: dg.DagsterInstance | None = None,
 ) -> Iterator[dg.AssetCheckEvaluation | dg.AssetCheckResult]:
     """What the asset yields for a run's stored partitions: with partitioned checks, one
-    evaluation per partition and check (``review`` only where there is a verdict), each
-    targeting the partition's latest materialization on ``instance``; else one
-    ``AssetCheckResult`` per check over them all."""
+    evaluation per partition and image check, each targeting the partition's latest
+    materialization on ``instance`` (``review`` is evaluated by its own check); else one
+    ``AssetCheckResult`` per check over them all, ``review`` from ``verdicts``."""
     judged = {s.job.partition_key: judge_partition(store, asset_key.path, s) for s in successes}
     if PARTITIONED_CHECKS:
         targets = {} if instance is None else latest_materializations(instance, asset_key, judged)
@@ -293,11 +318,19 @@ def check_evaluations(
                     metadata={},
                     target=targets.get(key),
                 )
-            review = review_evaluation(asset_key, key, verdicts.get(key), targets.get(key))
-            if review is not None:
-                yield review
         return
     yield from _per_asset(asset_key, judged, verdicts)
+
+
+def check_outputs(context: dg.AssetExecutionContext) -> Iterator[dg.Output[None]]:
+    """With partitioned checks, the empty output of each selected check (the step's check
+    outputs are required; the evaluations themselves were yielded per partition)."""
+    if not PARTITIONED_CHECKS:
+        return  # the per-asset AssetCheckResults are the outputs
+    selected = context.selected_asset_check_keys
+    for output_name, spec in context.assets_def.check_specs_by_output_name.items():
+        if spec.key in selected:
+            yield dg.Output(None, output_name=output_name)
 
 
 def _per_asset(

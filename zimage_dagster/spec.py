@@ -438,6 +438,14 @@ class ImageAssetSpec(GenerationOptions):
             "submitted concurrently, up to resource.concurrency at a time)."
         ),
     )
+    picks: bool = Field(
+        default=False,
+        description=(
+            "Add <asset_name>_picks: a partitioned asset holding only the image a reviewer "
+            "picked in the gallery for each partition, for a publishing step to load "
+            "(through ImageStoreIOManager)."
+        ),
+    )
     balance_asset: bool = Field(
         default=False,
         description=(

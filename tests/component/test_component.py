@@ -472,10 +472,12 @@ def test_deferred_mode_follows_the_factory() -> None:
         context = sandbox_context(sandbox, path)
         assert component.image_asset_spec(context).deferred is True
         sensors = component.build_defs(context).sensors or []
-        assert {s.name for s in sensors} == {"posters_task_status"}
+        assert {s.name for s in sensors} == {"posters_task_status", "posters_review_sensor"}
         blocking = ZImageComponent(asset_name="posters", prompts=["a fox"])
         assert blocking.image_asset_spec(context).deferred is False
-        assert not blocking.build_defs(context).sensors
+        assert [s.name for s in blocking.build_defs(context).sensors or []] == [
+            "posters_review_sensor"
+        ]
 
 
 # -- a real run -------------------------------------------------------------------------------
@@ -612,7 +614,7 @@ def test_dataset_sensor_can_be_turned_off_and_needs_dynamic_partitions() -> None
             sandbox, {**BASE, "partitioning": "dynamic", "dataset_sensor": False}
         )
         with loaded(sandbox, path) as (_, defs):
-            assert not list(defs.sensors or [])
+            assert [s.name for s in defs.sensors or []] == ["posters_review_sensor"]
         static = write_component(sandbox, {**BASE, "dataset_sensor": True}, name="static")
         error = load_error(sandbox, static)
         assert "dataset_sensor needs partitioning: dynamic" in error_text(error)

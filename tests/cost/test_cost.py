@@ -287,7 +287,10 @@ def test_the_balance_asset_records_the_credits_and_warns_below_the_threshold(
         for r in observations
     )
     assert [to_micro(x) for x in remaining] == [to_micro(1.0 - PRICE), to_micro(1.0)]
-    assert [s.name for s in defs.sensors or ()] == ["imgs_credits_sensor"]
+    assert sorted(s.name for s in defs.sensors or ()) == [
+        "imgs_credits_sensor",
+        "imgs_review_sensor",
+    ]
 
 
 def test_budget_settings_are_checked() -> None:

@@ -40,7 +40,8 @@ from zimage_dagster.step import submit_deferred
 
 
 def _sensor_names(defs: dg.Definitions) -> list[str]:
-    return sorted(s.name for s in defs.sensors or [])
+    """The asset's sensors but its review sensor (every image asset has one)."""
+    return sorted(s.name for s in defs.sensors or [] if not s.name.endswith("_review_sensor"))
 
 
 def _csv(path: Path, keys: list[str]) -> Path:

@@ -44,7 +44,7 @@ def test_dataset_sensor_and_schedule_start_as_said(
     dynamic = build_image_assets(
         "dyn", _csv(tmp_path), storage=tmp_path, partitioning="dynamic", **given
     )
-    (sensor,) = dynamic.sensors or []
+    (sensor,) = [s for s in dynamic.sensors or [] if s.name == "dyn_prompt_dataset"]
     assert sensor.default_status == dg.DefaultSensorStatus[expected]
     daily = build_image_assets(
         "day",

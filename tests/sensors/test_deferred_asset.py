@@ -30,7 +30,7 @@ def test_deferred_asset_submits_then_the_sensor_collects(
     resource = make_resource(emulator)
     images = build_image_assets("cards", ROWS, storage=str(tmp_path), mode="deferred")
     defs = dg.Definitions.merge(images, dg.Definitions(resources={"zimage": resource}))
-    assert {s.name for s in defs.sensors or []} == {"cards_task_status"}
+    assert {s.name for s in defs.sensors or []} == {"cards_task_status", "cards_review_sensor"}
     job = defs.resolve_job_def("cards_job")
     key = dg.AssetKey("cards")
 
