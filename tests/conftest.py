@@ -1,7 +1,26 @@
-"""Shared fixtures: one emulator for the session, reset before each test that asks for it."""
+"""Shared fixtures (one emulator per test process, reset before each test that asks for it) and the
+grouping that lets ``make pytest`` run the suite on several workers (pytest-xdist).
+
+Most tests wait (on the emulator's latencies, on daemons, on subprocesses starting) rather than
+compute, so ``make pytest`` runs them on more workers than the machine has cores, with
+``--dist loadgroup``. Each worker is its own process with its own session fixtures (emulator,
+S3 server, PostgreSQL cluster), its own environment, working directory and ``tmp_path`` root, so
+tests do not see each other. What the grouping below adds, for every test file without
+registering it anywhere:
+
+* a test file whose tests share a module- or class-scoped fixture (a webserver, a deployment,
+  a browser) runs on one worker, so that fixture is built once, not once per worker;
+* tests marked ``@pytest.mark.heavy`` (several busy processes of their own: Dagster children,
+  daemons, a browser, timing races) go to a few ``heavy`` lanes, so that no more of them than the
+  machine has cores run at once and their timing is not starved by each other.
+
+Without ``-n`` (``pytest tests/x.py``) nothing of this applies: the tests run in this process, one
+after the other.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +29,57 @@ from pathlib import Path
 import pytest
 
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
+
+#: How many heavy tests may run at once: one per core of the machine (2 in CI).
+HEAVY_LANES = max(1, min(2, os.cpu_count() or 1))
+#: Fixture scopes that are built once for the tests sharing them, so those tests stay together.
+SHARED_SCOPES = frozenset({"class", "module", "package"})
+
+
+def _shares_a_scoped_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(
+        definition.scope in SHARED_SCOPES
+        for definitions in info.name2fixturedefs.values()
+        for definition in definitions
+    )
+
+
+def _heavy_lanes(items: list[pytest.Item]) -> dict[str, str]:
+    """Each file with heavy tests -> its lane: whole files (their heavy tests may share its
+    fixtures), spread in collection order to the lane with the fewest heavy tests so far (every
+    worker collects the same items, so every worker computes the same lanes)."""
+    counts: dict[str, int] = {}
+    for item in items:
+        if item.get_closest_marker("heavy"):
+            module = item.nodeid.split("::", 1)[0]
+            counts[module] = counts.get(module, 0) + 1
+    load = [0] * HEAVY_LANES
+    lanes: dict[str, str] = {}
+    for module, count in counts.items():
+        lane = load.index(min(load))
+        load[lane] += count
+        lanes[module] = f"heavy-{lane}"
+    return lanes
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--dist loadgroup`` (xdist sets ``loadgroup`` in its workers), give each test its
+    group before xdist reads the marks: a heavy lane, its file, or none (any worker takes it)."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    lanes = _heavy_lanes(items)
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        module = item.nodeid.split("::", 1)[0]
+        if item.get_closest_marker("heavy"):
+            item.add_marker(pytest.mark.xdist_group(lanes[module]))
+        elif _shares_a_scoped_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(module))
 
 
 @pytest.fixture(scope="session")
