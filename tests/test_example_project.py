@@ -185,6 +185,7 @@ def _demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
@@ -236,6 +237,7 @@ def test_demo_runs_end_to_end_twice_and_the_second_run_costs_nothing(
 
 
 @pytest.mark.slow
+@pytest.mark.heavy
 def test_demo_exits_non_zero_with_a_clear_message_when_an_image_fails(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:

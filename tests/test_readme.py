@@ -11,8 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.store import ImageStore
+
+pytestmark = pytest.mark.heavy
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

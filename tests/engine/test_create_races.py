@@ -12,10 +12,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.engine import _race
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
+
+pytestmark = pytest.mark.heavy
 
 SPAWN = multiprocessing.get_context("spawn")
 KEYS = [f"k{i}" for i in range(8)]

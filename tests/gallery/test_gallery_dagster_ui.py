@@ -38,7 +38,7 @@ from tests.ui._support import (
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.gallery import Gallery, links
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240), pytest.mark.heavy]
 
 ASSET = CATALOGUE
 

@@ -12,8 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tests.reliability._support import run_crash_scenario, write_dagster_home
 from zimage_dagster.emulator.server import EmulatorProcess
+
+pytestmark = pytest.mark.heavy
 
 
 def test_two_sigkills_then_resume_pay_only_for_what_was_never_recorded(

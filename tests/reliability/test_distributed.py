@@ -50,6 +50,8 @@ from zimage_dagster.engine.claims import DEFAULT_LEASE_S
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
 
+pytestmark = pytest.mark.heavy
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 N = 20

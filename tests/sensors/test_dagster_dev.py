@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 import httpx
+import pytest
 
 from benchmarks._common import stop_process_group
 from zimage_dagster.emulator import EmulatorServer
@@ -25,6 +26,8 @@ from zimage_dagster.resource import ZImageResource
 from zimage_dagster.step import submit_deferred
 
 from ._support import wait_for
+
+pytestmark = pytest.mark.heavy
 
 PROJECT = Path(__file__).with_name("dev_project.py")
 DAGSTER_YAML = """\

@@ -56,7 +56,7 @@ from tests.ui._support import (
 )
 from zimage_dagster.emulator import EmulatorServer
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(180), pytest.mark.heavy]
 
 ASSET = CATALOGUE
 DOCS = REPO_ROOT / "docs"
