@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _pytest.nodeid import NodeId
 
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
 
@@ -77,9 +78,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             continue
         module = item.nodeid.split("::", 1)[0]
         if item.get_closest_marker("heavy"):
-            item.add_marker(pytest.mark.xdist_group(lanes[module]))
+            _join(item, lanes[module])
         elif _shares_a_scoped_fixture(item):
-            item.add_marker(pytest.mark.xdist_group(module))
+            _join(item, module)
+
+
+def _join(item: pytest.Item, group: str) -> None:
+    """Put a test in an xdist group. xdist 3.8 tells the group to its scheduler by renaming the
+    test ``<nodeid>@<group>`` through ``item._nodeid``, which pytest 9.2 no longer reads (its node
+    ids are ``NodeId`` objects in ``item._id``): without the rename here, every group is ignored
+    and each test goes to any worker."""
+    item.add_marker(pytest.mark.xdist_group(group))
+    renamed = f"{item.nodeid}@{group}"
+    if isinstance(getattr(item, "_id", None), NodeId):
+        item._id = NodeId.parse(renamed)
 
 
 @pytest.fixture(scope="session")
