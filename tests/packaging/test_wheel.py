@@ -187,7 +187,11 @@ def test_compat(dist: Path, tmp_path: Path, which: str) -> None:
     (dagster-dg-cli's newest; left free, pip would backtrack through Dagster releases)."""
     version = DAGSTER_FLOOR if which == "floor" else newest_release("dagster-dg-cli")
     venv = Venv(
-        tmp_path / "venv", str(_wheel(dist)), f"dagster=={version}", f"dagster-dg-cli=={version}"
+        tmp_path / "venv",
+        str(_wheel(dist)),
+        f"dagster=={version}",
+        f"dagster-dg-cli=={version}",
+        f"dagster-webserver=={version}",  # the README's pip line: its road ends in `dagster dev`
     )
     versions = {p: venv.installed(p) for p in ("dagster", "dagster-dg-cli", "pydantic")}
     print(f"compat {json.dumps(versions)}")

@@ -9,10 +9,8 @@ README's ``pip install zimage-dagster`` installs the wheel built from this tree.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
 import socket
 import subprocess
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks._common import stop_process_group
 from tests.readme.blocks import blocks_of
 
 README_EMULATOR_PORT = "8765"
@@ -155,12 +154,7 @@ def walk_to_ui(
             f"the UI never showed {expected} partitions: {stats}\n{log.read_text()[-4000:]}"
         )
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_process_group(process)  # a UI that already died must not hide why
 
 
 def tasks_created(emulator_url: str) -> int:
