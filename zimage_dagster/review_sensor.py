@@ -137,8 +137,7 @@ def review_definitions(
         checks.append(check)
         job = dg.define_asset_job(
             f"{spec.asset_name}_review_job",
-            selection=dg.AssetSelection.checks(check),
-            partitions_def=partitions_def,
+            selection=dg.AssetSelection.checks(check),  # partitioned as the check is
             executor_def=dg.in_process_executor,
         )
 

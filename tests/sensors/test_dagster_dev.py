@@ -118,7 +118,10 @@ def test_dagster_dev_collects_a_deferred_batch(tmp_path: Path, emulator: Emulato
                 runs = [r for r in instance.get_runs() if COLLECT_TAG in r.tags]
                 return runs if runs and all(r.is_finished for r in runs) else None
 
-            collect_runs = wait_for(collect_runs_done, timeout=30, what="the collect runs to end")
+            # The collect run ends after its events: a materialization and the four partitioned
+            # image checks per partition (1,000 events for 200), seconds on a quiet machine and
+            # about a minute beside the rest of `make test`.
+            collect_runs = wait_for(collect_runs_done, timeout=150, what="the collect runs to end")
             ticks = instance.get_ticks(
                 _sensor_origin_id(instance, "cards_task_status"),
                 _sensor_selector_id(instance, "cards_task_status"),
