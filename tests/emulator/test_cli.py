@@ -14,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 
 from zimage_dagster.emulator.cli import parse_args
@@ -78,6 +80,7 @@ def test_tls_emulator_stopped_by_a_signal_exits_0_and_removes_its_ca_folder(sign
         assert url.startswith("https://127.0.0.1:")
         folder = os.path.dirname(ca_path)
         assert os.path.isfile(os.path.join(folder, "key.pem"))
+        _wait_until_it_answers(url, ca_path)  # stopped while serving, as a person stops it
         process.send_signal(signum)
         code = process.wait(20)
         _, stderr = process.communicate()
@@ -88,3 +91,16 @@ def test_tls_emulator_stopped_by_a_signal_exits_0_and_removes_its_ca_folder(sign
     assert code == 0, stderr
     assert "Traceback" not in stderr
     assert not os.path.exists(folder), os.listdir(folder)
+
+
+def _wait_until_it_answers(url: str, ca_path: str, timeout: float = 60.0) -> None:
+    """The URLs are printed before uvicorn serves: wait for an answer (any status) over TLS."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(url + "/v1/credits", verify=ca_path, timeout=5)
+            return
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)

@@ -239,10 +239,8 @@ def _serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
         except PortUnavailableError:
             origins.files_socket.close()
             raise
-        print(socket_url(sock, scheme="https" if ca else "http"), flush=True)
-        print(origins.files_url, flush=True)
-        if ca is not None:
-            print(ca.ca_path, flush=True)
+        # Configured before the URLs are announced: a SIGTERM sent as soon as they are read must
+        # not land inside uvicorn's logging set-up, which wraps any exception in a ValueError.
         server = uvicorn.Server(
             uvicorn.Config(
                 origins.app,
@@ -254,6 +252,10 @@ def _serve(args: argparse.Namespace, config: EmulatorConfig) -> None:
                 ssl_keyfile=ca.key_path if ca else None,
             )
         )
+        print(socket_url(sock, scheme="https" if ca else "http"), flush=True)
+        print(origins.files_url, flush=True)
+        if ca is not None:
+            print(ca.ca_path, flush=True)
         try:
             server.run(sockets=[sock, origins.files_socket])
         finally:
