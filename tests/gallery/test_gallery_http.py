@@ -319,7 +319,8 @@ def test_a_local_rebuild_reads_only_what_changed(tmp_path: Path) -> None:
         "imgs", "d", task_id="task-unified-1-dddddddd", request={"prompt": "d", "seed": 4}
     )
     index = GalleryIndex(store, refresh_s=0)
-    before = index.snapshot().assets["imgs"].by_key
+    before = dict(index.snapshot().assets["imgs"].by_key)
+    read_first = index.indexer.files_read
     store.save(
         "imgs", "b", b"y", "png", to_provenance(ImageRecord(seed=2, task_id="b2", prompt="new b"))
     )
@@ -327,7 +328,9 @@ def test_a_local_rebuild_reads_only_what_changed(tmp_path: Path) -> None:
     ledger.mark_failed("imgs", "d", "task-unified-1-dddddddd", "content_policy_violation", "no")
     after = index.snapshot().assets["imgs"].by_key
     assert sorted(after) == ["a", "b", "d"]
-    assert after["a"].record is before["a"].record  # unchanged: not read or parsed again
+    # The index lives in a file: the second pass read b's record and d's entry, nothing else.
+    assert (read_first, index.indexer.files_read - read_first) == (4, 2)
+    assert after["a"].record == before["a"].record
     assert after["b"].record is not None
     assert after["b"].record.prompt == "new b"
     assert (before["d"].status, after["d"].status) == ("pending", "failed")

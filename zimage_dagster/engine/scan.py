@@ -34,7 +34,7 @@ A cache holds one kind of file (records, or ledger entries): using it for anothe
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
     from zimage_dagster.engine.store import ImageStore
 
-__all__ = ["ScanCache", "Stamp", "local_stamps"]
+__all__ = ["ScanCache", "Stamp", "iter_stamps", "local_stamps"]
 
 T = TypeVar("T")
 
@@ -101,7 +101,16 @@ def local_stamps(folder: str, suffix: str) -> dict[str, Stamp]:
     >>> local_stamps("/no/such/folder", ".json")
     {}
     """
-    out: dict[str, Stamp] = {}
+    return dict(iter_stamps(folder, suffix))
+
+
+def iter_stamps(folder: str, suffix: str) -> Iterator[tuple[str, Stamp]]:
+    """:func:`local_stamps` one file at a time, in listing order: a reader of a very large folder
+    (the gallery's index) holds one listing entry, not the whole listing.
+
+    >>> list(iter_stamps("/no/such/folder", ".json"))
+    []
+    """
     todo = [folder]
     while todo:
         try:
@@ -117,7 +126,6 @@ def local_stamps(folder: str, suffix: str) -> dict[str, Stamp]:
                         todo.append(entry.path)
                     elif entry.name.endswith(suffix):
                         st = entry.stat(follow_symlinks=False)
-                        out[entry.path] = (st.st_mtime_ns, st.st_size, st.st_ino)
+                        yield entry.path, (st.st_mtime_ns, st.st_size, st.st_ino)
                 except FileNotFoundError:
                     continue
-    return out

@@ -179,16 +179,27 @@ def create_gallery_app(
     refresh_s: float = 5.0,
     review_token: str | None = None,
     reviewer: str | None = None,
+    ready_s: float = 1.0,
 ) -> Starlette:
     """The gallery over an image store (a folder, an fsspec URL, or an ``ImageStore``).
 
     ``cache_dir`` holds the thumbnails (default: :func:`default_cache_dir` of the root);
-    ``refresh_s`` is how old the index (and the verdicts) may get before they are read again.
+    ``refresh_s`` is how old the index (and the verdicts) may get before they are read again:
+    with ``refresh_s > 0`` the index is brought up to date in a background thread (its file,
+    ``index.sqlite``, is in ``cache_dir`` too), and the app waits up to ``ready_s`` for its
+    first pass, then serves what is indexed so far; ``refresh_s=0`` brings it up to date at
+    every request instead.
     ``review_token`` turns on verdicts (``--review``), written as ``reviewer`` (default: the
     user's login name); without it the gallery answers 405 to every write.
     """
     store = storage if isinstance(storage, ImageStore) else ImageStore(storage, storage_options)
-    index = GalleryIndex(store, refresh_s=refresh_s)
+    index = GalleryIndex(
+        store,
+        refresh_s=refresh_s,
+        cache_dir=cache_dir if cache_dir is not None else default_cache_dir(str(store.root)),
+    )
+    if refresh_s > 0:
+        index.start(wait_s=ready_s)
     verdicts = VerdictCache(store, refresh_s=refresh_s)
     access = (
         ReviewAccess(review_token, reviewer=reviewer or default_reviewer())
@@ -199,6 +210,9 @@ def create_gallery_app(
         cache_dir if cache_dir is not None else default_cache_dir(str(store.root)),
         thumbnail_side,
     )
+
+    def snapshot_assets() -> Mapping[str, AssetIndex]:
+        return index.snapshot().assets
 
     def visitor(request: Request) -> Visitor:
         return access.visitor(request.cookies) if access is not None else Visitor()
@@ -222,7 +236,9 @@ def create_gallery_app(
             {
                 "assets": len(snapshot.assets),
                 "partitions": snapshot.images,
+                "indexing": snapshot.indexing,
                 "index_build_s": round(snapshot.build_s, 4),
+                "index_files_read": index.indexer.files_read,
                 "thumbnails_generated": thumbs.generated,
                 "thumbnails_from_cache": thumbs.hits,
             }
@@ -233,7 +249,7 @@ def create_gallery_app(
         path = raw.decode("latin-1").split("?", 1)[0][len("/assets/") :]
         head, sep, tail = path.partition("/-/")
         parts = [unquote(p) for p in head.strip("/").split("/")] if head.strip("/") else []
-        asset = index.snapshot().assets.get("/".join(parts))
+        asset = snapshot_assets().get("/".join(parts))
         if asset is None or any(not p or "/" in p for p in parts):
             return _not_found("No such asset in this store.")
         if not sep:
@@ -245,7 +261,7 @@ def create_gallery_app(
 
     def item_of(located: _Located) -> GalleryItem | None:
         key = located.key
-        return located.asset.by_key.get(unquote(key)) if "/" not in key else None
+        return located.asset.get(unquote(key)) if "/" not in key else None
 
     def asset_routes(request: Request) -> Response:
         located = locate(request)
@@ -255,8 +271,16 @@ def create_gallery_app(
         query = Query.from_params(request.query_params)
         if not located.what:
             page = asset.select(query, verdicts.keep(asset, query.review))
+            snapshot = index.snapshot()
             return _html(
-                pages.asset_page(asset, query, page, verdicts.of(asset.asset), visitor(request))
+                pages.asset_page(
+                    asset,
+                    query,
+                    page,
+                    verdicts.of(asset.asset),
+                    visitor(request),
+                    indexing=snapshot.images if snapshot.indexing else None,
+                )
             )
         if located.what == "export" and located.key == "picks.zip":
             return _export(asset)
@@ -460,5 +484,6 @@ class Gallery(Service):
 
     def stop(self) -> None:
         self._serving.stop()
+        self.app.state.index.close()
         if self._tmp is not None:
             self._tmp.cleanup()

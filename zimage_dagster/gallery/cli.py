@@ -117,7 +117,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             review_token=token or generated,
             reviewer=args.reviewer,
         )
-        app.state.index.snapshot()  # read the store before announcing the URL
     except (ValueError, OSError, ReviewError) as exc:
         print(f"zimage-gallery: {exc}", file=sys.stderr)
         return 2
@@ -133,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PortUnavailableError as exc:
         print(f"zimage-gallery: {exc}", file=sys.stderr)
         return 2
+    finally:
+        app.state.index.close()
     return 0
 
 

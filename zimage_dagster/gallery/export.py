@@ -96,15 +96,18 @@ def _iso(seconds: float) -> str:
 def export_picks(
     store: ImageStore, index: AssetIndex, verdicts: Mapping[str, Verdict]
 ) -> Iterator[bytes]:
-    """The zip's bytes, in chunks: every picked partition of ``index`` (by partition key)."""
+    """The zip's bytes, in chunks: every picked partition of ``index`` (by partition key),
+    each looked up in the index by its key (the asset's other partitions are not read)."""
     sink = _Sink()
     manifest = io.StringIO()
     rows = csv.DictWriter(manifest, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     rows.writeheader()
     with zipfile.ZipFile(sink, "w") as archive:
-        for item in index.by_partition:
-            verdict = verdicts.get(item.partition_key)
-            if verdict is None or verdict.verdict != "pick":
+        for key in sorted(k for k, v in verdicts.items() if v.verdict == "pick"):
+            verdict = verdicts[key]
+            item = index.get(key)
+            if item is None:
+                log.warning("export: %s is picked but not in the index", key)
                 continue
             candidates = candidates_of(item)
             picked = verdict.candidate if verdict.candidate is not None else -1

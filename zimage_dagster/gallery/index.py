@@ -1,16 +1,20 @@
-"""What the gallery knows of an image store: every partition of every asset, and its status.
+"""What the gallery knows of an image store: every partition of every asset, and its status,
+kept in an index file in the gallery's cache folder and read a page at a time.
 
-The index is read with the library's own readers (``ImageStore.records`` for the provenance
-records, ``TaskLedger.entries`` for the ledger entries): it parses no file name, and it never
-writes. It is rebuilt when older than ``refresh_s`` (in the background once a first copy exists, so
-a request never waits for a rescan); ``refresh_s=0`` rebuilds it on every request.
+The index (:mod:`~zimage_dagster.gallery.catalog`, SQLite) is filled from the store's provenance
+records and the ledger's entries by :mod:`~zimage_dagster.gallery.indexer` (through the store's
+and the ledger's own readers: nothing here parses a file name), and from shard manifests by
+:meth:`GalleryIndex.ingest_manifest`. It never writes to the store.
 
-A partition's status:
+* Without :meth:`GalleryIndex.start`, a :meth:`~GalleryIndex.snapshot` older than ``refresh_s``
+  brings the index up to date first (``refresh_s=0``: on every call); a pass reads only the files
+  changed since the last one, so a small store answers at once.
+* Started (what the app does), a background thread runs the passes, every ``refresh_s`` or more
+  (never more than half the time: a long pass waits as long again), and pages are served from
+  the index as it is, meanwhile: a first pass over a very large store shows the partitions
+  indexed so far (:attr:`Snapshot.indexing`).
 
-* ``stored``: its image and provenance record are in the store (and the ledger has no newer task);
-* ``failed``: its current task failed (the provider's code and message) or was given up;
-* ``pending``: its current task is submitted or completed but not stored yet;
-* ``expired``: its current task's result link died before it was collected.
+The statuses and the status rule are in :mod:`~zimage_dagster.gallery.items`.
 
 >>> import tempfile
 >>> from zimage_dagster.engine.provenance import ImageRecord, to_provenance
@@ -24,34 +28,37 @@ A partition's status:
 [('fox', 'stored')]
 >>> hero.select(Query(q="lighthouse")).total
 0
+>>> index.close()
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import math
 import os
-import re
+import sqlite3
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from zimage_dagster.api.validation import DEFAULT_SIZE
-from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
-from zimage_dagster.engine.provenance import ImageRecord
-from zimage_dagster.engine.reviews import REVIEW_STATES
-from zimage_dagster.engine.scan import ScanCache
 from zimage_dagster.engine.store import ImageStore, StoredImage, UnsafePathError
+from zimage_dagster.gallery.catalog import Catalog
+from zimage_dagster.gallery.indexer import Indexer, ingest_manifest_rows
+from zimage_dagster.gallery.items import ORDERS, STATUSES, GalleryItem, Page, Query
 
 __all__ = [
+    "INDEX_FILE",
     "ORDERS",
     "STATUSES",
     "AssetIndex",
     "GalleryIndex",
     "GalleryItem",
+    "KeyFilter",
     "Page",
     "Query",
     "Snapshot",
@@ -60,153 +67,32 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The statuses a partition can have in the gallery, in the order the filters show them.
-STATUSES: tuple[str, ...] = ("stored", "failed", "pending", "expired")
-#: Grid orders: newest first, or by partition key.
-ORDERS: tuple[str, ...] = ("newest", "partition")
-
-_DATE = re.compile(r"(?<![0-9])([0-9]{4}-[0-9]{2}-[0-9]{2})(?![0-9])")
-_LEDGER_TO_STATUS = {
-    LedgerStatus.SUBMITTED: "pending",
-    LedgerStatus.COMPLETED: "pending",
-    LedgerStatus.FAILED: "failed",
-    LedgerStatus.ABANDONED: "failed",
-    LedgerStatus.EXPIRED: "expired",
-}
+#: The index's file name in the cache folder.
+INDEX_FILE = "index.sqlite"
+#: While a pass runs, an asset's counts, sizes and dates are reused for this long.
+_FACETS_WHILE_INDEXING_S = 2.0
 
 
 @dataclass(frozen=True)
-class GalleryItem:
-    """One partition of an asset: its provenance record and/or its ledger entry."""
+class KeyFilter:
+    """Keep the partitions whose key is in ``keys`` (with ``exclude``: those not in it): the
+    review filter, as the index can apply it in SQL. Also a plain test of an item."""
 
-    asset: tuple[str, ...]
-    partition_key: str
-    status: str
-    record: ImageRecord | None = None
-    entry: LedgerEntry | None = None
-    search_text: str = field(default="", repr=False)
+    keys: frozenset[str]
+    exclude: bool = False
 
-    @property
-    def asset_name(self) -> str:
-        return "/".join(self.asset)
-
-    @property
-    def prompt(self) -> str:
-        if self.record is not None:
-            return self.record.prompt
-        if self.entry is not None:
-            return str(self.entry.request.get("prompt", ""))
-        return ""
-
-    @property
-    def seed(self) -> int | None:
-        if self.record is not None:
-            return self.record.seed
-        return self.entry.seed if self.entry is not None else None
-
-    @property
-    def size(self) -> str:
-        """Actual ``WxH`` when stored, else the requested size."""
-        if self.record is not None and self.record.width and self.record.height:
-            return f"{self.record.width}x{self.record.height}"
-        if self.record is not None:
-            return self.record.size_requested
-        return str(self.entry.request.get("size") or DEFAULT_SIZE) if self.entry is not None else ""
-
-    @property
-    def date(self) -> str | None:
-        """The ``YYYY-MM-DD`` in the partition key (daily assets), if any."""
-        found = _DATE.search(self.partition_key)
-        return found.group(1) if found else None
-
-    @property
-    def time(self) -> float:
-        """When it last changed (created, or the ledger's last update), for newest-first."""
-        times = [0.0]
-        if self.record is not None and self.record.created_at:
-            times.append(float(self.record.created_at))
-        if self.entry is not None:
-            times.append(self.entry.updated_at)
-        return max(times)
-
-    @property
-    def error_code(self) -> str | None:
-        return self.entry.error_code if self.entry is not None and self.status == "failed" else None
-
-    @property
-    def has_image(self) -> bool:
-        return self.record is not None
+    def __call__(self, item: GalleryItem) -> bool:
+        return (item.partition_key in self.keys) != self.exclude
 
 
-@dataclass(frozen=True)
-class Query:
-    """What the grid shows: free-text search in prompts, filters, order and page."""
-
-    q: str = ""
-    partition: str = ""
-    date: str = ""
-    status: str = ""
-    size: str = ""
-    review: str = ""
-    order: str = "newest"
-    page: int = 1
-    per_page: int = 48
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, str]) -> Query:
-        """From query-string parameters; bad numbers and unknown choices fall back to defaults."""
-
-        def number(name: str, default: int, high: int) -> int:
-            try:
-                return max(1, min(high, int(params.get(name, default))))
-            except ValueError:
-                return default
-
-        order = params.get("order", "newest")
-        status = params.get("status", "")
-        review = params.get("review", "")
-        return cls(
-            q=params.get("q", "").strip()[:2000],
-            partition=params.get("partition", "").strip()[:500],
-            date=params.get("date", "").strip()[:10],
-            status=status if status in STATUSES else "",
-            size=params.get("size", "").strip()[:20],
-            review=review if review in REVIEW_STATES else "",
-            order=order if order in ORDERS else "newest",
-            page=number("page", 1, 1_000_000),
-            per_page=number("per_page", 48, 500),
-        )
-
-    def params(self, **changes: Any) -> dict[str, str]:
-        """The non-default parameters (with ``changes``), for links that keep the filters."""
-        values = {**self.__dict__, **changes}
-        defaults = Query().__dict__
-        return {k: str(v) for k, v in values.items() if v != defaults[k]}
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of a query's results."""
-
-    items: Sequence[GalleryItem]
-    total: int
-    page: int
-    pages: int
-
-
-@dataclass
 class AssetIndex:
-    """The partitions of one asset, newest first."""
+    """The partitions of one asset, as the index holds them: pages, counts, previous/next."""
 
-    asset: tuple[str, ...]
-    items: list[GalleryItem]
-    by_key: dict[str, GalleryItem] = field(init=False)
-    by_partition: list[GalleryItem] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.items.sort(key=lambda i: (-i.time, i.partition_key))
-        self.by_key = {i.partition_key: i for i in self.items}
-        self.by_partition = sorted(self.items, key=lambda i: i.partition_key)
+    def __init__(self, owner: GalleryIndex, asset_id: int, asset: tuple[str, ...]) -> None:
+        self._owner = owner
+        self._catalog = owner.catalog
+        self.asset_id = asset_id
+        self.asset = asset
 
     @property
     def name(self) -> str:
@@ -214,141 +100,214 @@ class AssetIndex:
 
     def counts(self) -> Counter[str]:
         """How many partitions have each status."""
-        return Counter(i.status for i in self.items)
+        return Counter(self._owner.facet(self, "counts", self._catalog.counts))
+
+    def count(self) -> int:
+        """How many partitions the asset has."""
+        return sum(self.counts().values())
 
     def dates(self) -> list[str]:
         """The dates found in partition keys, newest first."""
-        return sorted({d for i in self.items if (d := i.date)}, reverse=True)
+        return list(self._owner.facet(self, "dates", self._catalog.dates))
 
     def sizes(self) -> list[str]:
         """The sizes found, most common first."""
-        return [s for s, _ in Counter(i.size for i in self.items if i.size).most_common()]
+        return list(self._owner.facet(self, "sizes", self._catalog.sizes))
 
     def latest(self, count: int) -> list[GalleryItem]:
         """The newest stored images."""
-        out: list[GalleryItem] = []
-        for item in self.items:
-            if item.has_image:
-                out.append(item)
-                if len(out) == count:
-                    break
-        return out
+        return self._catalog.latest(self.asset_id, count)
+
+    def get(self, key: str) -> GalleryItem | None:
+        """The partition ``key``, or ``None``."""
+        return self._catalog.get(self.asset_id, key)
+
+    @property
+    def by_key(self) -> Mapping[str, GalleryItem]:
+        """Every partition by key (read from the index as it is asked)."""
+        return _ByKey(self)
+
+    def iterate(self, order: str = "newest") -> Iterator[GalleryItem]:
+        """Every partition in ``order`` (``newest`` or ``partition``), 1,000 rows at a time."""
+        return self._catalog.iterate(self.asset_id, order)
+
+    @property
+    def items(self) -> list[GalleryItem]:
+        """Every partition, newest first: all in memory, for small stores (pages use
+        :meth:`select`)."""
+        return list(self.iterate("newest"))
+
+    @property
+    def by_partition(self) -> list[GalleryItem]:
+        """Every partition by key: all in memory, for small stores."""
+        return list(self.iterate("partition"))
 
     def select(self, query: Query, keep: Callable[[GalleryItem], bool] | None = None) -> Page:
-        """The page of items matching ``query`` (and ``keep``: the review filter's test)."""
-        words = query.q.casefold().split()
-        part = query.partition.casefold()
-        found = [
-            i
-            for i in (self.by_partition if query.order == "partition" else self.items)
-            if (not query.status or i.status == query.status)
-            and (not query.date or i.date == query.date)
-            and (not query.size or i.size == query.size)
-            and (not part or part in i.partition_key.casefold())
-            and all(w in i.search_text for w in words)
-            and (keep is None or keep(i))
-        ]
-        pages = max(1, math.ceil(len(found) / query.per_page))
+        """The page of partitions matching ``query`` (and ``keep``: the review filter)."""
+        if keep is None or isinstance(keep, KeyFilter):
+            keys = keep.keys if keep is not None else None
+            exclude = keep.exclude if keep is not None else False
+            return self._catalog.select(self.asset_id, query, keys, exclude=exclude)
+        # Any other test runs in Python over the query's matches, a batch at a time.
+        everything = dataclasses.replace(query, page=1, per_page=1000)
+        found = [i for i in self._matches(everything) if keep(i)]
+        pages = max(1, -(-len(found) // query.per_page))
         page = min(query.page, pages)
         start = (page - 1) * query.per_page
         return Page(found[start : start + query.per_page], len(found), page, pages)
 
+    def _matches(self, query: Query) -> Iterable[GalleryItem]:
+        while True:
+            page = self._catalog.select(self.asset_id, query)
+            yield from page.items
+            if len(page.items) < query.per_page:
+                return
+            query = dataclasses.replace(query, page=query.page + 1)
 
-@dataclass(frozen=True)
+    def neighbours(
+        self, key: str, query: Query, keep: KeyFilter | None = None
+    ) -> tuple[GalleryItem | None, GalleryItem | None]:
+        """The partitions before and after ``key`` in the grid's order, among those the grid's
+        filters show (``key`` itself need not match them)."""
+        return self._catalog.neighbours(
+            self.asset_id,
+            key,
+            query,
+            keep.keys if keep is not None else None,
+            exclude=keep.exclude if keep is not None else False,
+        )
+
+
+class _ByKey(Mapping[str, GalleryItem]):
+    def __init__(self, index: AssetIndex) -> None:
+        self._index = index
+
+    def __getitem__(self, key: str) -> GalleryItem:
+        found = self._index.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._index.get(key)
+        return default if found is None else found
+
+    def __iter__(self) -> Iterator[str]:
+        return (i.partition_key for i in self._index.iterate("partition"))
+
+    def __len__(self) -> int:
+        return self._index.count()
+
+
 class Snapshot:
-    """The whole store as the index last read it."""
+    """The store as the index holds it now: its assets (``indexing``: a pass is running, and
+    ``images`` partitions are indexed so far)."""
 
-    assets: Mapping[str, AssetIndex]
-    built_at: float
-    build_s: float
+    def __init__(self, owner: GalleryIndex) -> None:
+        self._owner = owner
+        self.assets: Mapping[str, AssetIndex] = {
+            "/".join(parts): AssetIndex(owner, asset_id, parts)
+            for asset_id, parts in owner.catalog.assets()
+        }
+        self.indexing = owner.indexer.indexing or owner.indexer.passes == 0
+        self.built_at = owner.updated_at
+        self.build_s = owner.indexer.last_pass_s
 
     @property
     def images(self) -> int:
-        return sum(len(a.items) for a in self.assets.values())
-
-
-def _item(
-    asset: tuple[str, ...], key: str, record: ImageRecord | None, entry: LedgerEntry | None
-) -> GalleryItem:
-    status = "stored"
-    if entry is not None and (
-        record is None
-        or (entry.task_id != record.task_id and entry.status is not LedgerStatus.COLLECTED)
-    ):
-        status = _LEDGER_TO_STATUS.get(entry.status, "stored" if record else "pending")
-    prompt = record.prompt if record else str((entry.request if entry else {}).get("prompt", ""))
-    return GalleryItem(
-        asset=asset,
-        partition_key=key,
-        status=status,
-        record=record,
-        entry=entry,
-        search_text=f"{prompt}\n{key}".casefold(),
-    )
+        """How many partitions the index holds."""
+        return self._owner.catalog.partitions()
 
 
 class GalleryIndex:
-    """Reads the store into a :class:`Snapshot`, again when it is older than ``refresh_s``."""
+    """The gallery's index of ``store``, kept in ``cache_dir`` (a temporary folder, removed at
+    :meth:`close`, when ``None``); see the module's doc for when it is brought up to date."""
 
-    def __init__(self, store: ImageStore, *, refresh_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        store: ImageStore,
+        *,
+        refresh_s: float = 5.0,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.store = store
-        self.ledger = TaskLedger(store)
         self.refresh_s = refresh_s
-        self._snapshot: Snapshot | None = None
-        self._lock = threading.Lock()
-        self._build_lock = threading.Lock()
-        self._refreshing = False
-        # What the last build read: a local rebuild reads only the files changed since.
-        self._record_cache = ScanCache()
-        self._entry_cache = ScanCache()
+        self._tmp = tempfile.TemporaryDirectory(prefix="zg-index-") if cache_dir is None else None
+        folder = Path(self._tmp.name if self._tmp is not None else cache_dir)  # type: ignore[arg-type]
+        self.catalog = Catalog(folder / INDEX_FILE, root=str(store.root))
+        self.indexer = Indexer(store, self.catalog)
+        self.updated_at = 0.0
+        self._facets: dict[tuple[int, str], tuple[int, float, Any]] = {}
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._first_pass = threading.Event()
+
+    def update(self) -> None:
+        """One pass (a damaged index file is deleted and built again)."""
+        try:
+            self.indexer.update()
+        except sqlite3.DatabaseError as exc:
+            log.warning("gallery index damaged (%s): building it again", exc)
+            self.catalog.reset()
+            self.indexer.update()
+        self.updated_at = time.time()
+        self._first_pass.set()
 
     def snapshot(self) -> Snapshot:
-        """The current snapshot; a stale one triggers a rebuild (in the background if possible)."""
-        current = self._snapshot
-        if current is None or self.refresh_s <= 0:
-            with self._lock:
-                if self._snapshot is None or self.refresh_s <= 0:
-                    self._snapshot = self.build()
-                return self._snapshot
-        if time.time() - current.built_at > self.refresh_s and not self._refreshing:
-            self._refreshing = True
-            threading.Thread(target=self._refresh, name="gallery-index", daemon=True).start()
-        return current
+        """The index as it is; brought up to date first when not started and stale."""
+        if self._thread is None and (
+            self.refresh_s <= 0 or time.time() - self.updated_at > self.refresh_s
+        ):
+            self.update()
+        return Snapshot(self)
 
-    def _refresh(self) -> None:
-        try:
-            snapshot = self.build()
-            with self._lock:
-                self._snapshot = snapshot
-        except Exception:
-            log.exception("gallery index refresh failed; keeping the previous one")
-        finally:
-            self._refreshing = False
+    def start(self, wait_s: float = 0.0) -> GalleryIndex:
+        """Run the passes in a background thread; wait up to ``wait_s`` for the first one."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="gallery-index", daemon=True)
+            self._thread.start()
+        self._first_pass.wait(wait_s)
+        return self
 
-    def build(self) -> Snapshot:
-        """Read every provenance record and ledger entry under the root, through the store's and
-        the ledger's own readers (:meth:`ImageStore.records`, :meth:`TaskLedger.entries`).
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.update()
+            except Exception:
+                log.exception("gallery index pass failed; trying again later")
+            pause = max(self.refresh_s, self.indexer.last_pass_s, 0.05)
+            self._stopping.wait(pause)
 
-        On a local store only the files whose modification time, size or inode changed since the
-        last build are read and parsed again (a store of 10,000 images is listed in a fraction of
-        a second); an object store is read whole.
-        """
-        with self._build_lock:
-            started = time.perf_counter()
-            records: dict[tuple[tuple[str, ...], str], ImageRecord] = {}
-            for stored in self.store.records(cache=self._record_cache):
-                record = stored.image_record
-                if record is not None:
-                    records[stored.asset, stored.partition_key] = record
-            entries = {
-                (e.asset, e.partition_key): e for e in self.ledger.entries(cache=self._entry_cache)
-            }
-            grouped: dict[tuple[str, ...], list[GalleryItem]] = {}
-            for asset, key in records.keys() | entries.keys():
-                item = _item(asset, key, records.get((asset, key)), entries.get((asset, key)))
-                grouped.setdefault(asset, []).append(item)
-            assets = {"/".join(a): AssetIndex(a, items) for a, items in sorted(grouped.items())}
-            return Snapshot(assets, time.time(), time.perf_counter() - started)
+    def close(self) -> None:
+        """Stop the background passes and close the index file."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.catalog.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def ingest_manifest(
+        self, asset: str | tuple[str, ...], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Index a shard manifest's rows (see :func:`~zimage_dagster.gallery.indexer.
+        ingest_manifest_rows`); returns how many."""
+        return ingest_manifest_rows(self.catalog, asset, rows)
+
+    def facet(self, asset: AssetIndex, name: str, compute: Callable[[int], Any]) -> Any:
+        """An asset's counts, sizes or dates: computed again after the index changed (while a
+        pass runs, at most every two seconds)."""
+        key = (asset.asset_id, name)
+        version = self.catalog.version
+        cached = self._facets.get(key)
+        if cached is not None and (
+            cached[0] == version
+            or (self.indexer.indexing and time.monotonic() - cached[1] < _FACETS_WHILE_INDEXING_S)
+        ):
+            return cached[2]
+        value = compute(asset.asset_id)
+        self._facets[key] = (version, time.monotonic(), value)
+        return value
 
 
 def read_image(store: ImageStore, item: GalleryItem) -> tuple[StoredImage, bytes] | None:

@@ -237,8 +237,21 @@ def home_page(
         f"<p class='muted' id='empty'>No image in {where} yet: materialize an image asset "
         "writing there, or start the gallery with the <code>--storage</code> it writes to.</p>"
     )
-    body = "<h1>Assets</h1>" + ("".join(blocks) or empty)
+    if snapshot.indexing and (blocks or snapshot.images):
+        empty = ""
+    body = "<h1>Assets</h1>" + _indexing(snapshot.images if snapshot.indexing else None)
+    body += "".join(blocks) or empty
     return _layout("Assets", body, visitor=visitor)
+
+
+def _indexing(so_far: int | None) -> str:
+    """The note of a page served while the index is being built (``so_far``: partitions)."""
+    if so_far is None:
+        return ""
+    return (
+        f"<p class='note' id='indexing'>indexing: {so_far:,} so far (the gallery is reading the "
+        "store; reload to see more)</p>"
+    )
 
 
 def _select(name: str, label: str, current: str, options: Iterable[tuple[str, str]]) -> str:
@@ -309,8 +322,11 @@ def asset_page(
     page: Page,
     verdicts: Mapping[str, Verdict] | None = None,
     visitor: Visitor | None = None,
+    *,
+    indexing: int | None = None,
 ) -> str:
-    """The asset's grid: filters, one card per partition (with its verdict), and a pager."""
+    """The asset's grid: filters, one card per partition (with its verdict), and a pager
+    (``indexing``: the partitions indexed so far, while the index is being built)."""
     verdicts = verdicts or {}
     base = links.asset_path(index.asset)
 
@@ -332,7 +348,8 @@ def asset_page(
     picks = sum(1 for v in verdicts.values() if v.verdict == "pick")
     body = (
         f"<h1>{_text(index.name)}</h1>{_counts(index)}{_filters(index, query)}"
-        f"<p class='muted' id='found'>{page.total} of {len(index.items)} partitions</p>"
+        f"{_indexing(indexing)}<p class='muted' id='found'>{page.total}"
+        f"{'+' if page.capped else ''} of {index.count()} partitions</p>"
         f"<div class='grid'>{cards or '<p class=muted>Nothing matches.</p>'}</div>{pager}"
         f"<p><a id='export' href='{links.export_url('', index.asset)}' download>"
         f"Download the {picks} picks as a zip</a> (images and a manifest.csv)</p>"
@@ -389,8 +406,10 @@ def _earlier(item: GalleryItem) -> str:
 
 def _status_block(item: GalleryItem) -> str:
     entry = item.entry
-    if item.status not in ("failed", "pending", "expired") or entry is None:
+    if item.status not in ("failed", "pending", "expired") or (entry is None and not item.failure):
         return ""
+    code = entry.error_code if entry is not None else item.error_code
+    message = entry.error_message if entry is not None else item.error_message
     what = {
         "failed": "The provider could not make this image.",
         "pending": "The task is not finished (or not collected) yet.",
@@ -399,22 +418,23 @@ def _status_block(item: GalleryItem) -> str:
     }[item.status]
     return (
         f"<section class='error' id='status'><p>{_text(what)}</p>"
-        + (f"<p class='code'>{_text(entry.error_code)}</p>" if entry.error_code else "")
+        + (f"<p class='code'>{_text(code)}</p>" if code else "")
+        + (f"<p class='message' id='provider-message'>{_text(message)}</p>" if message else "")
         + (
-            f"<p class='message' id='provider-message'>{_text(entry.error_message)}</p>"
-            if entry.error_message
+            "<table class='facts'>"
+            + _rows(
+                [
+                    ("task ID", entry.task_id),
+                    ("attempt", entry.attempt),
+                    ("submitted", _when(entry.submitted_at)),
+                    ("updated", _when(entry.updated_at)),
+                ]
+            )
+            + "</table>"
+            if entry is not None
             else ""
         )
-        + "<table class='facts'>"
-        + _rows(
-            [
-                ("task ID", entry.task_id),
-                ("attempt", entry.attempt),
-                ("submitted", _when(entry.submitted_at)),
-                ("updated", _when(entry.updated_at)),
-            ]
-        )
-        + "</table></section>"
+        + "</section>"
     )
 
 

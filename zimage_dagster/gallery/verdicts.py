@@ -26,14 +26,13 @@ another reviewer's within ``refresh_s``.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 
 from zimage_dagster.engine.reviews import Verdict, current_verdicts, review_state
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.gallery.index import AssetIndex, GalleryItem, Query
+from zimage_dagster.gallery.index import AssetIndex, GalleryItem, KeyFilter, Query
 
 __all__ = ["VerdictCache", "neighbours"]
 
@@ -63,30 +62,26 @@ class VerdictCache:
         with self._lock:
             self._by_asset.pop(asset, None)
 
-    def keep(self, index: AssetIndex, wanted: str) -> Callable[[GalleryItem], bool] | None:
-        """The test of the review filter ``wanted`` (``unreviewed``, ``picked``, ``rejected``),
-        or ``None`` when there is no filter."""
+    def keep(self, index: AssetIndex, wanted: str) -> KeyFilter | None:
+        """The review filter ``wanted`` (``unreviewed``, ``picked``, ``rejected``) as the keys
+        it keeps (or, for ``unreviewed``, leaves out: the reviewed ones), or ``None`` when there
+        is no filter. Verdicts are people's work: thousands, not millions."""
         if not wanted:
             return None
         verdicts = self.of(index.asset)
-        return lambda item: review_state(verdicts.get(item.partition_key)) == wanted
+        if wanted == "unreviewed":
+            reviewed = (k for k, v in verdicts.items() if review_state(v) != "unreviewed")
+            return KeyFilter(frozenset(reviewed), exclude=True)
+        return KeyFilter(frozenset(k for k, v in verdicts.items() if review_state(v) == wanted))
 
 
 def neighbours(
     index: AssetIndex,
     key: str,
     query: Query,
-    keep: Callable[[GalleryItem], bool] | None,
+    keep: KeyFilter | None,
 ) -> tuple[GalleryItem | None, GalleryItem | None]:
     """The partitions before and after ``key`` in the grid's order among those the grid's
     filters show (``key`` itself need not match them any more: a verdict may have just moved it
     out of an "unreviewed" filter)."""
-    ordered = index.by_partition if query.order == "partition" else index.items
-    everything = dataclasses.replace(query, page=1, per_page=max(1, len(ordered)))
-    shown = {id(i) for i in index.select(everything, keep).items}
-    position = next((n for n, i in enumerate(ordered) if i.partition_key == key), None)
-    if position is None:
-        return None, None
-    before = next((i for i in reversed(ordered[:position]) if id(i) in shown), None)
-    after = next((i for i in ordered[position + 1 :] if id(i) in shown), None)
-    return before, after
+    return index.neighbours(key, query, keep)

@@ -1,0 +1,516 @@
+"""The gallery's index file: one SQLite database (standard library) in its cache folder.
+
+It holds, per partition, what a grid filters and orders by (status, time, date, size, the
+case-folded prompt and key) and the provenance record and ledger entry the page shows, plus, per
+file read from the store, the file's stamp, so a later pass reads only what changed
+(:mod:`zimage_dagster.gallery.indexer` fills it). Pages are SQL queries: a page of 48 reads 48
+rows, whatever the store's size, and no listing of the store is held in memory.
+
+The file is a cache: one made for another store root or by another version of this module, or
+one SQLite cannot read, is deleted and built again.
+
+>>> import tempfile, pathlib
+>>> from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+>>> from zimage_dagster.gallery.items import Query
+>>> catalog = Catalog(pathlib.Path(tempfile.mkdtemp()) / "index.sqlite", root="/store")
+>>> hero = catalog.asset_id(("hero",))
+>>> record = to_provenance(ImageRecord(seed=7, task_id="t1", prompt="A red fox"))
+>>> _ = catalog.put_file("record", "/store/hero/fox.json", "1:2:3", 1, hero, "fox", record)
+>>> catalog.refresh_items({(hero, "fox")}); catalog.commit()
+>>> [(i.partition_key, i.status) for i in catalog.select(hero, Query(q="FOX")).items]
+[('fox', 'stored')]
+>>> catalog.close()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from zimage_dagster.engine.ledger import LedgerEntry
+from zimage_dagster.engine.provenance import ImageRecord, from_provenance, to_provenance
+from zimage_dagster.gallery.items import GalleryItem, Page, Query, item_of
+
+__all__ = ["COUNT_CAP", "SCHEMA_VERSION", "Catalog"]
+
+log = logging.getLogger(__name__)
+
+#: Bumped when the tables change: a file of another version is built again.
+SCHEMA_VERSION = 1
+#: A search (or a partition-key filter) counts its matches up to this many.
+COUNT_CAP = 10_000
+_CHUNK = 500  # SQL parameters per statement
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS assets (id INTEGER PRIMARY KEY, name TEXT UNIQUE, parts TEXT);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY, asset_id INTEGER, key TEXT, status TEXT, time REAL, date TEXT,
+    size TEXT, has_image INTEGER, search TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items (asset_id, key);
+CREATE INDEX IF NOT EXISTS items_newest ON items (asset_id, time DESC, key);
+CREATE INDEX IF NOT EXISTS items_status ON items (asset_id, status);
+CREATE TABLE IF NOT EXISTS details (id INTEGER PRIMARY KEY, record TEXT, entry TEXT, failure TEXT);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY, kind TEXT, asset_id INTEGER, key TEXT, stamp TEXT, gen INTEGER,
+    body TEXT);
+CREATE INDEX IF NOT EXISTS files_key ON files (asset_id, key);
+CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
+"""
+
+
+def _record(body: str | None) -> ImageRecord | None:
+    if not body:
+        return None
+    try:
+        return from_provenance(json.loads(body))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _entry(body: str | None) -> LedgerEntry | None:
+    if not body:
+        return None
+    try:
+        return LedgerEntry.from_json(json.loads(body))
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _casefold(value: object) -> str:
+    return str(value).casefold()
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+class Catalog:
+    """The index file at ``path`` for the store at ``root``.
+
+    Writes go through one connection (the indexer's, one writer at a time: the caller holds
+    :attr:`write_lock`); each reading thread has its own connection, and SQLite's write-ahead
+    log lets them read while a pass writes. :attr:`version` moves at every commit.
+    """
+
+    def __init__(self, path: Path, *, root: str) -> None:
+        self.path = Path(path)
+        self.root = root
+        self.write_lock = threading.RLock()
+        self.version = 0
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.rebuilt = False
+        self._writer = self._open_writer()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = self._connect()
+            if self._usable(conn):
+                return conn
+            conn.close()
+            log.info("gallery index %s: made for another store or version; building it again",
+                     self.path)  # fmt: skip
+        except sqlite3.DatabaseError as exc:
+            log.warning("gallery index %s is unreadable (%s); building it again", self.path, exc)
+        self._remove_files()
+        self.rebuilt = True
+        conn = self._connect()
+        self._create(conn)
+        return conn
+
+    def _usable(self, conn: sqlite3.Connection) -> bool:
+        """True when the file is ours (schema version, root); an empty file is made ours."""
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            self._create(conn)
+            return True
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION or "meta" not in tables:
+            return False
+        row = conn.execute("SELECT value FROM meta WHERE name='root'").fetchone()
+        if row is None or row[0] != self.root:
+            return False
+        conn.execute("SELECT count(*) FROM assets").fetchone()  # a damaged page raises here
+        return True
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (self.root,))
+        conn.commit()
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{self.path}{suffix}")
+
+    def reset(self) -> None:
+        """Delete the file and start an empty one (after a damaged page was met mid-way)."""
+        with self.write_lock:
+            self.close()
+            self._remove_files()
+            self.rebuilt = True
+            self._writer = self._connect()
+            self._create(self._writer)
+            self.version += 1
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "owner", None) is not self._writer:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only=1")
+            conn.create_function("casefold", 1, _casefold, deterministic=True)
+            self._local.conn, self._local.owner = conn, self._writer
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection (the file stays, for the next gallery process)."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for conn in [*readers, self._writer]:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()
+
+    # -- writing (the caller holds write_lock) ------------------------------------------------
+
+    def asset_id(self, parts: Sequence[str]) -> int:
+        """The asset's row id (made on first sight)."""
+        name = "/".join(parts)
+        row = self._writer.execute("SELECT id FROM assets WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            return int(row[0])
+        cursor = self._writer.execute(
+            "INSERT INTO assets (name, parts) VALUES (?, ?)", (name, json.dumps(list(parts)))
+        )
+        return int(cursor.lastrowid or 0)
+
+    def stamps(self, paths: Sequence[str]) -> dict[str, str]:
+        """The stamps recorded for ``paths`` (those known)."""
+        out: dict[str, str] = {}
+        for chunk in _chunks(paths):
+            marks = ",".join("?" * len(chunk))
+            out.update(
+                self._writer.execute(
+                    f"SELECT path, stamp FROM files WHERE path IN ({marks})", chunk
+                )
+            )
+        return out
+
+    def touch(self, paths: Iterable[str], gen: int) -> None:
+        """Mark unchanged files as seen by pass ``gen``."""
+        self._writer.executemany("UPDATE files SET gen=? WHERE path=?", ((gen, p) for p in paths))
+
+    def put_file(
+        self,
+        kind: str,
+        path: str,
+        stamp: str,
+        gen: int,
+        asset_id: int,
+        key: str,
+        body: Mapping[str, Any] | None,
+    ) -> set[tuple[int, str]]:
+        """Record a file read by pass ``gen`` (``body``: its record or entry, ``None`` when it is
+        not one); returns the partitions to refresh (its own, and the one it named before)."""
+        before = self._writer.execute(
+            "SELECT asset_id, key FROM files WHERE path=?", (path,)
+        ).fetchone()
+        self._writer.execute(
+            "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (path, kind, asset_id, key, stamp, gen, None if body is None else json.dumps(body)),
+        )
+        touched = {(asset_id, key)}
+        if before is not None:
+            touched.add((int(before[0]), str(before[1])))
+        return touched
+
+    def max_gen(self) -> int:
+        """The latest pass recorded in the file (0 for a new one)."""
+        return int(self._writer.execute("SELECT max(gen) FROM files").fetchone()[0] or 0)
+
+    def sweep(self, gen: int) -> set[tuple[int, str]]:
+        """Forget the files no pass has seen since ``gen`` began (removed from the store);
+        returns their partitions, to refresh."""
+        gone = {
+            (int(a), str(k))
+            for a, k in self._writer.execute("SELECT asset_id, key FROM files WHERE gen<?", (gen,))
+        }
+        self._writer.execute("DELETE FROM files WHERE gen<?", (gen,))
+        return gone
+
+    def refresh_items(self, pairs: Collection[tuple[int, str]]) -> None:
+        """Recompute the partitions ``pairs`` from their files (removed when none is left)."""
+        for asset_id, key in pairs:
+            bodies = dict(
+                self._writer.execute(
+                    "SELECT kind, body FROM files WHERE asset_id=? AND key=? AND body IS NOT NULL",
+                    (asset_id, key),
+                )
+            )
+            record, entry = _record(bodies.get("record")), _entry(bodies.get("entry"))
+            if record is None and entry is None:
+                self._delete_item(asset_id, key)
+                continue
+            parts = self._parts(asset_id)
+            self.put_item(asset_id, item_of(parts, key, record, entry))
+
+    def put_item(self, asset_id: int, item: GalleryItem) -> None:
+        """Write one partition's row (from the store's files, or a shard manifest's row)."""
+        row = self._writer.execute(
+            "SELECT id FROM items WHERE asset_id=? AND key=?", (asset_id, item.partition_key)
+        ).fetchone()
+        values = (item.status, item.time, item.date, item.size, int(item.has_image),
+                  item.search_text)  # fmt: skip
+        if row is None:
+            cursor = self._writer.execute(
+                "INSERT INTO items (asset_id, key, status, time, date, size, has_image, search) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (asset_id, item.partition_key, *values),
+            )
+            item_id = int(cursor.lastrowid or 0)
+        else:
+            item_id = int(row[0])
+            self._writer.execute(
+                "UPDATE items SET status=?, time=?, date=?, size=?, has_image=?, search=? "
+                "WHERE id=?",
+                (*values, item_id),
+            )
+        record = None
+        if item.record is not None:
+            record = json.dumps(to_provenance(item.record))
+        entry = json.dumps(item.entry.to_json()) if item.entry is not None else None
+        failure = json.dumps(list(item.failure)) if item.failure else None
+        self._writer.execute(
+            "INSERT OR REPLACE INTO details VALUES (?, ?, ?, ?)", (item_id, record, entry, failure)
+        )
+
+    def _delete_item(self, asset_id: int, key: str) -> None:
+        row = self._writer.execute(
+            "SELECT id FROM items WHERE asset_id=? AND key=?", (asset_id, key)
+        ).fetchone()
+        if row is not None:
+            self._writer.execute("DELETE FROM items WHERE id=?", (row[0],))
+            self._writer.execute("DELETE FROM details WHERE id=?", (row[0],))
+
+    def _parts(self, asset_id: int) -> tuple[str, ...]:
+        row = self._writer.execute("SELECT parts FROM assets WHERE id=?", (asset_id,)).fetchone()
+        return tuple(json.loads(row[0]))
+
+    def commit(self) -> None:
+        self._writer.commit()
+        self.version += 1
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def assets(self) -> list[tuple[int, tuple[str, ...]]]:
+        """The assets holding at least one partition, by name."""
+        rows = self._reader().execute(
+            "SELECT id, parts FROM assets WHERE EXISTS "
+            "(SELECT 1 FROM items WHERE items.asset_id = assets.id) ORDER BY name"
+        )
+        return [(int(i), tuple(json.loads(p))) for i, p in rows]
+
+    def partitions(self) -> int:
+        """How many partitions the index holds."""
+        return int(self._reader().execute("SELECT count(*) FROM items").fetchone()[0])
+
+    def counts(self, asset_id: int) -> dict[str, int]:
+        rows = self._reader().execute(
+            "SELECT status, count(*) FROM items WHERE asset_id=? GROUP BY status", (asset_id,)
+        )
+        return {str(s): int(n) for s, n in rows}
+
+    def sizes(self, asset_id: int) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT size FROM items WHERE asset_id=? AND size != '' GROUP BY size "
+            "ORDER BY count(*) DESC, size",
+            (asset_id,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def dates(self, asset_id: int) -> list[str]:
+        rows = self._reader().execute(
+            "SELECT DISTINCT date FROM items WHERE asset_id=? AND date IS NOT NULL "
+            "ORDER BY date DESC",
+            (asset_id,),
+        )
+        return [str(r[0]) for r in rows]
+
+    def _items(self, sql: str, args: Sequence[Any]) -> list[GalleryItem]:
+        rows = (
+            self._reader()
+            .execute(
+                "SELECT a.parts, i.key, i.status, i.search, d.record, d.entry, d.failure "
+                f"FROM items i JOIN assets a ON a.id = i.asset_id JOIN details d ON d.id = i.id {sql}",
+                args,
+            )
+            .fetchall()
+        )
+        return [
+            GalleryItem(
+                asset=tuple(json.loads(parts)),
+                partition_key=key,
+                status=status,
+                record=_record(record),
+                entry=_entry(entry),
+                search_text=search,
+                failure=tuple(json.loads(failure)) if failure else None,
+            )
+            for parts, key, status, search, record, entry, failure in rows
+        ]
+
+    def get(self, asset_id: int, key: str) -> GalleryItem | None:
+        found = self._items("WHERE i.asset_id=? AND i.key=?", (asset_id, key))
+        return found[0] if found else None
+
+    def latest(self, asset_id: int, count: int) -> list[GalleryItem]:
+        """The newest stored images."""
+        return self._items(
+            "WHERE i.asset_id=? AND i.has_image=1 ORDER BY i.time DESC, i.key LIMIT ?",
+            (asset_id, count),
+        )
+
+    def iterate(self, asset_id: int, order: str, batch: int = 1000) -> Iterator[GalleryItem]:
+        """Every partition in ``order``, ``batch`` rows at a time (keyset pagination)."""
+        last: tuple[Any, ...] | None = None
+        while True:
+            if order == "partition":
+                where, args = ("AND i.key > ?", [last[1]]) if last else ("", [])
+                sort = "i.key"
+            else:
+                where, args = (
+                    ("AND (i.time < ? OR (i.time = ? AND i.key > ?))", [last[0], last[0], last[1]])
+                    if last
+                    else ("", [])
+                )
+                sort = "i.time DESC, i.key"
+            found = self._items(
+                f"WHERE i.asset_id=? {where} ORDER BY {sort} LIMIT ?", [asset_id, *args, batch]
+            )
+            yield from found
+            if len(found) < batch:
+                return
+            last = (found[-1].time, found[-1].partition_key)
+
+    @staticmethod
+    def _where(
+        asset_id: int, query: Query, keys: Collection[str] | None, exclude: bool
+    ) -> tuple[str, list[Any]]:
+        clauses: list[str] = ["i.asset_id=?"]
+        args: list[Any] = [asset_id]
+        for column in ("status", "date", "size"):
+            value = getattr(query, column)
+            if value:
+                clauses.append(f"i.{column}=?")
+                args.append(value)
+        if query.partition:
+            clauses.append("instr(casefold(i.key), ?) > 0")
+            args.append(query.partition.casefold())
+        for word in query.words:
+            clauses.append("instr(i.search, ?) > 0")
+            args.append(word)
+        if keys is not None:
+            clauses.append(
+                f"i.key {'NOT IN' if exclude else 'IN'} (SELECT value FROM json_each(?))"
+            )
+            args.append(json.dumps(sorted(keys)))
+        return " AND ".join(clauses), args
+
+    def select(
+        self,
+        asset_id: int,
+        query: Query,
+        keys: Collection[str] | None = None,
+        *,
+        exclude: bool = False,
+    ) -> Page:
+        """The page of ``query`` (``keys``: only those partitions, or with ``exclude`` all but
+        those: the review filter). A search counts up to :data:`COUNT_CAP` matches."""
+        where, args = self._where(asset_id, query, keys, exclude)
+        capped_count = bool(query.words or query.partition)
+        if capped_count:
+            total = int(
+                self._reader()
+                .execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM items i WHERE {where} LIMIT ?)",
+                    [*args, COUNT_CAP + 1],
+                )
+                .fetchone()[0]
+            )
+        else:
+            total = int(
+                self._reader().execute(f"SELECT count(*) FROM items i WHERE {where}", args)
+                .fetchone()[0]
+            )  # fmt: skip
+        capped = total > COUNT_CAP
+        total = min(total, COUNT_CAP) if capped_count else total
+        pages = max(1, math.ceil(total / query.per_page))
+        page = query.page if capped else min(query.page, pages)
+        sort = "i.key" if query.order == "partition" else "i.time DESC, i.key"
+        found = self._items(
+            f"WHERE {where} ORDER BY {sort} LIMIT ? OFFSET ?",
+            [*args, query.per_page, (page - 1) * query.per_page],
+        )
+        if capped:
+            pages = page + 1 if len(found) == query.per_page else page
+        return Page(found, total, page, pages, capped)
+
+    def neighbours(
+        self,
+        asset_id: int,
+        key: str,
+        query: Query,
+        keys: Collection[str] | None = None,
+        *,
+        exclude: bool = False,
+    ) -> tuple[GalleryItem | None, GalleryItem | None]:
+        """The partitions before and after ``key`` in the query's order, among those its
+        filters keep (``key`` itself need not match them)."""
+        here = (
+            self._reader()
+            .execute("SELECT time FROM items WHERE asset_id=? AND key=?", (asset_id, key))
+            .fetchone()
+        )
+        if here is None:
+            return None, None
+        where, args = self._where(asset_id, query, keys, exclude)
+        if query.order == "partition":
+            before = self._items(f"WHERE {where} AND i.key < ? ORDER BY i.key DESC LIMIT 1",
+                                 [*args, key])  # fmt: skip
+            after = self._items(f"WHERE {where} AND i.key > ? ORDER BY i.key LIMIT 1",
+                                [*args, key])  # fmt: skip
+        else:
+            t = here[0]
+            before = self._items(
+                f"WHERE {where} AND (i.time > ? OR (i.time = ? AND i.key < ?)) "
+                "ORDER BY i.time ASC, i.key DESC LIMIT 1",
+                [*args, t, t, key],
+            )
+            after = self._items(
+                f"WHERE {where} AND (i.time < ? OR (i.time = ? AND i.key > ?)) "
+                "ORDER BY i.time DESC, i.key LIMIT 1",
+                [*args, t, t, key],
+            )
+        return (before[0] if before else None), (after[0] if after else None)
