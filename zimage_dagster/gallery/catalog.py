@@ -306,6 +306,22 @@ class Catalog:
             "INSERT OR REPLACE INTO details VALUES (?, ?, ?, ?)", (item_id, record, entry, failure)
         )
 
+    def put_rows(self, asset_id: int, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Write many partitions' rows at once: each ``(key, status, time, date, size,
+        has_image, search, record JSON, entry JSON, failure JSON)`` (shard manifests)."""
+        self._writer.executemany(
+            "INSERT INTO items (asset_id, key, status, time, date, size, has_image, search) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (asset_id, key) DO UPDATE SET "
+            "status=excluded.status, time=excluded.time, date=excluded.date, size=excluded.size, "
+            "has_image=excluded.has_image, search=excluded.search",
+            ((asset_id, *row[:7]) for row in rows),
+        )
+        self._writer.executemany(
+            "INSERT OR REPLACE INTO details VALUES "
+            "((SELECT id FROM items WHERE asset_id=? AND key=?), ?, ?, ?)",
+            ((asset_id, row[0], *row[7:]) for row in rows),
+        )
+
     def _delete_item(self, asset_id: int, key: str) -> None:
         row = self._writer.execute(
             "SELECT id FROM items WHERE asset_id=? AND key=?", (asset_id, key)
@@ -464,7 +480,7 @@ class Catalog:
                 self._reader().execute(f"SELECT count(*) FROM items i WHERE {where}", args)
                 .fetchone()[0]
             )  # fmt: skip
-        capped = total > COUNT_CAP
+        capped = capped_count and total > COUNT_CAP
         total = min(total, COUNT_CAP) if capped_count else total
         pages = max(1, math.ceil(total / query.per_page))
         page = query.page if capped else min(query.page, pages)

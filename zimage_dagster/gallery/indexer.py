@@ -40,23 +40,32 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from zimage_dagster.api.validation import DEFAULT_SIZE
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
-from zimage_dagster.engine.provenance import ImageRecord
+from zimage_dagster.engine.provenance import from_provenance
 from zimage_dagster.engine.scan import ScanCache, iter_stamps
 from zimage_dagster.engine.store import ImageStore, StoredRecord, asset_parts
 from zimage_dagster.gallery.catalog import Catalog
-from zimage_dagster.gallery.items import STATUSES, GalleryItem, item_of
+from zimage_dagster.gallery.items import STATUSES, GalleryItem, date_of
 
 if TYPE_CHECKING:
     from upath import UPath
 
-__all__ = ["BATCH", "MANIFEST_COLUMNS", "Indexer", "ingest_manifest_rows", "manifest_item"]
+__all__ = [
+    "BATCH",
+    "MANIFEST_COLUMNS",
+    "Indexer",
+    "ingest_manifest_rows",
+    "manifest_fields",
+    "manifest_item",
+]
 
 log = logging.getLogger(__name__)
 
@@ -187,57 +196,73 @@ class Indexer:
         catalog.commit()
 
 
+def manifest_fields(key: str, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A shard manifest's row as an index row: ``(key, status, time, date, size, has_image,
+    search text, record JSON, entry JSON, failure JSON)``. ``stored`` and ``reused`` rows have an
+    image (their provenance record is made of the row's columns); ``failed`` rows keep the
+    provider's code and message.
+
+    >>> manifest_fields("k", {"prompt": "A Fox", "seed": 4, "task_id": "t", "width": 512,
+    ...                       "height": 512, "status": "stored"})[:7]
+    ('k', 'stored', 0.0, None, '512x512', 1, 'a fox\\nk')
+    """
+    status = str(row.get("status") or "stored")
+    prompt = str(row.get("prompt") or "")
+    width, height = row.get("width"), row.get("height")
+    search = f"{prompt}\n{key}".casefold()
+    when = float(row.get("created_at") or 0.0)
+    if status in _STORED:
+        record = {
+            "seed": int(row.get("seed") or 0),
+            "task_id": str(row.get("task_id") or ""),
+            "prompt": prompt,
+            "width": width,
+            "height": height,
+            "sha256": row.get("sha256"),
+            "credits_reserved": row.get("credits"),
+            "reused": status == "reused",
+            "partition_key": key,
+            "created_at": row.get("created_at"),
+        }
+        size = f"{width}x{height}" if width and height else DEFAULT_SIZE
+        return (key, "stored", when, date_of(key), size, 1, search, json.dumps(record), None, None)
+    failure = json.dumps([row.get("error_code"), row.get("error_message")])
+    shown = status if status in STATUSES else "pending"
+    return (key, shown, when, date_of(key), "", 0, search, None, None, failure)
+
+
 def manifest_item(asset: str | tuple[str, ...], row: Mapping[str, Any]) -> GalleryItem:
-    """A shard manifest's row as the gallery shows it (``status``: ``stored`` or ``reused``
-    rows have an image; ``failed`` rows keep the provider's code and message).
+    """A shard manifest's row as the gallery shows it (what :func:`ingest_manifest_rows`
+    writes, read back).
 
     >>> item = manifest_item("hero", {"key": "k", "prompt": "a fox", "seed": 4, "task_id": "t",
     ...                              "width": 512, "height": 512, "status": "stored"})
     >>> item.status, item.size, item.record.seed
     ('stored', '512x512', 4)
     """
-    parts = asset_parts(asset)
-    key = str(row["key"])
-    status = str(row.get("status") or "stored")
-    record = None
-    if status in _STORED:
-        record = ImageRecord(
-            seed=int(row.get("seed") or 0),
-            task_id=str(row.get("task_id") or ""),
-            prompt=str(row.get("prompt") or ""),
-            width=row.get("width"),
-            height=row.get("height"),
-            sha256=row.get("sha256"),
-            credits_reserved=row.get("credits"),
-            reused=status == "reused",
-            asset="/".join(parts),
-            partition_key=key,
-            created_at=row.get("created_at"),
-        )
-    item = item_of(parts, key, record, None)
-    if record is not None:
-        return item
+    key, status, _, _, _, _, search, record, _, failure = manifest_fields(str(row["key"]), row)
     return GalleryItem(
-        asset=parts,
+        asset=asset_parts(asset),
         partition_key=key,
-        status=status if status in STATUSES else "pending",
-        search_text=f"{row.get('prompt') or ''}\n{key}".casefold(),
-        failure=(row.get("error_code"), row.get("error_message")),
+        status=status,
+        record=from_provenance(json.loads(record)) if record else None,
+        search_text=search,
+        failure=tuple(json.loads(failure)) if failure else None,
     )
 
 
 def ingest_manifest_rows(
     catalog: Catalog, asset: str | tuple[str, ...], rows: Iterable[Mapping[str, Any]]
 ) -> int:
-    """Index a shard manifest's rows (any iterable: a pyarrow table's ``to_pylist()`` in
-    batches, a generator), committing every :data:`BATCH` rows; returns how many."""
+    """Index a shard manifest's rows (:data:`MANIFEST_COLUMNS`; any iterable: a pyarrow table's
+    ``to_pylist()`` in batches, a generator), :data:`BATCH` rows at a time, each batch committed;
+    returns how many. A row whose key is indexed already replaces it."""
     count = 0
     with catalog.write_lock:
         asset_id = catalog.asset_id(asset_parts(asset))
-        for row in rows:
-            catalog.put_item(asset_id, manifest_item(asset, row))
-            count += 1
-            if count % BATCH == 0:
-                catalog.commit()
-        catalog.commit()
+        rows = iter(rows)
+        while batch := list(itertools.islice(rows, BATCH)):
+            catalog.put_rows(asset_id, [manifest_fields(str(r["key"]), r) for r in batch])
+            catalog.commit()
+            count += len(batch)
     return count

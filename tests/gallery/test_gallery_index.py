@@ -1,0 +1,230 @@
+"""The gallery's index file (SQLite, in its cache folder): incremental passes, pages served while
+it is built, searches, a damaged file rebuilt, shard manifests' rows, bounded memory."""
+
+from __future__ import annotations
+
+import re
+import threading
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.provenance import ImageRecord, to_provenance
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.gallery import Gallery, catalog, indexer, links
+from zimage_dagster.gallery.index import INDEX_FILE, GalleryIndex, Query
+
+CARD = re.compile(r"data-key='([^']*)' data-status='([^']*)'")
+
+
+def _save(store: ImageStore, key: str, prompt: str, when: float = 1.0) -> None:
+    record = ImageRecord(seed=1, task_id=f"t-{key}", prompt=prompt, created_at=when)
+    store.save("imgs", key, b"x", "png", to_provenance(record))
+
+
+def _keys(index: GalleryIndex, query: Query | None = None) -> list[str]:
+    page = index.snapshot().assets["imgs"].select(query or Query(order="partition"))
+    return [i.partition_key for i in page.items]
+
+
+def test_a_new_image_shows_and_a_deleted_one_goes_without_reading_the_rest(
+    tmp_path: Path,
+) -> None:
+    store = ImageStore(tmp_path / "store")
+    for n in range(20):
+        _save(store, f"k{n:02d}", f"prompt {n}")
+    index = GalleryIndex(store, refresh_s=0, cache_dir=tmp_path / "cache")
+    try:
+        assert len(_keys(index)) == 20
+        assert index.indexer.files_read == 20
+        _save(store, "new", "a fresh fox")
+        store.delete("imgs", "k03")
+        assert "new" in _keys(index) and "k03" not in _keys(index)
+        assert index.indexer.files_read == 21  # the new record alone was read
+        # A pass with nothing changed reads nothing.
+        index.snapshot()
+        assert index.indexer.files_read == 21
+    finally:
+        index.close()
+    # The next gallery process starts from the file: nothing changed, nothing read.
+    again = GalleryIndex(store, refresh_s=0, cache_dir=tmp_path / "cache")
+    try:
+        assert len(_keys(again)) == 20 and again.indexer.files_read == 0
+        store.delete("imgs", "k04")  # removed while no gallery ran
+        assert "k04" not in _keys(again)
+    finally:
+        again.close()
+
+
+def test_a_ledger_entry_moves_a_partition_to_failed_and_back(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    ledger = TaskLedger(store)
+    ledger.record_submitted("imgs", "owl", task_id="task-unified-1-aaaaaaaa",
+                            request={"prompt": "an owl", "seed": 2})  # fmt: skip
+    index = GalleryIndex(store, refresh_s=0)
+    try:
+        assert index.snapshot().assets["imgs"].get("owl").status == "pending"  # type: ignore[union-attr]
+        ledger.mark_failed(
+            "imgs", "owl", "task-unified-1-aaaaaaaa", "content_policy_violation", "no"
+        )
+        item = index.snapshot().assets["imgs"].get("owl")
+        assert item is not None and (item.status, item.error_code) == (
+            "failed",
+            "content_policy_violation",
+        )
+        assert index.snapshot().assets["imgs"].counts() == {"failed": 1}
+    finally:
+        index.close()
+
+
+def test_a_search_over_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = ImageStore(tmp_path)
+    prompts = {"a": "A Red Fox in snow", "b": "a red owl", "c": "a grey fox", "d": "the sea"}
+    for n, (key, prompt) in enumerate(sorted(prompts.items())):
+        _save(store, key, prompt, when=float(n))
+    index = GalleryIndex(store, refresh_s=0)
+    try:
+        assert _keys(index, Query(q="fox RED")) == ["a"]  # every word, any case
+        assert _keys(index, Query(q="fox")) == ["c", "a"]  # newest first
+        assert _keys(index, Query(q="ox", order="partition")) == ["a", "c"]  # inside words
+        assert _keys(index, Query(q="zebra")) == []
+        assert _keys(index, Query(partition="B")) == ["b"]
+        # A search counts its matches up to a cap; the pager still goes on while pages are full.
+        monkeypatch.setattr(catalog, "COUNT_CAP", 2)
+        page = index.snapshot().assets["imgs"].select(Query(q="a", per_page=1))
+        assert (page.total, page.capped, page.pages) == (2, True, 2)
+        exact = index.snapshot().assets["imgs"].select(Query(per_page=1))
+        assert (exact.total, exact.capped) == (4, False)  # no search: counted exactly
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("damage", ["garbage", "other-root", "removed"])
+def test_a_damaged_or_foreign_index_file_is_built_again(tmp_path: Path, damage: str) -> None:
+    store = ImageStore(tmp_path / "store")
+    _save(store, "fox", "a fox")
+    cache = tmp_path / "cache"
+    first = GalleryIndex(store, refresh_s=0, cache_dir=cache)
+    assert _keys(first) == ["fox"]
+    first.close()
+    path = cache / INDEX_FILE
+    if damage == "garbage":
+        path.write_bytes(b"not a database" * 1000)
+    elif damage == "other-root":
+        other = GalleryIndex(ImageStore(tmp_path / "other"), refresh_s=0, cache_dir=cache)
+        other.snapshot()
+        other.close()
+    else:
+        path.unlink()
+    _save(store, "owl", "an owl")
+    again = GalleryIndex(store, refresh_s=0, cache_dir=cache)
+    try:
+        assert _keys(again) == ["fox", "owl"]
+        assert again.catalog.rebuilt is (damage != "removed")
+        assert again.indexer.files_read == 2  # read whole again
+    finally:
+        again.close()
+
+
+def test_pages_are_served_while_the_first_pass_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = ImageStore(tmp_path / "store")
+    for n in range(30):
+        _save(store, f"k{n:02d}", f"prompt {n}")
+    monkeypatch.setattr(indexer, "BATCH", 10)
+    release, held = threading.Event(), threading.Event()
+    ingest = indexer.Indexer.ingest
+
+    def slow_ingest(self: indexer.Indexer, *args: Any, **kwargs: Any) -> None:
+        ingest(self, *args, **kwargs)
+        if self.passes == 0:  # the first pass stops after its first batch until released
+            held.set()
+            assert release.wait(30)
+
+    monkeypatch.setattr(indexer.Indexer, "ingest", slow_ingest)
+    with (
+        Gallery(store, cache_dir=tmp_path / "cache", refresh_s=0.05, ready_s=0) as gallery,
+        httpx.Client(base_url=gallery.url, timeout=30) as client,
+    ):
+        assert held.wait(30)
+        home = client.get("/")
+        assert home.status_code == 200
+        assert "indexing: 10 so far" in home.text
+        grid = client.get(links.asset_path("imgs"))
+        assert len(CARD.findall(grid.text)) == 10 and "indexing: 10 so far" in grid.text
+        release.set()
+        for _ in range(300):
+            stats = client.get("/-/stats").json()
+            if not stats["indexing"] and stats["partitions"] == 30:
+                break
+            threading.Event().wait(0.05)
+        grid = client.get(links.asset_path("imgs"))
+        assert len(CARD.findall(grid.text)) == 30 and "indexing:" not in grid.text
+
+
+def _rows(count: int) -> Iterator[dict[str, Any]]:
+    for n in range(count):
+        failed = n % 50 == 49
+        yield {
+            "key": f"row-{n:06d}",
+            "prompt": f"a lighthouse by the harbour, number {n}",
+            "seed": n + 1,
+            "task_id": f"task-unified-1-{n:08d}",
+            "path": f"shard-{n // 1000:04d}/row-{n:06d}.webp",
+            "sha256": f"{n:064x}",
+            "width": 1024,
+            "height": 1024,
+            "credits": 1.0,
+            "status": "failed" if failed else "stored",
+            "error_code": "content_policy_violation" if failed else None,
+            "error_message": "blocked <b>here</b>" if failed else None,
+        }
+
+
+def test_manifest_rows_are_indexed_in_bounded_memory(tmp_path: Path) -> None:
+    count = 50_000
+    index = GalleryIndex(ImageStore(tmp_path / "store"), refresh_s=0, cache_dir=tmp_path / "c")
+    tracemalloc.start()
+    try:
+        assert index.ingest_manifest("shards", _rows(count)) == count
+        shards = index.snapshot().assets["shards"]
+        page = shards.select(Query(q="harbour 4999"))
+        failed = shards.select(Query(status="failed", order="partition", page=3))
+        last = shards.select(Query(order="partition", page=10_000))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    try:
+        assert shards.counts() == {"stored": count - count // 50, "failed": count // 50}
+        # No time in the rows: newest first falls back to the key order.
+        expected = [
+            f"row-{n:06d}" for n in (4999, 14999, 24999, 34999, 44999, *range(49990, 50000))
+        ]
+        assert [i.partition_key for i in page.items] == expected
+        assert failed.items[0].partition_key == "row-004849"
+        assert failed.items[0].error_code == "content_policy_violation"
+        assert last.page == last.pages and last.items[-1].partition_key == "row-049999"
+        print(f"{count:,} manifest rows: tracemalloc peak {peak / 2**20:.1f} MiB")
+        # The rows as a list alone would take about 40 MiB; the index holds a batch at a time.
+        assert peak < 4 * 2**20
+    finally:
+        index.close()
+
+
+def test_a_failed_manifest_row_shows_the_providers_message(tmp_path: Path) -> None:
+    with (
+        Gallery(ImageStore(tmp_path / "store"), cache_dir=tmp_path / "c", refresh_s=0) as gallery,
+        httpx.Client(base_url=gallery.url, timeout=30) as client,
+    ):
+        gallery.app.state.index.ingest_manifest("shards", _rows(50))
+        grid = client.get(links.asset_path("shards") + "?status=failed").text
+        assert CARD.findall(grid) == [("row-000049", "failed")]
+        page = client.get(links.partition_url("", "shards", "row-000049")).text
+        assert "content_policy_violation" in page
+        assert "blocked &lt;b&gt;here&lt;/b&gt;" in page and "<b>here" not in page
