@@ -209,7 +209,7 @@ class Snapshot:
             "/".join(parts): AssetIndex(owner, asset_id, parts)
             for asset_id, parts in owner.catalog.assets()
         }
-        self.indexing = owner.indexer.indexing or owner.indexer.passes == 0
+        self.indexing = owner.indexing
         self.built_at = owner.updated_at
         self.build_s = owner.indexer.last_pass_s
 
@@ -241,6 +241,7 @@ class GalleryIndex:
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._first_pass = threading.Event()
+        self._ingesting = 0
 
     def update(self) -> None:
         """One pass (a damaged index file is deleted and built again)."""
@@ -291,8 +292,17 @@ class GalleryIndex:
         self, asset: str | tuple[str, ...], rows: Iterable[Mapping[str, Any]]
     ) -> int:
         """Index a shard manifest's rows (see :func:`~zimage_dagster.gallery.indexer.
-        ingest_manifest_rows`); returns how many."""
-        return ingest_manifest_rows(self.catalog, asset, rows)
+        ingest_manifest_rows`); returns how many. Pages served meanwhile say "indexing"."""
+        self._ingesting += 1
+        try:
+            return ingest_manifest_rows(self.catalog, asset, rows)
+        finally:
+            self._ingesting -= 1
+
+    @property
+    def indexing(self) -> bool:
+        """True while a pass or a manifest's ingestion runs, or before the first pass ended."""
+        return self.indexer.indexing or self.indexer.passes == 0 or self._ingesting > 0
 
     def facet(self, asset: AssetIndex, name: str, compute: Callable[[int], Any]) -> Any:
         """An asset's counts, sizes or dates: computed again after the index changed (while a
@@ -302,7 +312,7 @@ class GalleryIndex:
         cached = self._facets.get(key)
         if cached is not None and (
             cached[0] == version
-            or (self.indexer.indexing and time.monotonic() - cached[1] < _FACETS_WHILE_INDEXING_S)
+            or (self.indexing and time.monotonic() - cached[1] < _FACETS_WHILE_INDEXING_S)
         ):
             return cached[2]
         value = compute(asset.asset_id)
