@@ -49,7 +49,7 @@ ASSET = "shards"
 PAGE_S = 1.0
 REVIEW_PAGE_S = 0.100
 VERDICT_S = 0.020
-_WORDS = small_bench._WORDS
+_WORDS: list[str] = list(small_bench._WORDS)
 
 
 def _load() -> float:
@@ -243,10 +243,13 @@ def review(root: str, cache: str, count: int) -> dict[str, Any]:
 
 
 def run(
-    quick: bool = False, context: dict[str, Any] | None = None, n: int | None = None
+    quick: bool = False,
+    context: dict[str, Any] | None = None,
+    n: int | None = None,
+    partitions: int | None = None,
 ) -> BenchResult:
     count = n or (100_000 if quick else 1_000_000)
-    partitions = 200 if quick else 1_000
+    partitions = partitions or (200 if quick else 1_000)
     res = BenchResult(NAME, TITLE if count == 1_000_000 else f"7b. Gallery at scale ({count:,})")
     with tempfile.TemporaryDirectory(prefix="zimage-bench-gallery-scale-") as tmp:
         root, cache = os.path.join(tmp, "store"), os.path.join(tmp, "cache")

@@ -4,8 +4,8 @@
     python -m benchmarks.run throughput polling # some of them
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
-Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, deferred,
-emulator_load, ceiling, executor, planned_events. A full
+Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, gallery_scale,
+deferred, emulator_load, ceiling, executor, planned_events. A full
 run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
@@ -29,6 +29,7 @@ from benchmarks import (
     emulator_load,
     executor,
     gallery,
+    gallery_scale,
     memory,
     overhead,
     planned_events,
@@ -49,6 +50,7 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     emulator_capacity.NAME: emulator_capacity.run,
     claims.NAME: claims.run,
     gallery.NAME: gallery.run,
+    gallery_scale.NAME: gallery_scale.run,
     deferred.NAME: deferred.run,
     emulator_load.NAME: emulator_load.run,
     ceiling.NAME: ceiling.run,

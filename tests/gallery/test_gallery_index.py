@@ -44,7 +44,8 @@ def test_a_new_image_shows_and_a_deleted_one_goes_without_reading_the_rest(
         assert index.indexer.files_read == 20
         _save(store, "new", "a fresh fox")
         store.delete("imgs", "k03")
-        assert "new" in _keys(index) and "k03" not in _keys(index)
+        assert "new" in _keys(index)
+        assert "k03" not in _keys(index)
         assert index.indexer.files_read == 21  # the new record alone was read
         # A pass with nothing changed reads nothing.
         index.snapshot()
@@ -54,7 +55,8 @@ def test_a_new_image_shows_and_a_deleted_one_goes_without_reading_the_rest(
     # The next gallery process starts from the file: nothing changed, nothing read.
     again = GalleryIndex(store, refresh_s=0, cache_dir=tmp_path / "cache")
     try:
-        assert len(_keys(again)) == 20 and again.indexer.files_read == 0
+        assert len(_keys(again)) == 20
+        assert again.indexer.files_read == 0
         store.delete("imgs", "k04")  # removed while no gallery ran
         assert "k04" not in _keys(again)
     finally:
@@ -73,7 +75,8 @@ def test_a_ledger_entry_moves_a_partition_to_failed_and_back(tmp_path: Path) -> 
             "imgs", "owl", "task-unified-1-aaaaaaaa", "content_policy_violation", "no"
         )
         item = index.snapshot().assets["imgs"].get("owl")
-        assert item is not None and (item.status, item.error_code) == (
+        assert item is not None
+        assert (item.status, item.error_code) == (
             "failed",
             "content_policy_violation",
         )
@@ -157,7 +160,8 @@ def test_pages_are_served_while_the_first_pass_runs(
         assert home.status_code == 200
         assert "indexing: 10 so far" in home.text
         grid = client.get(links.asset_path("imgs"))
-        assert len(CARD.findall(grid.text)) == 10 and "indexing: 10 so far" in grid.text
+        assert len(CARD.findall(grid.text)) == 10
+        assert "indexing: 10 so far" in grid.text
         release.set()
         for _ in range(300):
             stats = client.get("/-/stats").json()
@@ -165,7 +169,8 @@ def test_pages_are_served_while_the_first_pass_runs(
                 break
             threading.Event().wait(0.05)
         grid = client.get(links.asset_path("imgs"))
-        assert len(CARD.findall(grid.text)) == 30 and "indexing:" not in grid.text
+        assert len(CARD.findall(grid.text)) == 30
+        assert "indexing:" not in grid.text
 
 
 def _rows(count: int) -> Iterator[dict[str, Any]]:
@@ -209,7 +214,8 @@ def test_manifest_rows_are_indexed_in_bounded_memory(tmp_path: Path) -> None:
         assert [i.partition_key for i in page.items] == expected
         assert failed.items[0].partition_key == "row-004849"
         assert failed.items[0].error_code == "content_policy_violation"
-        assert last.page == last.pages and last.items[-1].partition_key == "row-049999"
+        assert last.page == last.pages
+        assert last.items[-1].partition_key == "row-049999"
         print(f"{count:,} manifest rows: tracemalloc peak {peak / 2**20:.1f} MiB")
         # The rows as a list alone would take about 40 MiB; the index holds a batch at a time.
         assert peak < 4 * 2**20
@@ -227,4 +233,5 @@ def test_a_failed_manifest_row_shows_the_providers_message(tmp_path: Path) -> No
         assert CARD.findall(grid) == [("row-000049", "failed")]
         page = client.get(links.partition_url("", "shards", "row-000049")).text
         assert "content_policy_violation" in page
-        assert "blocked &lt;b&gt;here&lt;/b&gt;" in page and "<b>here" not in page
+        assert "blocked &lt;b&gt;here&lt;/b&gt;" in page
+        assert "<b>here" not in page

@@ -1,7 +1,8 @@
 """Reading a folder of small files again and again, and only what changed: :class:`ScanCache`.
 
-The gallery rereads a whole store every few seconds; the dataset sensor rereads an asset's records
-on every tick. :meth:`ImageStore.records <zimage_dagster.engine.store.ImageStore.records>` and
+The gallery's index rereads a whole store every few seconds (keeping its stamps in its own file,
+not in a ``ScanCache``: it streams the listing with :func:`iter_stamps`); the dataset sensor rereads
+an asset's records on every tick. :meth:`ImageStore.records <zimage_dagster.engine.store.ImageStore.records>` and
 :meth:`TaskLedger.entries <zimage_dagster.engine.ledger.TaskLedger.entries>` take a cache, so that
 a reader who keeps one pays, on a local store, for a listing plus the files that changed:
 

@@ -44,7 +44,7 @@ __all__ = ["COUNT_CAP", "SCHEMA_VERSION", "Catalog"]
 log = logging.getLogger(__name__)
 
 #: Bumped when the tables change: a file of another version is built again.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: A search (or a partition-key filter) counts its matches up to this many.
 COUNT_CAP = 10_000
 _CHUNK = 500  # SQL parameters per statement
@@ -58,6 +58,9 @@ CREATE TABLE IF NOT EXISTS items (
 CREATE UNIQUE INDEX IF NOT EXISTS items_key ON items (asset_id, key);
 CREATE INDEX IF NOT EXISTS items_newest ON items (asset_id, time DESC, key);
 CREATE INDEX IF NOT EXISTS items_status ON items (asset_id, status);
+CREATE INDEX IF NOT EXISTS items_size ON items (asset_id, size);
+CREATE INDEX IF NOT EXISTS items_date ON items (asset_id, date);
+CREATE TABLE IF NOT EXISTS facets (asset_id INTEGER PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS details (id INTEGER PRIMARY KEY, record TEXT, entry TEXT, failure TEXT);
 CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY, kind TEXT, asset_id INTEGER, key TEXT, stamp TEXT, gen INTEGER,
@@ -322,6 +325,28 @@ class Catalog:
             ((asset_id, row[0], *row[7:]) for row in rows),
         )
 
+    def store_facets(self, asset_ids: Iterable[int]) -> None:
+        """Compute and keep the assets' counts, sizes and dates (after a pass or a manifest):
+        a grid page reads them in one row instead of a scan of the asset."""
+        for asset_id in set(asset_ids):
+            value = {
+                "counts": self.counts(asset_id, self._writer),
+                "sizes": self.sizes(asset_id, self._writer),
+                "dates": self.dates(asset_id, self._writer),
+            }
+            self._writer.execute(
+                "INSERT OR REPLACE INTO facets VALUES (?, ?)", (asset_id, json.dumps(value))
+            )
+
+    def facets(self, asset_id: int) -> dict[str, Any] | None:
+        """The asset's counts, sizes and dates as last stored, or ``None``."""
+        row = (
+            self._reader()
+            .execute("SELECT value FROM facets WHERE asset_id=?", (asset_id,))
+            .fetchone()
+        )
+        return None if row is None else dict(json.loads(row[0]))
+
     def _delete_item(self, asset_id: int, key: str) -> None:
         row = self._writer.execute(
             "SELECT id FROM items WHERE asset_id=? AND key=?", (asset_id, key)
@@ -352,34 +377,35 @@ class Catalog:
         """How many partitions the index holds."""
         return int(self._reader().execute("SELECT count(*) FROM items").fetchone()[0])
 
-    def counts(self, asset_id: int) -> dict[str, int]:
-        rows = self._reader().execute(
+    def counts(self, asset_id: int, conn: sqlite3.Connection | None = None) -> dict[str, int]:
+        rows = (conn or self._reader()).execute(
             "SELECT status, count(*) FROM items WHERE asset_id=? GROUP BY status", (asset_id,)
         )
         return {str(s): int(n) for s, n in rows}
 
-    def sizes(self, asset_id: int) -> list[str]:
-        rows = self._reader().execute(
+    def sizes(self, asset_id: int, conn: sqlite3.Connection | None = None) -> list[str]:
+        rows = (conn or self._reader()).execute(
             "SELECT size FROM items WHERE asset_id=? AND size != '' GROUP BY size "
             "ORDER BY count(*) DESC, size",
             (asset_id,),
         )
         return [str(r[0]) for r in rows]
 
-    def dates(self, asset_id: int) -> list[str]:
-        rows = self._reader().execute(
+    def dates(self, asset_id: int, conn: sqlite3.Connection | None = None) -> list[str]:
+        rows = (conn or self._reader()).execute(
             "SELECT DISTINCT date FROM items WHERE asset_id=? AND date IS NOT NULL "
             "ORDER BY date DESC",
             (asset_id,),
         )
         return [str(r[0]) for r in rows]
 
-    def _items(self, sql: str, args: Sequence[Any]) -> list[GalleryItem]:
+    def _items(self, sql: str, args: Sequence[Any], hint: str = "") -> list[GalleryItem]:
         rows = (
             self._reader()
             .execute(
                 "SELECT a.parts, i.key, i.status, i.search, d.record, d.entry, d.failure "
-                f"FROM items i JOIN assets a ON a.id = i.asset_id JOIN details d ON d.id = i.id {sql}",
+                f"FROM items i {hint} CROSS JOIN assets a ON a.id = i.asset_id "
+                f"CROSS JOIN details d ON d.id = i.id {sql}",
                 args,
             )
             .fetchall()
@@ -417,7 +443,7 @@ class Catalog:
                 sort = "i.key"
             else:
                 where, args = (
-                    ("AND (i.time < ? OR (i.time = ? AND i.key > ?))", [last[0], last[0], last[1]])
+                    ("AND i.time <= ? AND (i.time < ? OR i.key > ?)", [last[0], last[0], last[1]])
                     if last
                     else ("", [])
                 )
@@ -461,20 +487,32 @@ class Catalog:
         keys: Collection[str] | None = None,
         *,
         exclude: bool = False,
+        known_total: int | None = None,
     ) -> Page:
         """The page of ``query`` (``keys``: only those partitions, or with ``exclude`` all but
-        those: the review filter). A search counts up to :data:`COUNT_CAP` matches."""
+        those: the review filter). A search counts up to :data:`COUNT_CAP` matches, reading the
+        table in its own order (a scan of every prompt), and when it found fewer than that, its
+        page comes from the same kind of scan (then a sort of those matches); a search matching
+        more reads the grid's order until the page is full. ``known_total``: the asset's
+        partitions, when the query has no filter."""
         where, args = self._where(asset_id, query, keys, exclude)
         capped_count = bool(query.words or query.partition)
-        if capped_count:
-            total = int(
+        sort = "i.key" if query.order == "partition" else "i.time DESC, i.key"
+        matches: list[tuple[int, float, str]] | None = None
+        if known_total is not None and not (capped_count or keys is not None or query.status
+                                             or query.date or query.size):  # fmt: skip
+            total = known_total
+        elif capped_count:
+            # One scan of the table in its own order: the matches' ids, up to the cap.
+            matches = (
                 self._reader()
                 .execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM items i WHERE {where} LIMIT ?)",
+                    f"SELECT i.id, i.time, i.key FROM items i NOT INDEXED WHERE {where} LIMIT ?",
                     [*args, COUNT_CAP + 1],
                 )
-                .fetchone()[0]
+                .fetchall()
             )
+            total = len(matches)
         else:
             total = int(
                 self._reader().execute(f"SELECT count(*) FROM items i WHERE {where}", args)
@@ -484,11 +522,24 @@ class Catalog:
         total = min(total, COUNT_CAP) if capped_count else total
         pages = max(1, math.ceil(total / query.per_page))
         page = query.page if capped else min(query.page, pages)
-        sort = "i.key" if query.order == "partition" else "i.time DESC, i.key"
-        found = self._items(
-            f"WHERE {where} ORDER BY {sort} LIMIT ? OFFSET ?",
-            [*args, query.per_page, (page - 1) * query.per_page],
-        )
+        start = (page - 1) * query.per_page
+        if matches is not None and not capped:
+            # Fewer than the cap: sort those matches here, and read the page's rows alone.
+            if query.order == "partition":
+                matches.sort(key=lambda m: m[2])
+            else:
+                matches.sort(key=lambda m: (-m[1], m[2]))
+            ids = [m[0] for m in matches[start : start + query.per_page]]
+            found = self._items(
+                f"WHERE i.id IN (SELECT value FROM json_each(?)) ORDER BY {sort}",
+                [json.dumps(ids)],
+            ) if ids else []  # fmt: skip
+        elif total:
+            found = self._items(
+                f"WHERE {where} ORDER BY {sort} LIMIT ? OFFSET ?", [*args, query.per_page, start]
+            )
+        else:
+            found = []
         if capped:
             pages = page + 1 if len(found) == query.per_page else page
         return Page(found, total, page, pages, capped)
@@ -520,12 +571,12 @@ class Catalog:
         else:
             t = here[0]
             before = self._items(
-                f"WHERE {where} AND (i.time > ? OR (i.time = ? AND i.key < ?)) "
+                f"WHERE {where} AND i.time >= ? AND (i.time > ? OR i.key < ?) "
                 "ORDER BY i.time ASC, i.key DESC LIMIT 1",
                 [*args, t, t, key],
             )
             after = self._items(
-                f"WHERE {where} AND (i.time < ? OR (i.time = ? AND i.key > ?)) "
+                f"WHERE {where} AND i.time <= ? AND (i.time < ? OR i.key > ?) "
                 "ORDER BY i.time DESC, i.key LIMIT 1",
                 [*args, t, t, key],
             )

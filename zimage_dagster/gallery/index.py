@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 #: The index's file name in the cache folder.
 INDEX_FILE = "index.sqlite"
 #: While a pass runs, an asset's counts, sizes and dates are reused for this long.
-_FACETS_WHILE_INDEXING_S = 2.0
+_FACETS_WHILE_INDEXING_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,9 @@ class AssetIndex:
         if keep is None or isinstance(keep, KeyFilter):
             keys = keep.keys if keep is not None else None
             exclude = keep.exclude if keep is not None else False
-            return self._catalog.select(self.asset_id, query, keys, exclude=exclude)
+            return self._catalog.select(
+                self.asset_id, query, keys, exclude=exclude, known_total=self.count()
+            )
         # Any other test runs in Python over the query's matches, a batch at a time.
         everything = dataclasses.replace(query, page=1, per_page=1000)
         found = [i for i in self._matches(everything) if keep(i)]
@@ -305,8 +307,11 @@ class GalleryIndex:
         return self.indexer.indexing or self.indexer.passes == 0 or self._ingesting > 0
 
     def facet(self, asset: AssetIndex, name: str, compute: Callable[[int], Any]) -> Any:
-        """An asset's counts, sizes or dates: computed again after the index changed (while a
-        pass runs, at most every two seconds)."""
+        """An asset's counts, sizes or dates: as the last pass (or manifest) stored them; while
+        a pass runs, and none is stored, computed at most every 30 seconds."""
+        stored = self.catalog.facets(asset.asset_id)
+        if stored is not None and (not self.indexing or name != "counts"):
+            return stored[name]
         key = (asset.asset_id, name)
         version = self.catalog.version
         cached = self._facets.get(key)

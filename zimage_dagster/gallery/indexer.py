@@ -148,6 +148,7 @@ class Indexer:
         self.indexing = False
         self.last_pass_s = 0.0
         self._gen = 0
+        self._touched: set[int] = set()
         self._lock = threading.Lock()
 
     def update(self) -> None:
@@ -157,9 +158,12 @@ class Indexer:
             started = time.perf_counter()
             try:
                 self._gen = self._next_gen()
+                self._touched = set()
                 self.store.records(cache=_Feed(self, "record", self._gen))
                 self.ledger.entries(cache=_Feed(self, "entry", self._gen))
-                self.catalog.refresh_items(self.catalog.sweep(self._gen))
+                gone = self.catalog.sweep(self._gen)
+                self.catalog.refresh_items(gone)
+                self.catalog.store_facets(self._touched | {a for a, _ in gone if a})
                 self.catalog.commit()
                 self.passes += 1
             finally:
@@ -193,6 +197,7 @@ class Indexer:
             asset_id = catalog.asset_id(asset) if asset else 0
             touched |= catalog.put_file(kind, path, stamp, gen, asset_id, key, body)
         catalog.refresh_items({pair for pair in touched if pair[0]})
+        self._touched |= {a for a, _ in touched if a}
         catalog.commit()
 
 
@@ -265,4 +270,6 @@ def ingest_manifest_rows(
             catalog.put_rows(asset_id, [manifest_fields(str(r["key"]), r) for r in batch])
             catalog.commit()
             count += len(batch)
+        catalog.store_facets([asset_id])
+        catalog.commit()
     return count
