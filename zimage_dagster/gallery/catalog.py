@@ -277,10 +277,24 @@ class Catalog:
                 self._delete_item(asset_id, key)
                 continue
             parts = self._parts(asset_id)
-            self.put_item(asset_id, item_of(parts, key, record, entry))
+            item = item_of(parts, key, record, entry)
+            self.put_item(
+                asset_id,
+                item,
+                record_json=bodies.get("record") if record is not None else None,
+                entry_json=bodies.get("entry") if entry is not None else None,
+            )
 
-    def put_item(self, asset_id: int, item: GalleryItem) -> None:
-        """Write one partition's row (from the store's files, or a shard manifest's row)."""
+    def put_item(
+        self,
+        asset_id: int,
+        item: GalleryItem,
+        *,
+        record_json: str | None = None,
+        entry_json: str | None = None,
+    ) -> None:
+        """Write one partition's row (``record_json``, ``entry_json``: its record and entry as
+        read, when the caller has them: they are not made again from ``item``)."""
         row = self._writer.execute(
             "SELECT id FROM items WHERE asset_id=? AND key=?", (asset_id, item.partition_key)
         ).fetchone()
@@ -300,10 +314,12 @@ class Catalog:
                 "WHERE id=?",
                 (*values, item_id),
             )
-        record = None
-        if item.record is not None:
+        record = record_json
+        if record is None and item.record is not None:
             record = json.dumps(to_provenance(item.record))
-        entry = json.dumps(item.entry.to_json()) if item.entry is not None else None
+        entry = entry_json
+        if entry is None and item.entry is not None:
+            entry = json.dumps(item.entry.to_json())
         failure = json.dumps(list(item.failure)) if item.failure else None
         self._writer.execute(
             "INSERT OR REPLACE INTO details VALUES (?, ?, ?, ?)", (item_id, record, entry, failure)
