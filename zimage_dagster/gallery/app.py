@@ -271,7 +271,6 @@ def create_gallery_app(
         query = Query.from_params(request.query_params)
         if not located.what:
             page = asset.select(query, verdicts.keep(asset, query.review))
-            snapshot = index.snapshot()
             return _html(
                 pages.asset_page(
                     asset,
@@ -279,7 +278,7 @@ def create_gallery_app(
                     page,
                     verdicts.of(asset.asset),
                     visitor(request),
-                    indexing=snapshot.images if snapshot.indexing else None,
+                    indexing=index.catalog.partitions() if index.indexing else None,
                 )
             )
         if located.what == "export" and located.key == "picks.zip":

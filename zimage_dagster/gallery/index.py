@@ -202,8 +202,8 @@ class _ByKey(Mapping[str, GalleryItem]):
 
 
 class Snapshot:
-    """The store as the index holds it now: its assets (``indexing``: a pass is running, and
-    ``images`` partitions are indexed so far)."""
+    """The store as the index holds it now: its assets (``indexing``: the first pass, or a
+    manifest's rows, are still going in, and ``images`` partitions are indexed so far)."""
 
     def __init__(self, owner: GalleryIndex) -> None:
         self._owner = owner
@@ -303,8 +303,9 @@ class GalleryIndex:
 
     @property
     def indexing(self) -> bool:
-        """True while a pass or a manifest's ingestion runs, or before the first pass ended."""
-        return self.indexer.indexing or self.indexer.passes == 0 or self._ingesting > 0
+        """True until the first pass ended, and while a manifest's rows go in (the later passes,
+        which keep it up to date, do not count: they change a few partitions)."""
+        return self.indexer.passes == 0 or self._ingesting > 0
 
     def facet(self, asset: AssetIndex, name: str, compute: Callable[[int], Any]) -> Any:
         """An asset's counts, sizes or dates: as the last pass (or manifest) stored them; while

@@ -237,8 +237,8 @@ def home_page(
         f"<p class='muted' id='empty'>No image in {where} yet: materialize an image asset "
         "writing there, or start the gallery with the <code>--storage</code> it writes to.</p>"
     )
-    if snapshot.indexing and (blocks or snapshot.images):
-        empty = ""
+    if snapshot.indexing:
+        empty = ""  # not known yet
     body = "<h1>Assets</h1>" + _indexing(snapshot.images if snapshot.indexing else None)
     body += "".join(blocks) or empty
     return _layout("Assets", body, visitor=visitor)
