@@ -3,6 +3,7 @@ it is built, searches, a damaged file rebuilt, shard manifests' rows, bounded me
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import tracemalloc
@@ -235,3 +236,24 @@ def test_a_failed_manifest_row_shows_the_providers_message(tmp_path: Path) -> No
         assert "content_policy_violation" in page
         assert "blocked &lt;b&gt;here&lt;/b&gt;" in page
         assert "<b>here" not in page
+
+
+def test_an_object_store_is_read_whole_but_only_changed_records_are_parsed(
+    tmp_path: Path,
+) -> None:
+    store = ImageStore(f"memory://gallery-index-{os.getpid()}-{tmp_path.name}")
+    try:
+        for n in range(5):
+            _save(store, f"k{n}", f"prompt {n}")
+        index = GalleryIndex(store, refresh_s=0)
+        try:
+            assert len(_keys(index)) == 5
+            _save(store, "k1", "a new prompt")  # rewritten: new bytes
+            store.delete("imgs", "k2")
+            assert _keys(index) == ["k0", "k1", "k3", "k4"]
+            assert index.indexer.files_read == 6  # 5, then k1's new record alone
+            assert index.snapshot().assets["imgs"].get("k1").prompt == "a new prompt"  # type: ignore[union-attr]
+        finally:
+            index.close()
+    finally:
+        store.root.fs.rm(store.root.path, recursive=True)
