@@ -16,6 +16,13 @@ MODULES = [
     "zimage_dagster.api.images",
     "zimage_dagster.api.results",
     "zimage_dagster.api._core",
+    "zimage_dagster.api._actions",
+    "zimage_dagster.api._stream",
+    "zimage_dagster.api._settings",
+    "zimage_dagster.api._retry",
+    "zimage_dagster.api._flows",
+    "zimage_dagster.api._download",
+    "zimage_dagster.api._generate",
     "zimage_dagster.api._sync",
     "zimage_dagster.api._async",
 ]

@@ -9,16 +9,9 @@ No Dagster import here: this package stands alone.
 """
 
 from zimage_dagster.api._async import AsyncZImageClient, CapacityHook
-from zimage_dagster.api._core import (
-    DEFAULT_BASE_URL,
-    ENV_API_KEY,
-    ENV_BASE_URL,
-    USER_AGENT,
-    backoff_delay,
-    draw_seed,
-    parse_retry_after,
-    retry_delay,
-)
+from zimage_dagster.api._generate import draw_seed
+from zimage_dagster.api._retry import backoff_delay, parse_retry_after, retry_delay
+from zimage_dagster.api._settings import DEFAULT_BASE_URL, ENV_API_KEY, ENV_BASE_URL, USER_AGENT
 from zimage_dagster.api._sync import ZImageClient
 from zimage_dagster.api.errors import (
     FIXABLE_TASK_ERROR_CODES,
