@@ -11,7 +11,9 @@ these modules; they never read it.
 - :mod:`~zimage_dagster.engine.store`: the image store (local folder or fsspec URL), and the one
   reader of its file names (``ImageStore.records``).
 - :mod:`~zimage_dagster.engine.ledger`: every task created, written before any wait; read back
-  with ``iter_entries`` (repairs) or ``entries`` (read-only).
+  with ``iter_entries`` (repairs) or ``entries`` (read-only); one entry and its format:
+  :mod:`~zimage_dagster.engine.ledger_entry`; its self-repair:
+  :mod:`~zimage_dagster.engine.ledger_repair`.
 - :mod:`~zimage_dagster.engine.scan`: rereading a store's folders, only what changed.
 - :mod:`~zimage_dagster.engine.atomic` and :mod:`~zimage_dagster.engine.claims`: each storage's
   own atomic create and compare-and-set, and on them the partition claims that let overlapping

@@ -35,21 +35,14 @@ marking ``completed`` an entry a collect run already marked ``collected``) leave
 the entry has since moved to another task. Who may *create* a partition's task is decided by its
 claim (:mod:`zimage_dagster.engine.claims`), which lives next to the entry (:meth:`claim_path`).
 
-Self-repair: an entry that cannot be read (truncated, garbage, ``{}``, binary) is moved aside to
-``<storage key>.json.unreadable-<time>-<random>`` with a warning naming both files, and the partition is
-rebuilt: when a task ID can be recovered (from the damaged bytes or the task-ID index), the entry
-is re-made for that task (``recovered_from``) so the run re-attaches to it instead of
-paying again; otherwise the partition has no entry and is generated again with its same seed.
-Scans of one asset never see the entries of another (``a`` does not see ``a/b``).
+Self-repair: an entry that cannot be read is moved aside and, when its task ID can be recovered,
+re-made for that task, so the run re-attaches to it instead of paying again
+(:mod:`zimage_dagster.engine.ledger_repair`). Scans of one asset never see the entries of another
+(``a`` does not see ``a/b``).
 
-Statuses: ``submitted`` (task created, not finished as far as we know), ``completed`` (the
-provider reports it completed; the image is not stored yet), ``collected`` (image stored),
-``failed`` (the provider reports failure; see ``error_code``), ``expired`` (the result link died
-before we collected it: regenerate with the same seed), ``abandoned`` (we gave up on it).
-
-Entries hold the request fields sent (model, prompt, size, seed, nsfw_check) and never a secret:
-only those fields are kept from the request mapping given (``callback_url`` is dropped too, as it
-may carry a token).
+The entry itself (its fields, statuses, workflow state and JSON format, ``ledger_version`` 3,
+older versions still read) is :mod:`zimage_dagster.engine.ledger_entry`; its names are importable
+from here too.
 
 Example:
     >>> import tempfile
@@ -69,16 +62,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Any, cast
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, cast
 
 from upath import UPath
 
@@ -90,6 +80,22 @@ from zimage_dagster.engine.atomic import (
 )
 from zimage_dagster.engine.claims import ClaimBook, RunAliveFn
 from zimage_dagster.engine.keys import partition_key as decode_key
+from zimage_dagster.engine.ledger_entry import (
+    LEDGER_VERSION,
+    OPEN_STATUSES,
+    REQUEST_FIELDS,
+    WORKFLOW_FIELDS,
+    LedgerEntry,
+    LedgerStatus,
+    PreviousAttempt,
+    clip_message,
+    encode_entry,
+    moves_forward,
+    parse_entry,
+    split_workflow,
+    workflow_changes,
+)
+from zimage_dagster.engine.ledger_repair import repair_entry, with_request
 from zimage_dagster.engine.scan import ScanCache
 from zimage_dagster.engine.store import (
     LEDGER_DIR,
@@ -99,6 +105,11 @@ from zimage_dagster.engine.store import (
     check_path_component,
     file_stem,
 )
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from zimage_dagster.engine.ledger_entry import WorkflowFields
 
 __all__ = [
     "INDEX_DIR",
@@ -115,278 +126,19 @@ __all__ = [
     "moves_forward",
     "split_workflow",
 ]
+# LedgerEntry, its statuses and format are ledger_entry's; imported here, where callers find them.
 
 log = logging.getLogger(__name__)
-
-#: The request fields kept in an entry (anything else in the given mapping is dropped).
-REQUEST_FIELDS: tuple[str, ...] = ("model", "prompt", "size", "seed", "nsfw_check")
-
-_MAX_MESSAGE_CHARS = 2000
-
-#: Version of the entry layout (2: ``partition_key`` is the Dagster partition key itself; 3: the
-#: workflow state is typed fields, no longer ``extra`` keys, which are still read).
-LEDGER_VERSION = 3
 
 #: Reserved folders under ``<root>/_ledger`` (not assets): the task-ID index and sensor state.
 INDEX_DIR = "_by_task"
 STATE_DIR = "_state"
 _RESERVED = frozenset({INDEX_DIR, STATE_DIR})
-
-
-class LedgerStatus(str, Enum):
-    """Where a ledger entry's task stands (see the module doc)."""
-
-    SUBMITTED = "submitted"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    COLLECTED = "collected"
-    EXPIRED = "expired"
-    ABANDONED = "abandoned"
-
-
-#: Statuses of tasks still worth watching or collecting (the sensor scans these).
-OPEN_STATUSES: frozenset[LedgerStatus] = frozenset({LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED})
-
-
-#: How far along a task's life each status is; an update may not lower it (see ``moves_forward``).
-_STAGE: dict[LedgerStatus, int] = {
-    LedgerStatus.SUBMITTED: 0,
-    LedgerStatus.COMPLETED: 1,
-    LedgerStatus.FAILED: 2,
-    LedgerStatus.EXPIRED: 2,
-    LedgerStatus.ABANDONED: 2,
-    LedgerStatus.COLLECTED: 3,
-}
-
-
-def moves_forward(old: LedgerStatus, new: LedgerStatus) -> bool:
-    """Whether one task's entry may go from ``old`` to ``new``: never back, never past collected.
-
-    >>> moves_forward(LedgerStatus.SUBMITTED, LedgerStatus.COMPLETED)
-    True
-    >>> moves_forward(LedgerStatus.COLLECTED, LedgerStatus.COMPLETED)  # the receiver, too late
-    False
-    >>> moves_forward(LedgerStatus.EXPIRED, LedgerStatus.COLLECTED)  # stored before it expired
-    True
-    """
-    return _STAGE[new] >= _STAGE[old]
+_CAS_ROUNDS = 32
 
 
 class LedgerConflictError(RuntimeError):
     """The entry now belongs to another task than the one the caller is updating."""
-
-
-@dataclass(frozen=True)
-class PreviousAttempt:
-    """An earlier task for the same partition and how it ended."""
-
-    task_id: str
-    status: LedgerStatus
-    submitted_at: float
-    ended_at: float
-    error_code: str | None = None
-    error_message: str | None = None
-    #: What the provider reserved for the task (``usage.credits_reserved``), when known.
-    credits_reserved: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "task_id": self.task_id,
-            "status": self.status.value,
-            "submitted_at": self.submitted_at,
-            "ended_at": self.ended_at,
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "credits_reserved": self.credits_reserved,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> PreviousAttempt:
-        """Inverse of :meth:`to_json`."""
-        return cls(
-            task_id=str(data["task_id"]),
-            status=LedgerStatus(data["status"]),
-            submitted_at=float(data["submitted_at"]),
-            ended_at=float(data["ended_at"]),
-            error_code=data.get("error_code"),
-            error_message=data.get("error_message"),
-            credits_reserved=_credits(data.get("credits_reserved")),
-        )
-
-
-def _credits(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    """The ledger's record of one partition's current task (and its earlier ones).
-
-    ``asset`` is the asset key's parts; ``asset_name`` joins them with ``/``. Times are unix
-    seconds. ``attempt`` counts tasks created for this partition (1 for the first).
-    """
-
-    asset: tuple[str, ...]
-    partition_key: str
-    task_id: str
-    seed: int
-    fingerprint: str
-    request: Mapping[str, Any]
-    status: LedgerStatus
-    submitted_at: float
-    updated_at: float
-    attempt: int = 1
-    previous: tuple[PreviousAttempt, ...] = ()
-    error_code: str | None = None
-    error_message: str | None = None
-    run_id: str | None = None
-    #: Anything else a caller recorded (unknown keys of older or newer writers are kept here).
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    #: What the provider reserved for the current task (``usage.credits_reserved``), when known.
-    credits_reserved: float | None = None
-    # -- workflow state (typed; version 2 ledgers kept these in ``extra``, still read there) ----
-    #: Watched by the task-status sensor (a deferred submit's task, or a collect run's).
-    deferred: bool = False
-    #: Tasks created for this very request (same fingerprint) before the current one: the count
-    #: the resubmission budget reads (:mod:`zimage_dagster.engine.decide`).
-    resubmits: int = 0
-    #: The task replaces one whose result link expired.
-    regenerated: bool = False
-    #: Re-made from a damaged entry file (its name): the request is not known yet.
-    recovered_from: str | None = None
-    #: When the task was first seen completed (unix s).
-    completed_at: float | None = None
-    #: ``"callback"`` when the callback receiver recorded the task's end.
-    via: str | None = None
-    #: The collect batch last asked to collect the entry, and when (unix s).
-    collect_batch: str | None = None
-    collect_requested_at: float | None = None
-    #: Collect runs that ended without collecting the entry.
-    collect_runs: int = 0
-    #: When a failure of the entry was reported (it is reported once).
-    handled_at: float | None = None
-
-    @property
-    def asset_name(self) -> str:
-        """``"catalog/hero"`` for ``("catalog", "hero")``."""
-        return "/".join(self.asset)
-
-    @property
-    def is_open(self) -> bool:
-        """True while the task is still to be watched or collected."""
-        return self.status in OPEN_STATUSES
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready dict (the file's content)."""
-        return {
-            "ledger_version": LEDGER_VERSION,
-            "asset": list(self.asset),
-            "partition_key": self.partition_key,
-            "task_id": self.task_id,
-            "seed": self.seed,
-            "fingerprint": self.fingerprint,
-            "request": dict(self.request),
-            "status": self.status.value,
-            "submitted_at": self.submitted_at,
-            "updated_at": self.updated_at,
-            "attempt": self.attempt,
-            "previous": [p.to_json() for p in self.previous],
-            "error_code": self.error_code,
-            "error_message": self.error_message,
-            "run_id": self.run_id,
-            "extra": dict(self.extra),
-            "credits_reserved": self.credits_reserved,
-            **{name: getattr(self, name) for name in WORKFLOW_FIELDS},
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LedgerEntry:
-        """Inverse of :meth:`to_json`; raises ``KeyError``/``ValueError`` on a malformed record.
-
-        A version 1 record held the storage key: its partition key is read back through the codec.
-        """
-        key = str(data["partition_key"])
-        if int(data.get("ledger_version", 1)) < 2:
-            key = decode_key(key)
-        extra, workflow = split_workflow(data.get("extra") or {})
-        for name in WORKFLOW_FIELDS:
-            if data.get(name) is not None:
-                workflow[name] = _WORKFLOW_TYPES[name](data[name])
-        if "resubmits" not in workflow:  # older entries: every earlier task counts (never less)
-            workflow["resubmits"] = max(int(data.get("attempt", 1)) - 1, 0)
-        return cls(
-            asset=tuple(str(p) for p in data["asset"]),
-            partition_key=key,
-            task_id=str(data["task_id"]),
-            seed=int(data["seed"]),
-            fingerprint=str(data["fingerprint"]),
-            request=dict(data.get("request") or {}),
-            status=LedgerStatus(data["status"]),
-            submitted_at=float(data["submitted_at"]),
-            updated_at=float(data["updated_at"]),
-            attempt=int(data.get("attempt", 1)),
-            previous=tuple(PreviousAttempt.from_json(p) for p in data.get("previous") or ()),
-            error_code=data.get("error_code"),
-            error_message=data.get("error_message"),
-            run_id=data.get("run_id"),
-            extra=extra,
-            credits_reserved=_credits(data.get("credits_reserved")),
-            **workflow,
-        )
-
-
-def _parse_entry(path: str, raw: bytes) -> LedgerEntry | None:
-    """The entry in a ledger file's bytes, or ``None`` (logged) when they are not one."""
-    try:
-        return LedgerEntry.from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-        log.debug("skipping unreadable ledger file %s: %s", path, exc)
-        return None
-
-
-#: The typed workflow fields of an entry, with how a value read from JSON is coerced.
-_WORKFLOW_TYPES: dict[str, Any] = {
-    "deferred": bool,
-    "resubmits": int,
-    "regenerated": bool,
-    "recovered_from": str,
-    "completed_at": float,
-    "via": str,
-    "collect_batch": str,
-    "collect_requested_at": float,
-    "collect_runs": int,
-    "handled_at": float,
-}
-WORKFLOW_FIELDS: tuple[str, ...] = tuple(_WORKFLOW_TYPES)
-
-
-def split_workflow(extra: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(other keys, typed workflow fields)`` of an ``extra`` mapping: version 2 entries (and
-    callers of ``extra=``) kept the workflow state there; it goes to the typed fields.
-
-    >>> split_workflow({"deferred": True, "collect_runs": "2", "note": "x"})
-    ({'note': 'x'}, {'deferred': True, 'collect_runs': 2})
-    """
-    rest: dict[str, Any] = {}
-    typed: dict[str, Any] = {}
-    for name, value in extra.items():
-        kind = _WORKFLOW_TYPES.get(name)
-        if kind is None:
-            rest[name] = value
-        elif value is not None:
-            typed[name] = kind(value)
-    return rest, typed
-
-
-def _workflow_changes(
-    extra: Mapping[str, Any] | None, given: Mapping[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(other extra keys, workflow fields to set)``: the typed ``given`` ones (not ``None``)
-    over those found in ``extra``."""
-    others, workflow = split_workflow(extra or {})
-    workflow.update({name: value for name, value in given.items() if value is not None})
-    return others, workflow
 
 
 def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
@@ -394,20 +146,6 @@ def _ledger_asset_parts(asset: AssetLike) -> tuple[str, ...]:
     if parts[0] in _RESERVED:
         raise ValueError(f"asset key {parts!r}: {parts[0]!r} is reserved in the ledger")
     return parts
-
-
-_TASK_ID_IN_JSON = re.compile(rb'"task_id"\s*:\s*"([A-Za-z0-9_.:-]{1,200})"')
-_CAS_ROUNDS = 32
-
-
-def _encode(entry: LedgerEntry) -> bytes:
-    return json.dumps(entry.to_json(), sort_keys=True, separators=(",", ":")).encode()
-
-
-def _clip(message: str | None) -> str | None:
-    if message is None:
-        return None
-    return message if len(message) <= _MAX_MESSAGE_CHARS else message[:_MAX_MESSAGE_CHARS] + "..."
 
 
 class TaskLedger:
@@ -491,78 +229,19 @@ class TaskLedger:
             try:
                 return LedgerEntry.from_json(json.loads(current.data)), current.version
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                if self._repair(asset, partition_key, path, current.data, current.version, exc):
-                    continue  # read what the repair left (a recovered entry, or nothing)
+                repair_entry(
+                    self.store,
+                    self.files,
+                    index_folder=self.store.join(LEDGER_DIR, INDEX_DIR),
+                    asset=_ledger_asset_parts(asset),
+                    partition_key=partition_key,
+                    path=path,
+                    data=current.data,
+                    version=current.version,
+                    error=exc,
+                    clock=self._clock,
+                )  # then read what the repair left (a recovered entry, or nothing)
         raise LedgerConflictError(f"ledger entry {path} kept changing while being repaired")
-
-    def _repair(
-        self,
-        asset: AssetLike,
-        partition_key: str,
-        path: UPath,
-        data: bytes,
-        version: str,
-        error: Exception,
-    ) -> bool:
-        """Move an unreadable entry aside and re-make it for its task if the ID is recoverable."""
-        aside = self.store.aside_path(path)
-        self.store.write_atomic(aside, data)
-        try:
-            self.files.delete(path, version)
-        except PreconditionFailedError:
-            self.store.delete_file(aside)  # someone rewrote it meanwhile: nothing to repair
-            return True
-        task_id = self._recover_task_id(asset, partition_key, data)
-        log.warning(
-            "unreadable ledger entry %s (%s: %s) moved aside to %s; %s",
-            path,
-            type(error).__name__,
-            error,
-            aside.name,
-            f"re-attaching the partition to task {task_id}"
-            if task_id
-            else "no task ID recoverable: the partition will be generated again with its seed",
-        )
-        if task_id is None:
-            return True
-        now = float(self._clock())
-        entry = LedgerEntry(
-            asset=_ledger_asset_parts(asset),
-            partition_key=partition_key,
-            task_id=task_id,
-            seed=0,
-            fingerprint="",
-            request={},
-            status=LedgerStatus.SUBMITTED,
-            submitted_at=now,
-            updated_at=now,
-            recovered_from=aside.name,
-        )
-        with contextlib.suppress(FileExistsError):
-            self.files.create(path, _encode(entry))
-        return True
-
-    def _recover_task_id(self, asset: AssetLike, partition_key: str, data: bytes) -> str | None:
-        """The task ID in damaged entry bytes, else the newest index file naming this partition."""
-        found = _TASK_ID_IN_JSON.search(data)
-        if found:
-            return found.group(1).decode()
-        parts = list(_ledger_asset_parts(asset))
-        best: tuple[str, str] | None = None
-        for key, raw in self.store.read_all(
-            self.store.join(LEDGER_DIR, INDEX_DIR), ".json"
-        ).items():
-            try:
-                ref = json.loads(raw)
-                if ref["asset"] != parts or ref["partition_key"] != partition_key:
-                    continue
-            except (ValueError, KeyError, TypeError):
-                continue
-            task_id = key.replace("\\", "/").rsplit("/", 1)[-1][: -len(".json")]
-            order = task_id.split("-")[2] if task_id.count("-") >= 3 else task_id  # created at
-            if best is None or order > best[0]:
-                best = (order, task_id)
-        return best[1] if best else None
 
     def iter_entries(
         self,
@@ -621,7 +300,7 @@ class TaskLedger:
             e
             for folder in folders
             if parts or folder.name not in _RESERVED
-            for e in scan.read(self.store, folder, ".json", _parse_entry, kind="entries").values()
+            for e in scan.read(self.store, folder, ".json", parse_entry, kind="entries").values()
             if e and (not parts or e.asset == parts) and (wanted is None or e.status in wanted)
         ]
 
@@ -686,9 +365,9 @@ class TaskLedger:
                 return old
             try:
                 if version is None:
-                    self.files.create(path, _encode(new))
+                    self.files.create(path, encode_entry(new))
                 else:
-                    self.files.replace(path, _encode(new), version)
+                    self.files.replace(path, encode_entry(new), version)
             except (FileExistsError, PreconditionFailedError):
                 continue  # someone wrote first: decide again on what they wrote
             return cast(LedgerEntry, new)
@@ -705,10 +384,7 @@ class TaskLedger:
         run_id: str | None = None,
         extra: Mapping[str, Any] | None = None,
         credits_reserved: float | None = None,
-        deferred: bool | None = None,
-        resubmits: int | None = None,
-        regenerated: bool | None = None,
-        collect_batch: str | None = None,
+        **workflow_fields: Unpack[WorkflowFields],
     ) -> LedgerEntry:
         """Record a freshly created task (call it before waiting on the task).
 
@@ -718,19 +394,12 @@ class TaskLedger:
         the partition moves into ``previous`` (an open one as ``abandoned``) and ``attempt``
         grows by one, keeping what each earlier task reserved (``credits_reserved``: the
         partition's spend stays known). Recording the same task ID again is a no-op returning
-        the entry. ``deferred``, ``resubmits``, ``regenerated`` and ``collect_batch`` are the
-        entry's workflow fields (see :class:`LedgerEntry`); workflow keys given in ``extra``
-        (the version 2 way) go to them too.
+        the entry. The keyword arguments of
+        :class:`~zimage_dagster.engine.ledger_entry.WorkflowFields` (``deferred``,
+        ``resubmits``, ``regenerated``, ``collect_batch``, ...) are the entry's workflow fields;
+        workflow keys given in ``extra`` (the version 2 way) go to them too.
         """
-        others, workflow = _workflow_changes(
-            extra,
-            dict(
-                deferred=deferred,
-                resubmits=resubmits,
-                regenerated=regenerated,
-                collect_batch=collect_batch,
-            ),
-        )
+        others, workflow = workflow_changes(extra, workflow_fields)
         parts = _ledger_asset_parts(asset)
         kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
         seed = kept.get("seed")
@@ -796,35 +465,19 @@ class TaskLedger:
         error_code: str | None = None,
         error_message: str | None = None,
         extra: Mapping[str, Any] | None = None,
-        deferred: bool | None = None,
-        completed_at: float | None = None,
-        via: str | None = None,
-        collect_batch: str | None = None,
-        collect_requested_at: float | None = None,
-        collect_runs: int | None = None,
-        handled_at: float | None = None,
+        **workflow_fields: Unpack[WorkflowFields],
     ) -> LedgerEntry:
         """Set the status of the partition's current task ``task_id`` (a compare-and-set).
 
         Raises ``KeyError`` when there is no entry and :class:`LedgerConflictError` when the
         entry's current task is another one. ``extra`` is merged into the entry's ``extra``
-        (its workflow keys go to the typed fields); the workflow fields given (not ``None``)
-        are set. A status that would move the entry back (:func:`moves_forward`) leaves it
-        unchanged and returns it as it is.
+        (its workflow keys go to the typed fields); the workflow fields given (keyword arguments
+        of :class:`~zimage_dagster.engine.ledger_entry.WorkflowFields`, not ``None``) are set. A
+        status that would move the entry back (:func:`moves_forward`) leaves it unchanged and
+        returns it as it is.
         """
         new_status = LedgerStatus(status)
-        others, workflow = _workflow_changes(
-            extra,
-            dict(
-                deferred=deferred,
-                completed_at=completed_at,
-                via=via,
-                collect_batch=collect_batch,
-                collect_requested_at=collect_requested_at,
-                collect_runs=collect_runs,
-                handled_at=handled_at,
-            ),
-        )
+        others, workflow = workflow_changes(extra, workflow_fields)
 
         def decide(old: LedgerEntry | None) -> LedgerEntry:
             if old is None:
@@ -849,7 +502,7 @@ class TaskLedger:
                 status=new_status,
                 updated_at=float(self._clock()),
                 error_code=error_code,
-                error_message=_clip(error_message),
+                error_message=clip_message(error_message),
                 extra={**old.extra, **others},
                 **workflow,
             )
@@ -868,17 +521,15 @@ class TaskLedger:
         fingerprint: str,
     ) -> LedgerEntry:
         """Give an entry recovered from a damaged file (``recovered_from``, no fingerprint) the
-        request of the job that re-attaches to its task."""
-        kept = {k: request[k] for k in REQUEST_FIELDS if k in request}
+        request of the job that re-attaches to its task (see
+        :func:`~zimage_dagster.engine.ledger_repair.with_request`)."""
 
         def decide(old: LedgerEntry | None) -> LedgerEntry:
             if old is None:
                 raise KeyError(f"no ledger entry for partition {partition_key!r}")
             if old.task_id != task_id:
                 raise LedgerConflictError(f"ledger entry for {partition_key!r} moved on")
-            if old.fingerprint:
-                return old
-            return replace(old, seed=int(kept["seed"]), fingerprint=fingerprint, request=kept)
+            return with_request(old, request=request, fingerprint=fingerprint)
 
         entry = self._change(asset, partition_key, decide)
         assert entry is not None
