@@ -49,6 +49,7 @@ from zimage_dagster.dataset.request import request_fingerprint
 from zimage_dagster.engine.decide import Action, DecisionPolicy, decide, stored_record
 from zimage_dagster.engine.jobs import plan_job_for
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
+from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.engine.watcher import (
     COLLECT_TAG,
@@ -190,7 +191,9 @@ def build_task_status_sensor(
             spec.asset_key.path,
             logger=context.log,
             open_polls=open_polls,
-            max_resubmits=resource.max_resubmits if max_resubmits is None else max_resubmits,
+            policy=GenerationPolicy(
+                max_resubmits=resource.max_resubmits if max_resubmits is None else max_resubmits
+            ),
             **watcher_options,
         )
 

@@ -128,6 +128,7 @@ def create_race(
     from zimage_dagster.api import AsyncZImageClient
     from zimage_dagster.engine.batch import BatchGenerator
     from zimage_dagster.engine.ledger import TaskLedger
+    from zimage_dagster.engine.settings import GenerationPolicy
     from zimage_dagster.engine.store import ImageStore
     from zimage_dagster.engine.submit import submit_jobs
     from zimage_dagster.engine.watcher import TaskWatcher
@@ -152,7 +153,9 @@ def create_race(
                 )
                 report = await engine.run(_jobs(keys))
             else:
-                return (await TaskWatcher(ledger, ("imgs",), max_resubmits=5).tick(c)).summary()
+                return (
+                    await TaskWatcher(ledger, ("imgs",), GenerationPolicy(max_resubmits=5)).tick(c)
+                ).summary()
             return report.summary()
 
     out.put((mode, asyncio.run(main())))

@@ -167,12 +167,7 @@ class BatchGenerator:
             logger=self.log,
         )
         self.creator = CreateGate(
-            client,
-            ledger,
-            self.asset,
-            budget=self.settings.budget,
-            run_id=self.run_id,
-            logger=self.log,
+            client, ledger, self.asset, self.settings, self.identity, logger=self.log
         )
 
     # -- the batch -----------------------------------------------------------------------------

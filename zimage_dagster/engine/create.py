@@ -25,8 +25,8 @@ Example:
     >>> async def main(url: str, key: str) -> str:
     ...     ledger = TaskLedger(tempfile.mkdtemp())
     ...     async with api.AsyncZImageClient(api_key=key, base_url=url) as client:
-    ...         gate = CreateGate(client, ledger, "catalogue",
-    ...                           budget=CreditBudget(max_credits_per_run=0.03), run_id="r1")
+    ...         policy = GenerationPolicy(budget=CreditBudget(max_credits_per_run=0.03))
+    ...         gate = CreateGate(client, ledger, "catalogue", policy, RunIdentity(run_id="r1"))
     ...         print(await gate.preflight(2, estimate=2))
     ...         await gate.create(job.request, partition_key="fox", fingerprint=job.fingerprint)
     ...         try:
@@ -64,6 +64,7 @@ from zimage_dagster.engine.decide import DEFAULT_POLICY, Action, DecisionPolicy,
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BudgetError, Log
+from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
 __all__ = ["CreateGate", "CreditBudget", "tasks_to_create"]
@@ -91,11 +92,16 @@ class CreateGate:
         client: an open :class:`~zimage_dagster.api.AsyncZImageClient`.
         ledger: where each task is recorded, and where the budget counters live.
         asset: the asset key's parts.
-        budget: the budgets; ``None``: no budget, no preflight.
-        run_id: the run the tasks belong to: the asset's budget counter for the run is shared
-            by all the run's steps (a step retry finds what the earlier attempts spent); without
-            one the counter is this gate's alone.
+        policy: the run's :class:`~zimage_dagster.engine.settings.GenerationPolicy`; the gate
+            reads its ``budget`` (``None``: no budget, no preflight).
+        identity: the run's :class:`~zimage_dagster.engine.settings.RunIdentity`; the gate reads
+            its ``run_id``: the asset's budget counter for the run is shared by all the run's
+            steps (a step retry finds what the earlier attempts spent); without one the counter
+            is this gate's alone.
         logger: where the gate says what it refused.
+
+    The loose keyword arguments of earlier versions (``budget=``, ``run_id=``) are still taken,
+    with a ``DeprecationWarning``.
     """
 
     def __init__(
@@ -103,11 +109,14 @@ class CreateGate:
         client: AsyncZImageClient,
         ledger: TaskLedger,
         asset: AssetLike,
+        policy: GenerationPolicy | None = None,
+        identity: RunIdentity | None = None,
         *,
-        budget: CreditBudget | None = None,
-        run_id: str | None = None,
         logger: Log | None = None,
+        **loose: Any,
     ) -> None:
+        self.settings, self.identity = settings_of(policy, identity, loose, where="CreateGate")
+        budget, run_id = self.settings.budget, self.identity.run_id
         self.client = client
         self.ledger = ledger
         self.asset = asset_parts(asset)

@@ -99,9 +99,7 @@ async def submit_jobs(
     decisions = settings.decision(deferred=True)
     started = time.monotonic()
     limit = asyncio.Semaphore(settings.concurrency)
-    creator = CreateGate(
-        client, ledger, parts, budget=settings.budget, run_id=who.run_id, logger=out
-    )
+    creator = CreateGate(client, ledger, parts, settings, who, logger=out)
     slots = OwnSlots(client, ledger, parts, logger=out)
     refused = await creator.refused(jobs, decisions)
     if refused is not None:

@@ -72,10 +72,11 @@ from zimage_dagster.api import (
     Task,
     ZImageError,
 )
-from zimage_dagster.engine.decide import Action, DecisionPolicy, decide
+from zimage_dagster.engine.decide import Action, decide
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import Log
 from zimage_dagster.engine.provenance import ImageRecord
+from zimage_dagster.engine.settings import GenerationPolicy, settings_of
 from zimage_dagster.engine.store import AssetLike, asset_parts
 
 __all__ = [
@@ -198,9 +199,12 @@ class TaskWatcher:
         tick_budget_s: a tick stops launching polls when this is spent (minus a reserve for the
             ledger writes that follow), so it never overruns Dagster's sensor timeout (60 s
             unless ``DAGSTER_SENSOR_GRPC_TIMEOUT_SECONDS`` says otherwise).
+        policy: the asset's :class:`~zimage_dagster.engine.settings.GenerationPolicy`: the one
+            decision's options (:meth:`~zimage_dagster.engine.settings.GenerationPolicy.decision`),
+            among them ``max_resubmits``, the resubmission budget of a request (after retryable
+            failures and expiries; see :mod:`zimage_dagster.engine.decide`; the collect run
+            creates them). Its ``concurrency`` (tasks in flight) is not the watcher's.
         concurrency: polls in flight at once.
-        max_resubmits: the resubmission budget of a request (after retryable failures and
-            expiries; see :mod:`zimage_dagster.engine.decide`); the collect run creates them.
         result_ttl_s: how long the provider keeps result links (24 h).
         expiry_margin_s: regenerate rather than collect when a link is this close to expiring.
         recollect_after_s: ask again (same run key) for a batch whose run does not exist this
@@ -214,16 +218,18 @@ class TaskWatcher:
         open_polls: status requests that found a task still open, by task ID; give the same
             mapping to every tick (the sensor keeps it) and the ledger records, when the task
             ends, how many polls it took (``extra["polls"]``): its image's ``polls`` metadata.
+        max_resubmits: deprecated (a ``DeprecationWarning``): ``policy=GenerationPolicy(
+            max_resubmits=...)``.
     """
 
     def __init__(
         self,
         ledger: TaskLedger,
         asset: AssetLike,
+        policy: GenerationPolicy | None = None,
         *,
         tick_budget_s: float = 30.0,
         concurrency: int = 32,
-        max_resubmits: int = 2,
         result_ttl_s: float = DEFAULT_RESULT_TTL_S,
         expiry_margin_s: float = 3600.0,
         recollect_after_s: float = 600.0,
@@ -233,7 +239,10 @@ class TaskWatcher:
         clock: Callable[[], float] = time.time,
         logger: Log | None = None,
         open_polls: dict[str, int] | None = None,
+        max_resubmits: int | None = None,
     ) -> None:
+        loose = {} if max_resubmits is None else {"max_resubmits": max_resubmits}
+        self.settings = settings_of(policy, None, loose, where="TaskWatcher")[0]
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         if max_per_run < 1:
@@ -242,7 +251,7 @@ class TaskWatcher:
         self.asset = asset_parts(asset)
         self.tick_budget_s = tick_budget_s
         self.concurrency = concurrency
-        self.policy = DecisionPolicy(max_resubmits=max_resubmits)
+        self.policy = self.settings.decision()
         self.result_ttl_s = result_ttl_s
         self.expiry_margin_s = expiry_margin_s
         self.recollect_after_s = recollect_after_s
