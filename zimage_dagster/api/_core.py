@@ -12,18 +12,16 @@ a flow with blocking calls, the async one with ``await``: the decisions live onc
 - ``api/_flows.py``: one API call retried, the three operations, waiting for a task;
 - ``api/_download.py``: fetching a result image; ``api/_generate.py``: a whole generation.
 
-The names the package used from here before the split are importable from here still.
+The names the drivers and the receiver use are importable from here.
 """
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from zimage_dagster.api._actions import (
-    REQUEST_ID_HEADERS,
     Action,
     Compute,
     Flow,
@@ -32,54 +30,25 @@ from zimage_dagster.api._actions import (
     Send,
     Sleep,
     Throttled,
-    request_ids,
 )
-from zimage_dagster.api._download import (
-    DOWNLOAD_ENCODINGS,
-    EXPIRED_STATUSES,
-    MAX_REDIRECTS,
-    REDIRECT_STATUSES,
-    download_flow,
-)
+from zimage_dagster.api._download import download_flow
 from zimage_dagster.api._flows import (
-    CREATE_PATH,
-    CREDITS_PATH,
-    TASK_PATH,
     create_flow,
     credits_flow,
     get_task_flow,
     request_flow,
-    validate_task_id,
     wait_flow,
 )
-from zimage_dagster.api._generate import GenerationTracker, draw_seed, generate_flow
-from zimage_dagster.api._retry import (
-    UNREACHABLE_RETRY_S,
-    backoff_delay,
-    create_never_reached_server,
-    describe_exception,
-    exception_is_retryable,
-    parse_retry_after,
-    retry_delay,
-    status_is_retryable,
-    unreachable_reason,
-)
+from zimage_dagster.api._generate import GenerationTracker, generate_flow
+from zimage_dagster.api._retry import UNREACHABLE_RETRY_S, describe_exception
 from zimage_dagster.api._settings import (
     DEFAULT_BASE_URL,
-    ENV_API_KEY,
     ENV_BASE_URL,
-    HTTP_LIMITS,
-    USER_AGENT,
     ClientSettings,
-    Secret,
     Verify,
     http_client_options,
-    redact_headers,
     resolve_settings,
-    ssl_verify,
-    strip_query,
 )
-from zimage_dagster.api._stream import StreamGuard
 from zimage_dagster.api.errors import ConfigurationError
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
 from zimage_dagster.api.polling import LatencyModel
@@ -89,25 +58,16 @@ if TYPE_CHECKING:
 
     from PIL import Image
 
+    from zimage_dagster.api._settings import Secret
     from zimage_dagster.api.images import DownloadedImage
     from zimage_dagster.api.models import Credits, GenerationRequest, Task
     from zimage_dagster.api.results import GenerationResult, WaitOutcome
 
+#: What the drivers (``api/_sync.py``, ``api/_async.py``) and the receiver use from here.
 __all__ = [
-    "CREATE_PATH",
-    "CREDITS_PATH",
     "DEFAULT_BASE_URL",
-    "DOWNLOAD_ENCODINGS",
-    "ENV_API_KEY",
     "ENV_BASE_URL",
-    "EXPIRED_STATUSES",
-    "HTTP_LIMITS",
-    "MAX_REDIRECTS",
-    "REDIRECT_STATUSES",
-    "REQUEST_ID_HEADERS",
-    "TASK_PATH",
     "UNREACHABLE_RETRY_S",
-    "USER_AGENT",
     "Action",
     "ClientCore",
     "ClientSettings",
@@ -116,28 +76,13 @@ __all__ = [
     "GenerationTracker",
     "Outcome",
     "Received",
-    "Secret",
     "Send",
     "Sleep",
-    "StreamGuard",
     "Throttled",
     "Verify",
-    "backoff_delay",
-    "create_never_reached_server",
     "describe_exception",
-    "draw_seed",
-    "exception_is_retryable",
     "http_client_options",
-    "parse_retry_after",
-    "redact_headers",
-    "request_ids",
     "resolve_settings",
-    "retry_delay",
-    "ssl_verify",
-    "status_is_retryable",
-    "strip_query",
-    "unreachable_reason",
-    "validate_task_id",
 ]
 
 
@@ -165,7 +110,7 @@ class ClientCore:
         key, url = resolve_settings(api_key, base_url)
         if injected_client and injected_transport:
             raise ConfigurationError("pass http_client or transport, not both")
-        return cls(
+        settings = ClientSettings(
             api_key=key,
             base_url=url,
             timeout=timeout,
@@ -177,35 +122,10 @@ class ClientCore:
             clock=clock or time.monotonic,
             allow_internal_redirects=allow_internal_redirects,
         )
+        return cls(settings)
 
-    def __init__(
-        self,
-        *,
-        api_key: Secret,
-        base_url: str,
-        timeout: float,
-        deadline: float,
-        retry: RetryPolicy,
-        poll: PollPolicy,
-        max_download_bytes: int,
-        max_image_pixels: int,
-        clock: Callable[[], float],
-        rng: random.Random | None = None,
-        allow_internal_redirects: bool = False,
-    ) -> None:
-        self.settings = ClientSettings(
-            api_key=api_key,
-            base_url=base_url,
-            timeout=timeout,
-            deadline=deadline,
-            retry=retry,
-            poll=poll,
-            max_download_bytes=max_download_bytes,
-            max_image_pixels=max_image_pixels,
-            clock=clock,
-            rng=rng,
-            allow_internal_redirects=allow_internal_redirects,
-        )
+    def __init__(self, settings: ClientSettings) -> None:
+        self.settings = settings
         #: What this client learned of its tasks' timing; every ``wait`` reads and feeds it.
         self.latency = LatencyModel()
 
