@@ -30,6 +30,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 from zimage_dagster.api import RequestValidationError, validate_size
 from zimage_dagster.dataset.request import SeedStrategy
 from zimage_dagster.engine.credits import CreditBudget
+from zimage_dagster.engine.reviews import MAX_CANDIDATES
 from zimage_dagster.engine.store import resolve_storage
 from zimage_dagster.prompts import PromptDataset
 
@@ -241,6 +242,16 @@ class GenerationOptions(dg.Model, dg.Resolvable):
             ),
         ),
     ] = DEFAULT_RETRY_POLICY
+    variants: int = Field(
+        default=1,
+        ge=1,
+        le=MAX_CANDIDATES,
+        description=(
+            "Candidates per partition (1..8): N images, each with its own seed from the one seed "
+            "rule (a row's seed s gives s, s+1, ...). Candidate 0 is the image of variants: 1; "
+            "the others are stored beside it. A reviewer picks among them in the gallery."
+        ),
+    )
     reuse_stored: bool = Field(
         default=True,
         description="Reuse an image already stored for the identical request instead of paying again.",

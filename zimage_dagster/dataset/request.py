@@ -11,6 +11,13 @@ only place that decides which one:
 3. else (``strategy="random"``) the seed already drawn for this very request (``kept``, from the
    ledger), or a fresh draw.
 
+Candidates (``variants=N``): candidate 0 gets exactly the seed above; candidate ``i`` gets the
+row's seed plus ``i`` (``s, s+1, ...``, wrapping inside 1..2147483647), a seed derived with ``i``
+as one more part, or its own recorded draw. A regeneration of a rejected partition
+(``regeneration``: the reject record's id) gets new seeds derived from that id, whatever the
+strategy: the same reject always gives the same seeds (one reject never pays twice), a later
+reject gives others.
+
 :func:`request_fingerprint` is the identity of a request's content (prompt, size, seed,
 nsfw_check): equal fingerprints mean "the identical request", which is what lets a re-run reuse a
 stored image, re-attach to a live task, or keep a rejection.
@@ -76,6 +83,8 @@ def choose_seed(
     row_seed: int | None = None,
     strategy: SeedStrategy = "derived",
     kept: int | None = None,
+    candidate: int = 0,
+    regeneration: str | None = None,
 ) -> int:
     """The seed sent for a partition (the rule in the module doc).
 
@@ -87,11 +96,32 @@ def choose_seed(
     True
     >>> choose_seed("hero", "fox", row_key="fox", prompt="p", strategy="random", kept=99)
     99
+
+    ``candidate`` is the candidate's index (0: the seed of a partition without candidates);
+    ``regeneration`` the id of the reject record a regeneration answers:
+
+    >>> [choose_seed("hero", "fox", row_key="fox", prompt="p", row_seed=7, candidate=i)
+    ...  for i in range(3)]
+    [7, 8, 9]
+    >>> choose_seed("hero", "fox", row_key="fox", prompt="p", candidate=1) == derive_seed(
+    ...     "hero", "fox", "p", "1")
+    True
+    >>> again = choose_seed("hero", "fox", row_key="fox", prompt="p", row_seed=7, regeneration="r1")
+    >>> again != 7 and again == choose_seed(
+    ...     "hero", "fox", row_key="fox", prompt="p", row_seed=7, regeneration="r1")
+    True
     """
+    if not 0 <= candidate < 1000:
+        raise ValueError(f"candidate index {candidate} out of range 0..999")
+    if regeneration is not None:
+        return derive_seed(asset, partition_key, prompt, str(candidate), regeneration)
     if row_seed is not None:
-        return row_seed if partition_key == row_key else derive_seed(str(row_seed), partition_key)
+        base = row_seed if partition_key == row_key else derive_seed(str(row_seed), partition_key)
+        return (base - MIN_SEED + candidate) % (MAX_SEED - MIN_SEED + 1) + MIN_SEED
     if strategy == "random":
         return kept if kept is not None else random_seed()
+    if candidate:
+        return derive_seed(asset, partition_key, prompt, str(candidate))
     return derive_seed(asset, partition_key, prompt)
 
 

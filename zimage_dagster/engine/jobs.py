@@ -28,18 +28,25 @@ from zimage_dagster.dataset.request import (
     request_fingerprint,
 )
 from zimage_dagster.dataset.rows import PromptRow
+from zimage_dagster.engine.keys import candidate_key, split_candidate
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
 
-__all__ = ["ImageJob", "plan_job", "plan_job_for"]
+__all__ = ["ImageJob", "plan_candidates", "plan_job", "plan_job_for"]
 
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One partition to generate: its Dagster partition key, its dataset row and the seed sent.
+    """One unit of work to generate: its unit key, its dataset row and the seed sent.
+
+    ``partition_key`` is the unit's key, what the store, the ledger and the claims are keyed
+    by: the Dagster partition key itself for a partition's candidate 0 (or without candidates),
+    ``candidate_key(partition, i)`` for its candidate ``i``
+    (:func:`~zimage_dagster.engine.keys.candidate_key`); :attr:`partition` and
+    :attr:`candidate` read it back.
 
     >>> job = ImageJob.from_row(PromptRow("fox", "a red fox", "16:9", None, None), seed=7)
-    >>> job.request.size, job.request.seed, job.partition_key
-    ('16:9', 7, 'fox')
+    >>> job.request.size, job.request.seed, job.partition_key, job.partition, job.candidate
+    ('16:9', 7, 'fox', 'fox', 0)
     """
 
     partition_key: str
@@ -50,6 +57,16 @@ class ImageJob:
     def from_row(cls, row: PromptRow, *, seed: int, partition_key: str | None = None) -> ImageJob:
         """A job for ``row`` (the partition key defaults to the row's key)."""
         return cls(partition_key=partition_key or row.key, row=row, seed=seed)
+
+    @property
+    def partition(self) -> str:
+        """The Dagster partition key the unit belongs to."""
+        return split_candidate(self.partition_key)[0]
+
+    @property
+    def candidate(self) -> int:
+        """The unit's candidate index within its partition (0 for the first, or only, one)."""
+        return split_candidate(self.partition_key)[1]
 
     @property
     def request(self) -> GenerationRequest:
@@ -73,12 +90,34 @@ def plan_job(
     ledger: TaskLedger, asset: Sequence[str], partition_key: str, row: PromptRow, **how: Any
 ) -> ImageJob:
     """The job for one partition of ``asset`` (key parts) made from ``row``: :func:`plan_job_for`
-    (``strategy``, ``default_size``) with the partition's ledger entry, read only when the seed
-    may come from it."""
+    (``strategy``, ``default_size``, ``candidate``, ``regeneration``) with the unit's ledger
+    entry, read only when the seed may come from it."""
     entry = None
-    if row.seed is None and how.get("strategy") == "random":
-        entry = ledger.get(asset, partition_key)
+    if row.seed is None and how.get("strategy") == "random" and how.get("regeneration") is None:
+        entry = ledger.get(asset, candidate_key(partition_key, how.get("candidate", 0)))
     return plan_job_for(entry, asset, partition_key, row, **how)
+
+
+def plan_candidates(
+    ledger: TaskLedger,
+    asset: Sequence[str],
+    partition_key: str,
+    row: PromptRow,
+    variants: int = 1,
+    **how: Any,
+) -> list[ImageJob]:
+    """The ``variants`` jobs of one partition, candidate 0 first (:func:`plan_job` each):
+    with ``variants=1``, exactly ``[plan_job(...)]``.
+
+    >>> import tempfile
+    >>> jobs = plan_candidates(TaskLedger(tempfile.mkdtemp()), ("hero",), "fox",
+    ...                        PromptRow("fox", "a fox", None, 7, None), 3)
+    >>> [(j.partition_key, j.seed) for j in jobs]
+    [('fox', 7), ('fox...1', 8), ('fox...2', 9)]
+    """
+    return [
+        plan_job(ledger, asset, partition_key, row, candidate=i, **how) for i in range(variants)
+    ]
 
 
 def plan_job_for(
@@ -89,6 +128,8 @@ def plan_job_for(
     *,
     strategy: SeedStrategy = "derived",
     default_size: str | None = None,
+    candidate: int = 0,
+    regeneration: str | None = None,
 ) -> ImageJob:
     """The job for one partition of ``asset`` made from ``row``, given its ledger ``entry``.
 
@@ -96,6 +137,10 @@ def plan_job_for(
     ledger's entry for the partition is kept while the request is otherwise unchanged, so a
     resumed run re-attaches to its task, a re-run reuses the stored image and a rejected prompt
     stays rejected, instead of paying for a new draw each time.
+
+    ``partition_key`` is the Dagster partition key; ``candidate`` the candidate's index (the
+    job's key is then the unit key) and ``regeneration`` the reject record a regeneration
+    answers (new seeds: see :func:`~zimage_dagster.dataset.request.choose_seed`).
 
     >>> plan_job_for(None, ("hero",), "fox", PromptRow("fox", "a fox", None, 7, None)).seed
     7
@@ -105,6 +150,7 @@ def plan_job_for(
     kept: int | None = None
     if (
         row.seed is None
+        and regeneration is None
         and strategy == "random"
         and entry is not None
         and entry.fingerprint
@@ -119,5 +165,7 @@ def plan_job_for(
         row_seed=row.seed,
         strategy=strategy,
         kept=kept,
+        candidate=candidate,
+        regeneration=regeneration,
     )
-    return ImageJob(partition_key=partition_key, row=row, seed=seed)
+    return ImageJob(partition_key=candidate_key(partition_key, candidate), row=row, seed=seed)

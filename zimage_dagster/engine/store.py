@@ -5,11 +5,14 @@ Layout under a root (a local folder by default, any fsspec URL such as ``s3://bu
 
     <root>/<asset path...>/<storage key>.<ext>    the image (png, jpg, webp)
     <root>/<asset path...>/<storage key>.json     its provenance record
+    <root>/<asset path...>/<storage key>~<i>.<ext>, .json   candidate i >= 1 of the partition
+                                                  (``variants=N``; candidate 0 is the above)
     <root>/_ledger/<asset path...>/<storage key>.json   the task ledger (see ``engine.ledger``)
     <root>/_reviews/<asset path...>/<storage key>/<record id>.json   review verdicts
                                                   (append-only, see ``engine.reviews``)
 
-Every method takes the Dagster partition key itself; the store turns it into the file stem with
+Every method takes the Dagster partition key itself (or a candidate's unit key,
+:func:`zimage_dagster.engine.keys.candidate_key`); the store turns it into the file stem with
 the one codec, :func:`zimage_dagster.engine.keys.storage_key` (``2026-01-01|hero`` is stored as
 ``2026-01-01__hero``). Only the store reads its file names back: :meth:`ImageStore.records` (every
 provenance record with its asset and partition key) and :meth:`ImageStore.partitions`; the gallery
@@ -63,7 +66,12 @@ from upath import UPath
 from upath.implementations.local import LocalPath
 
 from zimage_dagster.engine.atomic import ConditionalFiles, conditional_files, replace_file
-from zimage_dagster.engine.keys import InvalidPartitionKeyError, storage_key
+from zimage_dagster.engine.keys import (
+    InvalidPartitionKeyError,
+    candidate_key,
+    split_candidate,
+    storage_key,
+)
 from zimage_dagster.engine.keys import partition_key as decode_key
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 from zimage_dagster.engine.scan import ScanCache
@@ -265,6 +273,7 @@ class StoredRecord:
         provenance: the JSON object as stored (any object: a record written by another version,
             or a partial one, is still reported; :attr:`image_record` says if it is whole).
         path: where the record file is (a string: no path object per record).
+        candidate: which candidate of the partition it is (0: the first, or only, image).
 
     >>> rec = StoredRecord(("hero",), "fox", {"seed": 7, "task_id": "t", "prompt": "p"}, "x.json")
     >>> rec.image_record.seed, StoredRecord(("hero",), "fox", {"seed": 7}, "x.json").image_record
@@ -275,6 +284,7 @@ class StoredRecord:
     partition_key: str
     provenance: Mapping[str, Any]
     path: str
+    candidate: int = 0
 
     @functools.cached_property
     def image_record(self) -> ImageRecord | None:
@@ -633,19 +643,47 @@ class ImageStore:
         return image
 
     def partitions(self, asset: AssetLike) -> list[str]:
-        """Partition keys that have a provenance record, sorted."""
+        """Partition keys that have a provenance record (of their candidate 0), sorted."""
         folder = self.asset_dir(asset)
         keys = []
         for p in self.list_files(folder, ".json"):
             if str(p.parent).rstrip("/") == str(folder).rstrip("/"):
-                keys.append(self._locate(str(p))[1])
+                _, key, candidate = self._locate(str(p))
+                if candidate == 0:
+                    keys.append(key)
         return sorted(keys)
 
+    def candidates(
+        self, asset: AssetLike, partition_key: str, variants: int = 8
+    ) -> list[tuple[int, StoredImage]]:
+        """``(index, image)`` of each stored candidate of a partition among the first
+        ``variants``, by index (candidate 0 is the partition's own image).
+
+        >>> store = ImageStore("memory://doctest-candidates")
+        >>> _ = store.save("hero", "fox", b"a", "png", {"seed": 7})
+        >>> _ = store.save("hero", candidate_key("fox", 2), b"c", "png", {"seed": 9})
+        >>> [(i, found.path.name, found.provenance["seed"]) for i, found in
+        ...  store.candidates("hero", "fox")]
+        [(0, 'fox.png', 7), (2, 'fox~2.png', 9)]
+        """
+        found: list[tuple[int, StoredImage]] = []
+        for index in range(variants):
+            image = self.find(asset, candidate_key(partition_key, index))
+            if image is not None:
+                found.append((index, image))
+        return found
+
     def records(
-        self, asset: AssetLike | None = None, *, cache: ScanCache | None = None
+        self,
+        asset: AssetLike | None = None,
+        *,
+        cache: ScanCache | None = None,
+        candidates: bool = False,
     ) -> list[StoredRecord]:
         """Every provenance record of one asset (not those of assets nested under its key), or
-        of every asset, in path order. Read-only.
+        of every asset, in path order. Read-only. One record per partition (its candidate 0),
+        unless ``candidates``: then the records of candidates ``i >= 1`` too, each with its
+        partition key and :attr:`StoredRecord.candidate`.
 
         A file that is not a JSON object is left out (logged at debug level), and so are hidden
         files (writes in flight) and moved-aside files (``.json.unreadable-...``). With a
@@ -657,6 +695,11 @@ class ImageStore:
         >>> _ = store.save(["catalog", "hero"], "2026-01-01|fox", b"img", "png", {"seed": 7})
         >>> [(r.asset, r.partition_key, r.provenance["seed"]) for r in store.records()]
         [(('catalog', 'hero'), '2026-01-01|fox', 7)]
+        >>> _ = store.save(["catalog", "hero"], "2026-01-01|fox...1", b"img", "png", {"seed": 8})
+        >>> [(r.partition_key, r.candidate) for r in store.records(candidates=True)]
+        [('2026-01-01|fox', 0), ('2026-01-01|fox', 1)]
+        >>> len(store.records())
+        1
         """
         scan = cache if cache is not None else ScanCache()
         parts = asset_parts(asset) if asset is not None else None
@@ -667,7 +710,11 @@ class ImageStore:
         found: list[StoredRecord] = []
         for folder in folders:
             read = scan.read(self, folder, ".json", self._stored_record, kind="provenance records")
-            found.extend(r for r in read.values() if r and (parts is None or r.asset == parts))
+            found.extend(
+                r
+                for r in read.values()
+                if r and (parts is None or r.asset == parts) and (candidates or not r.candidate)
+            )
         return found
 
     def subfolders(self, folder: UPath) -> list[UPath]:
@@ -678,13 +725,14 @@ class ImageStore:
             return []
         return sorted((c for c in children if not c.name.startswith(".")), key=lambda c: c.name)
 
-    def _locate(self, path: str) -> tuple[tuple[str, ...], str]:
-        """The asset parts and partition key of a file in an asset's folder, from its path
-        (``<root>/<asset...>/<storage key>.<ext>``): the one reader of the store's file names.
-        A new layout (candidates of a partition, shards) is taught here, and only here."""
+    def _locate(self, path: str) -> tuple[tuple[str, ...], str, int]:
+        """The asset parts, partition key and candidate index of a file in an asset's folder,
+        from its path (``<root>/<asset...>/<storage key>[~<i>].<ext>``): the one reader of the
+        store's file names. A new layout (shards) is taught here, and only here."""
         relative = path.replace("\\", "/")[len(self._root_str) + 1 :]
         *parts, name = relative.split("/")
-        return tuple(parts), decode_key(name.rsplit(".", 1)[0])
+        key, candidate = split_candidate(decode_key(name.rsplit(".", 1)[0]))
+        return tuple(parts), key, candidate
 
     def _stored_record(self, path: str, raw: bytes) -> StoredRecord | None:
         try:
@@ -695,8 +743,8 @@ class ImageStore:
         if not isinstance(provenance, dict):
             log.debug("skipping %s: not a JSON object", path)
             return None
-        asset, key = self._locate(path)
-        return StoredRecord(asset, key, provenance, path)
+        asset, key, candidate = self._locate(path)
+        return StoredRecord(asset, key, provenance, path, candidate)
 
     def delete(self, asset: AssetLike, partition_key: str) -> None:
         """Remove the partition's provenance, then its image files."""
