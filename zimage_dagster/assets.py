@@ -32,7 +32,7 @@ from zimage_dagster.checks import (
     check_outputs,
     check_specs,
 )
-from zimage_dagster.engine.jobs import ImageJob, plan_job
+from zimage_dagster.engine.jobs import ImageJob, plan_candidates
 from zimage_dagster.engine.keys import partition_key_problem
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
@@ -48,7 +48,7 @@ from zimage_dagster.resource import ZImageResource
 from zimage_dagster.review_sensor import review_definitions
 from zimage_dagster.sensors import automation_definitions
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
-from zimage_dagster.step import StepOptions, run_in_step
+from zimage_dagster.step import StepOptions, materialized_successes, run_in_step
 
 __all__ = [
     "CHECK_NAMES",
@@ -234,12 +234,12 @@ def _failure(
     this message rather than Dagster's bare "Exceeded max_retries" (which hides it in a cause).
     """
     failed = dict(m.split(": ", 1) for m in missing)
-    failed.update({f.job.partition_key: f"{f.code}: {f.message}" for f in report.failures})
+    failed.update({f.job.partition: f"{f.code}: {f.message}" for f in report.failures})
     lines = [*(f"- {m}" for m in missing), *(f"- {f.describe()}" for f in report.failures)]
     if len(lines) > _MAX_FAILURE_LINES:
         more = len(lines) - _MAX_FAILURE_LINES
         lines = [*lines[:_MAX_FAILURE_LINES], f"... and {more} more (see failed_partitions)"]
-    retryable = sorted(f.job.partition_key for f in report.failures if f.retryable)
+    retryable = sorted({f.job.partition for f in report.failures if f.retryable})
     return dg.Failure(
         description=(
             f"{len(failed)} of {total} partitions failed "
@@ -316,12 +316,13 @@ def _generate(
         if row is None:
             missing.append(f"{partition_key}: no row with key {row_key!r} in {dataset.source}")
             continue
-        jobs.append(
-            plan_job(
+        jobs.extend(
+            plan_candidates(
                 ledger,
                 spec.asset_key.path,
                 str(partition_key),
                 row,
+                spec.variants,
                 strategy=spec.seed_strategy,
                 default_size=spec.default_size,
             )
@@ -335,7 +336,7 @@ def _generate(
                 f"step retry {context.retry_number}: {len(done)} partition(s) already "
                 "materialized by an earlier attempt of this run are skipped"
             )
-        jobs = [job for job in jobs if job.partition_key not in done]
+        jobs = [job for job in jobs if job.partition not in done]
 
     # Deferred mode: create the tasks, write them to the ledger and end; the task-status sensor
     # launches collect runs (tagged COLLECT_TAG) over batches of finished tasks. Partitions whose
@@ -350,6 +351,7 @@ def _generate(
         ledger_extra=None if batch is None else {"deferred": True, "collect_batch": batch},
     )
     report = run_in_step(context, resource, ledger, spec.asset_key, jobs, options)
+    report.successes = materialized_successes(jobs, report)  # of whole partitions only
     if deferred:
         context.log.info(f"deferred: {report.summary()}; the task-status sensor collects the rest")
     return report, missing

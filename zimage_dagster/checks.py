@@ -54,6 +54,7 @@ __all__ = [
     "check_specs",
     "is_blank",
     "judge_partition",
+    "judge_partitions",
     "latest_materializations",
     "review_check_spec",
     "review_evaluation",
@@ -194,6 +195,31 @@ def judge_partition(
     return [found[name] for name in CHECK_NAMES[:4]]
 
 
+def judge_partitions(
+    store: ImageStore, asset: Sequence[str], successes: Sequence[ImageSuccess]
+) -> dict[str, list[Finding]]:
+    """``{partition key: findings}``: :func:`judge_partition` of each stored unit, a partition's
+    candidates (``variants=N``) together: a check passes when it passes for every candidate,
+    and a failure names the candidate (``#2: near-uniform image``)."""
+    units: dict[str, list[tuple[int, list[Finding]]]] = {}
+    for success in successes:
+        units.setdefault(success.job.partition, []).append(
+            (success.job.candidate, judge_partition(store, asset, success))
+        )
+    judged: dict[str, list[Finding]] = {}
+    for key, found in units.items():
+        if len(found) == 1:
+            judged[key] = found[0][1]
+            continue
+        merged: list[Finding] = []
+        for position, name in enumerate(CHECK_NAMES[:4]):
+            failing = [(i, f[position]) for i, f in sorted(found) if not f[position].passed]
+            problem = "; ".join(f"#{i + 1}: {f.problem}" for i, f in failing)
+            merged.append(Finding(name, not failing, problem))
+        judged[key] = merged
+    return judged
+
+
 def review_evaluation(
     asset_key: dg.AssetKey,
     partition_key: str,
@@ -304,7 +330,7 @@ def check_evaluations(
     evaluation per partition and image check, each targeting the partition's latest
     materialization on ``instance`` (``review`` is evaluated by its own check); else one
     ``AssetCheckResult`` per check over them all, ``review`` from ``verdicts``."""
-    judged = {s.job.partition_key: judge_partition(store, asset_key.path, s) for s in successes}
+    judged = judge_partitions(store, asset_key.path, successes)
     if PARTITIONED_CHECKS:
         targets = {} if instance is None else latest_materializations(instance, asset_key, judged)
         for key, findings in judged.items():

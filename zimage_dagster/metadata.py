@@ -13,17 +13,37 @@ Example:
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import io
 import json
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+from PIL import Image
 
 from zimage_dagster.engine.credits import Usage, from_micro, to_micro
 from zimage_dagster.engine.provenance import FIELD_NAMES, ImageRecord
-from zimage_dagster.engine.thumbnails import thumbnail_markdown
+from zimage_dagster.engine.thumbnails import make_thumbnail, thumbnail_markdown
 
-__all__ = ["USAGE_PREFIX", "cost_metadata", "image_metadata", "usage_metadata"]
+if TYPE_CHECKING:
+    from zimage_dagster.engine.outcome import ImageSuccess
+
+#: Height of one candidate in the preview strip.
+_STRIP_HEIGHT = 160
+
+__all__ = [
+    "USAGE_PREFIX",
+    "candidate_strip",
+    "candidates_metadata",
+    "candidates_version",
+    "cost_metadata",
+    "image_metadata",
+    "usage_metadata",
+]
 
 #: Namespace of the usage keys, as Dagster's own integrations do (``openai.calls``...).
 USAGE_PREFIX = "zimage."
@@ -154,3 +174,110 @@ def usage_metadata(usage: Usage) -> dict[str, dg.MetadataValue]:
         f"{USAGE_PREFIX}tasks_failed": dg.MetadataValue.int(usage.tasks_failed),
         f"{USAGE_PREFIX}credits_failed": dg.MetadataValue.float(usage.credits_failed),
     }
+
+
+def candidate_strip(thumbnails: Sequence[str | None], height: int = _STRIP_HEIGHT) -> str | None:
+    """One JPEG data URI laying the candidates' thumbnails (data URIs from
+    :func:`~zimage_dagster.engine.thumbnails.make_thumbnail`) side by side, in order, each
+    ``height`` px high; ``None`` when none of them decodes.
+
+    >>> from PIL import Image
+    >>> thumbs = []
+    >>> for colour in ("red", "blue", "green"):
+    ...     buf = io.BytesIO(); Image.new("RGB", (64, 64), colour).save(buf, "PNG")
+    ...     thumbs.append(make_thumbnail(buf.getvalue()))
+    >>> strip = candidate_strip(thumbs)
+    >>> with Image.open(io.BytesIO(base64.b64decode(strip.split(",", 1)[1]))) as img:
+    ...     img.width > 2 * img.height
+    True
+    """
+    tiles: list[Image.Image] = []
+    for uri in thumbnails:
+        if not uri or "," not in uri:
+            continue
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))) as img:
+                tile = img.convert("RGB")
+        except (OSError, ValueError, binascii.Error):
+            continue
+        width = max(1, round(tile.width * height / max(1, tile.height)))
+        tiles.append(tile.resize((width, height)))
+    if not tiles:
+        return None
+    gap = 4
+    strip = Image.new(
+        "RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), height), "white"
+    )
+    x = 0
+    for tile in tiles:
+        strip.paste(tile, (x, 0))
+        x += tile.width + gap
+    return make_thumbnail(strip, max(strip.size), max_uri_chars=24000)
+
+
+def candidates_version(group: Sequence[ImageSuccess]) -> str:
+    """The data version of a partition of candidates: 16 hex of the sha256 of their request
+    fingerprints, in order (a candidate's changed request changes it).
+
+    >>> from zimage_dagster.engine.jobs import ImageJob
+    >>> from zimage_dagster.engine.outcome import ImageSuccess
+    >>> from zimage_dagster.prompts import PromptRow
+    >>> row = PromptRow("fox", "a fox", None, 7, None)
+    >>> one = ImageSuccess(ImageJob("fox", row, 7), ImageRecord(seed=7, task_id="t", prompt="p"), None)
+    >>> len(candidates_version([one]))
+    16
+    """
+    text = ",".join(s.job.fingerprint for s in group)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def candidates_metadata(
+    group: Sequence[ImageSuccess], current: ImageSuccess, *, gallery_url: str | None = None
+) -> dict[str, dg.MetadataValue]:
+    """Dagster metadata of a partition of N candidates: ``preview`` first (every candidate in
+    one strip, :func:`candidate_strip`), then :func:`image_metadata` of the ``current`` one
+    (the pick, else the first: the same keys as a partition of one image), ``candidate`` (its
+    index), ``candidates`` (each one's index, seed, task ID, credits, sha256, path) and
+    ``zimage.credits_candidates`` (what all of them reserved, their earlier tasks included).
+
+    >>> from zimage_dagster.engine.jobs import ImageJob
+    >>> from zimage_dagster.engine.outcome import ImageSuccess
+    >>> from zimage_dagster.prompts import PromptRow
+    >>> row = PromptRow("fox", "a fox", None, 7, None)
+    >>> group = [ImageSuccess(ImageJob(k, row, seed), ImageRecord(seed=seed, task_id=f"t{seed}",
+    ...          prompt="a fox", credits_reserved=0.026), None)
+    ...          for k, seed in (("fox", 7), ("fox...1", 8))]
+    >>> md = candidates_metadata(group, group[1])
+    >>> md["seed"].value, md["candidate"].value, [c["seed"] for c in md["candidates"].value]
+    (8, 1, [7, 8])
+    >>> md["zimage.credits_candidates"].value
+    0.052
+    """
+    md: dict[str, dg.MetadataValue] = {}
+    strip = candidate_strip([s.thumbnail for s in group])
+    if strip is not None:
+        md["preview"] = dg.MetadataValue.md(
+            thumbnail_markdown(strip, f"{len(group)} candidates: {current.record.prompt}")
+        )
+    md |= image_metadata(current.record, current.thumbnail, gallery_url=gallery_url)
+    md["candidate"] = dg.MetadataValue.int(current.job.candidate)
+    md["candidates"] = dg.MetadataValue.json(
+        [
+            {
+                "candidate": s.job.candidate,
+                "seed": s.record.seed,
+                "task_id": s.record.task_id,
+                "credits_reserved": s.record.credits_reserved,
+                "sha256": s.record.sha256,
+                "path": s.record.path,
+                "reused": s.record.reused,
+            }
+            for s in group
+        ]
+    )
+    total = sum(
+        to_micro(s.record.credits_reserved or 0) + to_micro(s.record.credits_earlier_tasks or 0)
+        for s in group
+    )
+    md[f"{USAGE_PREFIX}credits_candidates"] = _number(from_micro(total))
+    return md

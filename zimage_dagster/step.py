@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,14 +45,28 @@ from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
+from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
-from zimage_dagster.engine.store import AssetLike
+from zimage_dagster.engine.store import AssetLike, ImageStore
 from zimage_dagster.engine.submit import submit_jobs
 from zimage_dagster.gallery.links import materialization_url
-from zimage_dagster.metadata import image_metadata, usage_metadata
+from zimage_dagster.metadata import (
+    candidates_metadata,
+    candidates_version,
+    image_metadata,
+    usage_metadata,
+)
 from zimage_dagster.resource import ZImageResource
 
-__all__ = ["StepOptions", "made_and_reused", "run_in_step", "submit_deferred"]
+__all__ = [
+    "Candidates",
+    "StepOptions",
+    "made_and_reused",
+    "materialized_successes",
+    "picks_of",
+    "run_in_step",
+    "submit_deferred",
+]
 
 StepContext = dg.AssetExecutionContext | dg.OpExecutionContext
 
@@ -78,6 +93,91 @@ def _record(
             },
         )
     )
+
+
+def _record_candidates(
+    context: StepContext,
+    asset_key: dg.AssetKey,
+    group: Sequence[ImageSuccess],
+    current: int,
+    gallery: str | None,
+) -> None:
+    """Materialize a partition of N candidates once: the preview strip first, then the current
+    candidate's facts (its seed, task ID...: the same keys as a partition of one image) and
+    every candidate (:func:`~zimage_dagster.metadata.candidates_metadata`). Its data version is
+    the fingerprints of all of them."""
+    chosen = next((s for s in group if s.job.candidate == current), group[0])
+    partition = chosen.job.partition
+    link = None
+    if gallery is not None:
+        link = materialization_url(gallery, asset_key.path, partition, chosen.record.task_id)
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=asset_key,
+            partition=partition,
+            metadata=candidates_metadata(group, chosen, gallery_url=link),
+            tags={
+                DATA_VERSION_TAG: candidates_version(group),
+                DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+            },
+        )
+    )
+
+
+class Candidates:
+    """Groups the units of work of a step by partition: a partition of N candidates
+    (``variants=N``) is materialized once, when the last of its N images is stored, with the
+    current one (the reviewer's pick, else candidate 0) first. A partition of one image is
+    passed on at once, as before.
+
+    >>> from zimage_dagster.engine.jobs import ImageJob
+    >>> from zimage_dagster.prompts import PromptRow
+    >>> row = PromptRow("fox", "a fox", None, 7, None)
+    >>> jobs = [ImageJob("fox", row, 7), ImageJob("fox...1", row, 8), ImageJob("owl", row, 9)]
+    >>> units = Candidates(jobs)
+    >>> units.grouped, units.expected("fox"), units.expected("owl")
+    (True, 2, 1)
+    """
+
+    def __init__(self, jobs: Sequence[ImageJob], picks: Mapping[str, int] | None = None) -> None:
+        self._expected = Counter(job.partition for job in jobs)
+        self._done: dict[str, dict[int, ImageSuccess]] = {}
+        self.picks = dict(picks or {})
+
+    @property
+    def grouped(self) -> bool:
+        """True when some partition has more than one candidate."""
+        return any(n > 1 for n in self._expected.values())
+
+    def expected(self, partition: str) -> int:
+        """How many units of ``partition`` the step works on."""
+        return self._expected[partition]
+
+    def add(self, success: ImageSuccess) -> list[ImageSuccess] | None:
+        """The partition's candidates (by index) when ``success`` completes it, else ``None``."""
+        partition = success.job.partition
+        done = self._done.setdefault(partition, {})
+        done[success.job.candidate] = success
+        if len(done) < self._expected[partition]:
+            return None
+        return [done[i] for i in sorted(done)]
+
+    def current(self, group: Sequence[ImageSuccess]) -> int:
+        """The index of the group's current candidate: the pick, if stored, else the first."""
+        picked = self.picks.get(group[0].job.partition)
+        indexes = [s.job.candidate for s in group]
+        return picked if picked in indexes else indexes[0]
+
+    def materialized(self, report: BatchReport) -> list[ImageSuccess]:
+        """The successes of the partitions whose every unit was stored (what the checks judge)."""
+        failed = {f.job.partition for f in report.failures}
+        counts = Counter(s.job.partition for s in report.successes)
+        return [
+            s
+            for s in report.successes
+            if s.job.partition not in failed
+            and counts[s.job.partition] == self.expected(s.job.partition)
+        ]
 
 
 class _EventWriter:
@@ -220,9 +320,21 @@ def run_in_step(
     whose identical image was already stored.
     """
     events = _EventWriter()
+    units = Candidates(jobs, picks_of(ledger.store, asset_key.path) if _grouped(jobs) else None)
+
+    def record(success: ImageSuccess) -> Callable[[], None] | None:
+        if units.expected(success.job.partition) == 1 and success.job.candidate == 0:
+            return lambda: _record(context, asset_key, success, options.gallery_url)
+        group = units.add(success)
+        if group is None:
+            return None
+        current = units.current(group)
+        return lambda: _record_candidates(context, asset_key, group, current, options.gallery_url)
 
     def on_success(success: ImageSuccess) -> None:
-        events.submit(lambda: _record(context, asset_key, success, options.gallery_url))
+        write = record(success)
+        if write is not None:
+            events.submit(write)
 
     policy = options.policy_for(resource)
     identity = RunIdentity(
@@ -252,7 +364,9 @@ def run_in_step(
                 resource, ledger, asset_key.path, jobs, policy, identity, logger=context.log
             )
             for success in report.successes:
-                _record(context, asset_key, success, options.gallery_url)
+                write = record(success)
+                if write is not None:
+                    write()
         else:
             context.log.info(
                 f"materializing {len(jobs)} partition(s) of {asset_key.to_user_string()}: "
@@ -267,6 +381,25 @@ def run_in_step(
             context.log.info(f"{asset_key.to_user_string()}: {made_and_reused(report)}")
     _record_usage(context, asset_key, report)
     return report
+
+
+def _grouped(jobs: Sequence[ImageJob]) -> bool:
+    return any(job.candidate for job in jobs)
+
+
+def picks_of(store: ImageStore, asset: AssetLike) -> dict[str, int]:
+    """``{partition key: picked candidate}`` from the review records (the winning verdicts)."""
+    return {
+        key: verdict.candidate or 0
+        for key, verdict in current_verdicts(store, asset).items()
+        if verdict.verdict == "pick"
+    }
+
+
+def materialized_successes(jobs: Sequence[ImageJob], report: BatchReport) -> list[ImageSuccess]:
+    """The stored units of the partitions the step materialized: a partition of N candidates
+    only when all N are stored (see :class:`Candidates`)."""
+    return Candidates(jobs).materialized(report)
 
 
 def submit_deferred(
