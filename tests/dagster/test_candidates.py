@@ -63,7 +63,8 @@ def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
         assert len(set(derived)) == 4
         # One ledger entry per candidate unit, each collected.
         entries = TaskLedger(store).entries(("imgs",))
-        assert len(entries) == 20 and {e.status.value for e in entries} == {"collected"}
+        assert len(entries) == 20
+        assert {e.status.value for e in entries} == {"collected"}
         # One materialization per partition: the preview first, every candidate, the current.
         found = materializations(instance, "imgs", first.run_id)
         assert sorted(found) == KEYS
@@ -78,7 +79,8 @@ def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
             stored = [store.find("imgs", candidate_key(key, i)) for i in range(4)]
             assert [c["task_id"] for c in listed] == [s.provenance["task_id"] for s in stored]
             assert [c["seed"] for c in listed] == [s.provenance["seed"] for s in stored]
-            assert plain["seed"] == listed[0]["seed"] and plain["task_id"] == listed[0]["task_id"]
+            assert plain["seed"] == listed[0]["seed"]
+            assert plain["task_id"] == listed[0]["task_id"]
             assert plain["zimage.credits_candidates"] == pytest.approx(4 * 0.026)
             for s in stored:
                 assert hashlib.sha256(s.path.read_bytes()).hexdigest() == s.sha256
@@ -97,14 +99,17 @@ def test_one_variant_changes_nothing(emulator: EmulatorServer, tmp_path: Path) -
     after = image_asset(build_image_assets("imgs", rows(2), storage=str(tmp_path), variants=1))
     with dg.instance_for_test() as instance:
         made = run_range(before, instance, resource_for(emulator), "p0", "p1")
-        assert made.success and emulator.stats()["tasks_created"] == 2
+        assert made.success
+        assert emulator.stats()["tasks_created"] == 2
         files = sorted(p.name for p in (tmp_path / "imgs").iterdir())
         assert [f.rsplit(".", 1)[0] for f in files] == ["p0", "p0", "p1", "p1"]
         reused = run_range(after, instance, resource_for(emulator), "p0", "p1")
-        assert reused.success and emulator.stats()["tasks_created"] == 2
+        assert reused.success
+        assert emulator.stats()["tasks_created"] == 2
         assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == files
         old = materializations(instance, "imgs", made.run_id)
         new = materializations(instance, "imgs", reused.run_id)
         for key in ("p0", "p1"):
             assert list(new[key][0]) == list(old[key][0])
-            assert "preview" not in new[key][0] and "candidates" not in new[key][0]
+            assert "preview" not in new[key][0]
+            assert "candidates" not in new[key][0]
