@@ -10,8 +10,8 @@ pick stored earlier and since rejected or undone is removed from ``<name>_picks`
 publishing asset then loads ``<name>_picks`` with :class:`~zimage_dagster.storage.ImageStoreIOManager`
 (``allow_missing_partitions``) and gets approved images alone.
 
-Candidates: a pick names a candidate index; today a partition holds one image, candidate 0
-(:func:`candidate_image` is where more will be found).
+Candidates: a pick names a candidate index (``variants=N``: 0..N-1); :func:`candidate_image`
+finds that candidate's image in the store.
 
 Example:
     >>> from zimage_dagster.spec import ImageAssetSpec
@@ -26,7 +26,8 @@ from typing import Any
 
 import dagster as dg
 
-from zimage_dagster.engine.reviews import current_verdicts
+from zimage_dagster.engine.keys import candidate_key
+from zimage_dagster.engine.reviews import MAX_CANDIDATES, current_verdicts
 from zimage_dagster.engine.store import ImageStore, StoredImage
 from zimage_dagster.spec import ImageAssetSpec
 
@@ -41,13 +42,20 @@ def picks_key(spec: ImageAssetSpec) -> dg.AssetKey:
 def candidate_image(
     store: ImageStore, asset: dg.AssetKey, partition_key: str, candidate: int
 ) -> StoredImage | None:
-    """The stored image of one candidate of a partition, or ``None``.
+    """The stored image of one candidate of a partition (``variants=N``: 0..N-1), or ``None``.
 
-    Today a partition holds one image: candidate 0. Any other index is not stored (yet).
+    >>> import tempfile
+    >>> from zimage_dagster.engine.keys import candidate_key
+    >>> store = ImageStore(tempfile.mkdtemp())
+    >>> _ = store.save("hero", candidate_key("fox", 2), b"third", "png", {"seed": 9})
+    >>> candidate_image(store, dg.AssetKey("hero"), "fox", 2).provenance["seed"]
+    9
+    >>> candidate_image(store, dg.AssetKey("hero"), "fox", 1) is None
+    True
     """
-    if candidate != 0:
+    if not 0 <= candidate < MAX_CANDIDATES:
         return None
-    return store.find(asset.path, partition_key)
+    return store.find(asset.path, candidate_key(partition_key, candidate))
 
 
 def picks_asset(

@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import httpx
 import pytest
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from tests.dagster._support import (
     image_asset,
@@ -23,12 +27,21 @@ from tests.dagster._support import (
     values,
 )
 from zimage_dagster import build_image_assets
+from zimage_dagster.checks import PARTITIONED_CHECKS, REVIEW_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.keys import candidate_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.gallery import Gallery, links
 
 KEYS = ["p0", "p1", "p2", "p3", "p4"]
+TOKEN = "test-review-token-" + "c4" * 12
+
+
+def _provenance(store: ImageStore, key: str, candidate: int) -> dict[str, Any]:
+    found = store.find("imgs", candidate_key(key, candidate))
+    assert found is not None
+    return dict(found.provenance)
 
 
 def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
@@ -57,9 +70,9 @@ def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
         assert sorted(
             (r.partition_key, r.candidate) for r in store.records("imgs", candidates=True)
         ) == [(k, i) for k in KEYS for i in range(4)]
-        seeds = {i: store.find("imgs", candidate_key("p0", i)).provenance["seed"] for i in range(4)}
-        assert seeds == {0: 100, 1: 101, 2: 102, 3: 103}  # a row's seed s gives s, s+1, ...
-        derived = [store.find("imgs", candidate_key("p1", i)).provenance["seed"] for i in range(4)]
+        seeds = [_provenance(store, "p0", i)["seed"] for i in range(4)]
+        assert seeds == [100, 101, 102, 103]  # a row's seed s gives s, s+1, ...
+        derived = [_provenance(store, "p1", i)["seed"] for i in range(4)]
         assert len(set(derived)) == 4
         # One ledger entry per candidate unit, each collected.
         entries = TaskLedger(store).entries(("imgs",))
@@ -83,6 +96,7 @@ def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
             assert plain["task_id"] == listed[0]["task_id"]
             assert plain["zimage.credits_candidates"] == pytest.approx(4 * 0.026)
             for s in stored:
+                assert s is not None
                 assert hashlib.sha256(s.path.read_bytes()).hexdigest() == s.sha256
 
         again = run_range(asset, instance, resource_for(emulator), "p0", "p4")
@@ -113,3 +127,113 @@ def test_one_variant_changes_nothing(emulator: EmulatorServer, tmp_path: Path) -
             assert list(new[key][0]) == list(old[key][0])
             assert "preview" not in new[key][0]
             assert "candidates" not in new[key][0]
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _status(instance: dg.DagsterInstance, check: str, partition: str) -> bool | None:
+    key = dg.AssetCheckKey(dg.AssetKey("imgs"), check)
+    latest = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [key], partition_filter=PartitionKeyFilter(key=partition)
+    ).get(key)
+    if latest is None or latest.status == AssetCheckExecutionRecordStatus.PLANNED:
+        return None
+    assert latest.event is not None
+    assert latest.event.dagster_event is not None
+    evaluation = latest.event.dagster_event.event_specific_data
+    assert isinstance(evaluation, dg.AssetCheckEvaluation)
+    return bool(evaluation.passed)
+
+
+def _tick_review_sensor(defs: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """One tick of the review sensor, as the daemon does it (events reported, its run run)."""
+    (sensor,) = [s for s in defs.sensors or () if s.name == "imgs_review_sensor"]
+    assert isinstance(sensor, dg.SensorDefinition)
+    with dg.build_sensor_context(instance=instance, cursor=None) as context:
+        result = sensor(context)
+    assert isinstance(result, dg.SensorResult)
+    for event in result.asset_events:
+        instance.report_runless_asset_event(event)
+    for request in result.run_requests or []:
+        assert isinstance(request, dg.RunRequest)
+        job = defs.resolve_job_def("imgs_review_job")
+        assert job.execute_in_process(instance=instance, tags=request.tags).success
+
+
+def _asset(defs: dg.Definitions, name: str) -> dg.AssetsDefinition:
+    (found,) = [
+        a
+        for a in defs.assets or ()
+        if isinstance(a, dg.AssetsDefinition) and a.key == dg.AssetKey(name)
+    ]
+    return found
+
+
+@pytest.mark.skipif(not PARTITIONED_CHECKS, reason="per-asset checks on this Dagster")
+def test_review_candidates_in_the_gallery_then_publish_the_picks(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """5 prompts x 4 candidates; 3 picked (candidates 1, 3, 4 as the reviewer numbers them) and
+    2 rejected through the gallery's HTTP interface; <name>_picks holds exactly the 3 picked
+    images; the per-partition review checks match the verdicts; nothing of it pays."""
+    make_fast(emulator)
+    defs = dg.Definitions.merge(
+        build_image_assets("imgs", rows(5), storage=str(tmp_path), variants=4, picks=True),
+        dg.Definitions(resources={"zimage": resource_for(emulator)}),
+    )
+    images, picks = _asset(defs, "imgs"), _asset(defs, "imgs_picks")
+    store = ImageStore(tmp_path)
+    picked = {"p0": 0, "p1": 2, "p2": 3}
+    with dg.instance_for_test() as instance:
+        assert run_range(images, instance, resource_for(emulator), "p0", "p4").success
+        assert emulator.stats()["tasks_created"] == 20
+        with (
+            Gallery(tmp_path, refresh_s=0, review_token=TOKEN, reviewer="ana") as gallery,
+            httpx.Client(base_url=gallery.url, timeout=30) as client,
+        ):
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            page = client.get(links.partition_url("", ("imgs",), "p1"), headers=bearer)
+            assert page.status_code == 200
+            assert "class='candidates n4'" in page.text
+            for i in range(1, 4):  # each candidate's own image is served
+                image = client.get(links.image_url("", ("imgs",), "p1") + f"?candidate={i}")
+                assert image.status_code == 200
+                assert _sha(image.content) == _provenance(store, "p1", i)["sha256"]
+            assert (
+                client.get(links.image_url("", ("imgs",), "p1") + "?candidate=7").status_code == 404
+            )
+            assert (
+                client.get(links.image_url("", ("imgs",), "p1") + "?candidate=../1").status_code
+                == 404
+            )
+            for key, candidate in picked.items():
+                answer = client.post(
+                    links.verdict_url("", ("imgs",), key),
+                    data={"verdict": "pick", "candidate": str(candidate)},
+                    headers=bearer,
+                )
+                assert answer.status_code == 201, answer.text
+            nine = client.post(
+                links.verdict_url("", ("imgs",), "p0"),
+                data={"verdict": "pick", "candidate": "4"},
+                headers=bearer,
+            )
+            assert nine.status_code == 404  # no fifth candidate
+            for key in ("p3", "p4"):
+                answer = client.post(
+                    links.verdict_url("", ("imgs",), key),
+                    data={"verdict": "reject", "note": "off-brief"},
+                    headers=bearer,
+                )
+                assert answer.status_code == 201, answer.text
+        _tick_review_sensor(defs, instance)
+        statuses = {key: _status(instance, REVIEW_CHECK, key) for key in KEYS}
+        assert statuses == {"p0": True, "p1": True, "p2": True, "p3": False, "p4": False}
+
+        assert run_range(picks, instance, resource_for(emulator), "p0", "p4").success
+        assert store.partitions("imgs_picks") == ["p0", "p1", "p2"]
+        held = {key: _sha(store.read_bytes("imgs_picks", key)) for key in picked}
+        assert held == {k: _provenance(store, k, i)["sha256"] for k, i in picked.items()}
+        assert emulator.stats()["tasks_created"] == 20

@@ -423,7 +423,7 @@ class BatchGenerator:
             reused=state.reattached,
             regenerated=state.regenerated,
             asset="/".join(self.asset),
-            partition_key=job.partition_key,
+            partition_key=job.partition,  # a candidate's index is in its file name
             fingerprint=job.fingerprint,
             previous_task_ids=tuple(state.previous),
             credits_earlier_tasks=earlier,

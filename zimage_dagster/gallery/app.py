@@ -53,7 +53,12 @@ from zimage_dagster.engine.reviews import (
 from zimage_dagster.engine.store import ImageStore, file_stem
 from zimage_dagster.gallery import links, pages
 from zimage_dagster.gallery.access import SESSION_COOKIE, ReviewAccess, Visitor, cross_site_reason
-from zimage_dagster.gallery.candidates import candidate_at
+from zimage_dagster.gallery.candidates import (
+    Candidate,
+    candidate_at,
+    candidates_of,
+    read_candidate,
+)
 from zimage_dagster.gallery.export import export_picks
 from zimage_dagster.gallery.index import AssetIndex, GalleryIndex, GalleryItem, Query, read_image
 from zimage_dagster.gallery.keyboard import SCRIPT
@@ -300,12 +305,19 @@ def create_gallery_app(
                     verdict=verdicts.of(asset.asset).get(item.partition_key),
                     history=history,
                     visitor=visitor(request),
+                    candidates=candidates_of(item, store),
                 )
             )
         if located.what == "thumbnail":
             return _thumbnail(item)
         if located.what == "image":
-            return _image(item, download=request.query_params.get("download") == "1")
+            wanted = request.query_params.get("candidate", "0")
+            candidate = candidate_at(item, wanted, store) if wanted != "0" else None
+            if wanted != "0" and candidate is None:
+                return _not_found("No such candidate in this partition.")
+            return _image(
+                item, download=request.query_params.get("download") == "1", candidate=candidate
+            )
         return _not_found("No such page.")
 
     def _export(asset: AssetIndex) -> Response:
@@ -327,8 +339,10 @@ def create_gallery_app(
             data, media_type="image/jpeg", headers={"cache-control": "public, max-age=86400"}
         )
 
-    def _image(item: GalleryItem, *, download: bool = False) -> Response:
-        read = read_image(store, item)
+    def _image(
+        item: GalleryItem, *, download: bool = False, candidate: Candidate | None = None
+    ) -> Response:
+        read = read_image(store, item) if candidate is None else read_candidate(store, candidate)
         if read is None:
             return Response(b"", status_code=404)
         found, data = read
@@ -336,7 +350,8 @@ def create_gallery_app(
         if found.sha256:
             headers["etag"] = f'"{found.sha256}"'
         if download:
-            name = quote(f"{file_stem(item.partition_key)}{found.path.suffix}")
+            stem = file_stem(item.partition_key if candidate is None else candidate.unit_key)
+            name = quote(f"{stem}{found.path.suffix}")
             headers["content-disposition"] = f"attachment; filename*=UTF-8''{name}"
         return Response(
             data,
@@ -378,7 +393,7 @@ def create_gallery_app(
         kind = form.get("verdict", "")
         candidate = None
         if kind == "pick":
-            found = candidate_at(item, form.get("candidate", ""))
+            found = candidate_at(item, form.get("candidate", ""), store)
             if found is None:
                 return _not_found("No such candidate in this partition.")
             candidate = found.index

@@ -37,8 +37,8 @@ from collections.abc import Iterator, Mapping
 
 from zimage_dagster.engine.reviews import Verdict
 from zimage_dagster.engine.store import ImageStore, file_stem
-from zimage_dagster.gallery.candidates import candidates_of
-from zimage_dagster.gallery.index import AssetIndex, read_image
+from zimage_dagster.gallery.candidates import candidates_of, read_candidate
+from zimage_dagster.gallery.index import AssetIndex
 
 __all__ = ["MANIFEST_FIELDS", "export_picks"]
 
@@ -109,14 +109,14 @@ def export_picks(
             if item is None:
                 log.warning("export: %s is picked but not in the index", key)
                 continue
-            candidates = candidates_of(item)
             picked = verdict.candidate if verdict.candidate is not None else -1
-            read = read_image(store, item) if 0 <= picked < len(candidates) else None
-            if read is None:
+            chosen = next((c for c in candidates_of(item, store) if c.index == picked), None)
+            read = read_candidate(store, chosen) if chosen is not None else None
+            if chosen is None or read is None:
                 log.warning("export: no image for the pick of %s", item.partition_key)
                 continue
             found, data = read
-            record = candidates[picked].record
+            record = chosen.record
             name = f"images/{file_stem(item.partition_key)}{found.path.suffix}"
             archive.writestr(zipfile.ZipInfo(name, (1980, 1, 1, 0, 0, 0)), data)
             rows.writerow(

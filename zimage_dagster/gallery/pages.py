@@ -449,6 +449,7 @@ def _figure(candidate: Candidate, verdict: Verdict | None, visitor: Visitor, bac
     item, record = candidate.item, candidate.record
     version = (record.sha256 or record.task_id)[:16]
     src = links.image_url("", item.asset, item.partition_key)
+    which = f"candidate={candidate.index}&" if candidate.index else ""
     size = f" width='{record.width}' height='{record.height}'" if record.width else ""
     ident = " id='image'" if candidate.index == 0 else ""
     picked = (
@@ -465,11 +466,11 @@ def _figure(candidate: Candidate, verdict: Verdict | None, visitor: Visitor, bac
         )
     return (
         f"<figure class='candidate{' picked' if picked else ''}' data-candidate='{candidate.index}'>"
-        f"<img{ident} src='{src}?v={_text(version)}'{size} alt='{_text(item.prompt[:200])}'>"
+        f"<img{ident} src='{src}?{which}v={_text(version)}'{size} alt='{_text(item.prompt[:200])}'>"
         f"<figcaption><strong>#{candidate.number}</strong>"
         f"<span class='muted'>seed {_text(record.seed)}</span>"
-        f"<a id='original-{candidate.index}' href='{src}' target='_blank' rel='noopener'>open original</a>"
-        f"<a id='download-{candidate.index}' href='{links.download_url('', item.asset, item.partition_key)}'"
+        f"<a id='original-{candidate.index}' href='{src}{'?' + which.rstrip('&') if which else ''}' target='_blank' rel='noopener'>open original</a>"
+        f"<a id='download-{candidate.index}' href='{links.download_url('', item.asset, item.partition_key)}{'&' + which.rstrip('&') if which else ''}'"
         f" download>download</a>{pick}</figcaption></figure>"
     )
 
