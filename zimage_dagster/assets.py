@@ -304,6 +304,7 @@ def _generate(
             f"collect batch {batch}: {len(partition_keys)} partition(s) to collect, resubmit or "
             f"regenerate, of the {len(context.partition_keys)} in the run's range"
         )
+    rejects = _rejects(spec, store)
     for partition_key in partition_keys:
         problem = partition_key_problem(str(partition_key))  # e.g. a dynamic one added by hand
         if problem is not None:
@@ -325,6 +326,8 @@ def _generate(
                 spec.variants,
                 strategy=spec.seed_strategy,
                 default_size=spec.default_size,
+                regeneration=rejects.get(str(partition_key)),
+                regenerations=spec.regenerate_rejected,
             )
         )
     if context.retry_number > 0:
@@ -349,12 +352,45 @@ def _generate(
         # A task a collect run creates (resubmission, regeneration) stays watched by the sensor,
         # and is left alone while this run is on it.
         ledger_extra=None if batch is None else {"deferred": True, "collect_batch": batch},
+        replaced=_replaced(store, spec, jobs) if rejects else None,
     )
     report = run_in_step(context, resource, ledger, spec.asset_key, jobs, options)
     report.successes = materialized_successes(jobs, report)  # of whole partitions only
     if deferred:
         context.log.info(f"deferred: {report.summary()}; the task-status sensor collects the rest")
     return report, missing
+
+
+def _rejects(spec: ImageAssetSpec, store: ImageStore) -> dict[str, str]:
+    """``{partition key: reject record id}`` of the partitions to regenerate: those whose
+    winning verdict is a reject, when the asset regenerates rejected partitions."""
+    if not spec.regenerate_rejected:
+        return {}
+    verdicts = current_verdicts(store, spec.asset_key.path)
+    return {key: v.record_id for key, v in verdicts.items() if v.verdict == "reject"}
+
+
+def _replaced(
+    store: ImageStore, spec: ImageAssetSpec, jobs: Sequence[ImageJob]
+) -> dict[str, list[dict[str, Any]]]:
+    """The history a regeneration keeps: ``{partition: [{candidate, seed, task_id,
+    rejected_by}]}`` of the stored candidates the regenerated units will replace."""
+    history: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        if job.regeneration is None:
+            continue
+        found = store.find(spec.asset_key.path, job.partition_key)
+        if found is None or found.provenance.get("fingerprint") == job.fingerprint:
+            continue
+        history.setdefault(job.partition, []).append(
+            {
+                "candidate": job.candidate,
+                "seed": found.provenance.get("seed"),
+                "task_id": found.provenance.get("task_id"),
+                "rejected_by": job.regeneration,
+            }
+        )
+    return history
 
 
 def _collect_batch(spec: ImageAssetSpec, context: dg.AssetExecutionContext) -> str | None:

@@ -252,6 +252,14 @@ class GenerationOptions(dg.Model, dg.Resolvable):
             "the others are stored beside it. A reviewer picks among them in the gallery."
         ),
     )
+    regenerate_rejected: bool = Field(
+        default=False,
+        description=(
+            "A partition whose winning review verdict is reject gets N new candidates with new "
+            "seeds (derived from the reject record: one reject never pays twice) in the next "
+            "run, under its budgets; the rejected seeds and task IDs stay in the history."
+        ),
+    )
     reuse_stored: bool = Field(
         default=True,
         description="Reuse an image already stored for the identical request instead of paying again.",

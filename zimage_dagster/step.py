@@ -101,6 +101,7 @@ def _record_candidates(
     group: Sequence[ImageSuccess],
     current: int,
     gallery: str | None,
+    replaced: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Materialize a partition of N candidates once: the preview strip first, then the current
     candidate's facts (its seed, task ID...: the same keys as a partition of one image) and
@@ -111,11 +112,16 @@ def _record_candidates(
     link = None
     if gallery is not None:
         link = materialization_url(gallery, asset_key.path, partition, chosen.record.task_id)
+    metadata = candidates_metadata(group, chosen, gallery_url=link)
+    if chosen.job.regeneration is not None:
+        metadata["regenerated_for"] = dg.MetadataValue.text(chosen.job.regeneration)
+    if replaced:
+        metadata["replaced"] = dg.MetadataValue.json([dict(r) for r in replaced])
     context.log_event(
         dg.AssetMaterialization(
             asset_key=asset_key,
             partition=partition,
-            metadata=candidates_metadata(group, chosen, gallery_url=link),
+            metadata=metadata,
             tags={
                 DATA_VERSION_TAG: candidates_version(group),
                 DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
@@ -246,7 +252,9 @@ class StepOptions:
     defaults); ``gallery_url``: base URL of the gallery the materializations link to;
     ``deferred``: submit the tasks and end (deferred mode) instead of waiting for the images;
     ``ledger_extra``: written into the ledger entry of each task created (a collect run marks
-    its resubmissions so that the task-status sensor keeps watching them).
+    its resubmissions so that the task-status sensor keeps watching them); ``replaced``: per
+    partition regenerated after a reject, the candidates it replaces (their seeds and task IDs,
+    recorded in its materialization's ``replaced`` metadata).
 
     ``reuse_stored``, ``retry_rejected`` and ``budget`` are the loose fields of earlier versions:
     given, they go into the policy, with a ``DeprecationWarning``.
@@ -263,6 +271,7 @@ class StepOptions:
     reuse_stored: bool | None = None
     retry_rejected: bool | None = None
     budget: CreditBudget | None = None
+    replaced: Mapping[str, Sequence[Mapping[str, Any]]] | None = None
 
     def policy_for(self, resource: ZImageResource) -> GenerationPolicy:
         """The step's policy: ``policy``, else the resource's settings (tasks in flight,
@@ -322,14 +331,20 @@ def run_in_step(
     events = _EventWriter()
     units = Candidates(jobs, picks_of(ledger.store, asset_key.path) if _grouped(jobs) else None)
 
+    replaced = options.replaced or {}
+
     def record(success: ImageSuccess) -> Callable[[], None] | None:
-        if units.expected(success.job.partition) == 1 and success.job.candidate == 0:
+        partition = success.job.partition
+        if units.expected(partition) == 1 and success.job.regeneration is None:
             return lambda: _record(context, asset_key, success, options.gallery_url)
         group = units.add(success)
         if group is None:
             return None
         current = units.current(group)
-        return lambda: _record_candidates(context, asset_key, group, current, options.gallery_url)
+        history = replaced.get(partition, ())
+        return lambda: _record_candidates(
+            context, asset_key, group, current, options.gallery_url, history
+        )
 
     def on_success(success: ImageSuccess) -> None:
         write = record(success)

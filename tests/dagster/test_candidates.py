@@ -31,6 +31,7 @@ from zimage_dagster.checks import PARTITIONED_CHECKS, REVIEW_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.keys import candidate_key
 from zimage_dagster.engine.ledger import TaskLedger
+from zimage_dagster.engine.reviews import record_verdict
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links
 
@@ -161,6 +162,10 @@ def _tick_review_sensor(defs: dg.Definitions, instance: dg.DagsterInstance) -> N
         assert job.execute_in_process(instance=instance, tags=request.tags).success
 
 
+def image_asset_named(defs: dg.Definitions, name: str) -> dg.AssetsDefinition:
+    return _asset(defs, name)
+
+
 def _asset(defs: dg.Definitions, name: str) -> dg.AssetsDefinition:
     (found,) = [
         a
@@ -236,3 +241,41 @@ def test_review_candidates_in_the_gallery_then_publish_the_picks(
         held = {key: _sha(store.read_bytes("imgs_picks", key)) for key in picked}
         assert held == {k: _provenance(store, k, i)["sha256"] for k, i in picked.items()}
         assert emulator.stats()["tasks_created"] == 20
+
+        # Regeneration (opt-in): the 2 rejected partitions get 4 new candidates each, once.
+        rejected = {k: [_provenance(store, k, i) for i in range(4)] for k in ("p3", "p4")}
+        regenerating = image_asset_named(
+            build_image_assets(
+                "imgs", rows(5), storage=str(tmp_path), variants=4, regenerate_rejected=True
+            ),
+            "imgs",
+        )
+        kept = {k: _sha(store.read_bytes("imgs", candidate_key(k, 1))) for k in picked}
+        regenerated = run_range(regenerating, instance, resource_for(emulator), "p0", "p4")
+        assert regenerated.success
+        assert emulator.stats()["tasks_created"] == 20 + 2 * 4
+        assert {k: _sha(store.read_bytes("imgs", candidate_key(k, 1))) for k in picked} == kept
+        found = materializations(instance, "imgs", regenerated.run_id)
+        for key, old in rejected.items():
+            new = [_provenance(store, key, i) for i in range(4)]
+            assert not {p["seed"] for p in new} & {p["seed"] for p in old}  # new seeds
+            plain = values(found[key][0])
+            assert [r["seed"] for r in plain["replaced"]] == [p["seed"] for p in old]
+            assert [r["task_id"] for r in plain["replaced"]] == [p["task_id"] for p in old]
+            assert plain["regenerated_for"] == plain["replaced"][0]["rejected_by"]
+            for i in range(4):  # the rejected task stays in the unit's ledger history
+                entry = TaskLedger(store).get("imgs", candidate_key(key, i))
+                assert entry is not None
+                assert [p.task_id for p in entry.previous] == [old[i]["task_id"]]
+                assert entry.task_id == new[i]["task_id"]
+        assert "replaced" not in found["p0"][0]
+        again = run_range(regenerating, instance, resource_for(emulator), "p0", "p4")
+        assert again.success
+        assert emulator.stats()["tasks_created"] == 28  # one reject never pays twice
+        # A regenerated candidate picked later keeps its images (no return to the first seeds).
+        record_verdict(store, "imgs", "p3", "pick", reviewer="ana", candidate=2)
+        assert run_range(regenerating, instance, resource_for(emulator), "p0", "p4").success
+        assert emulator.stats()["tasks_created"] == 28
+        _tick_review_sensor(defs, instance)
+        assert _status(instance, REVIEW_CHECK, "p3") is True
+        assert _status(instance, REVIEW_CHECK, "p4") is False

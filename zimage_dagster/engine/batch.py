@@ -327,7 +327,7 @@ class BatchGenerator:
             job.request,
             partition_key=job.partition_key,
             fingerprint=job.fingerprint,
-            extra=self.ledger_extra or None,
+            extra={**self.ledger_extra, **job.ledger_extra} or None,
             resubmits=state.resubmits,
             regenerated=state.regenerated,
         )

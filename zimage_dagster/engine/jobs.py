@@ -31,7 +31,7 @@ from zimage_dagster.dataset.rows import PromptRow
 from zimage_dagster.engine.keys import candidate_key, split_candidate
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
 
-__all__ = ["ImageJob", "plan_candidates", "plan_job", "plan_job_for"]
+__all__ = ["REGENERATION_KEY", "ImageJob", "plan_candidates", "plan_job", "plan_job_for"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,8 @@ class ImageJob:
     partition_key: str
     row: PromptRow
     seed: int
+    #: The reject record a regeneration answers (its seeds derive from it), else ``None``.
+    regeneration: str | None = None
 
     @classmethod
     def from_row(cls, row: PromptRow, *, seed: int, partition_key: str | None = None) -> ImageJob:
@@ -67,6 +69,11 @@ class ImageJob:
     def candidate(self) -> int:
         """The unit's candidate index within its partition (0 for the first, or only, one)."""
         return split_candidate(self.partition_key)[1]
+
+    @property
+    def ledger_extra(self) -> dict[str, Any]:
+        """What the unit's ledger entry records beside the request (a regeneration's record)."""
+        return {REGENERATION_KEY: self.regeneration} if self.regeneration else {}
 
     @property
     def request(self) -> GenerationRequest:
@@ -93,7 +100,8 @@ def plan_job(
     (``strategy``, ``default_size``, ``candidate``, ``regeneration``) with the unit's ledger
     entry, read only when the seed may come from it."""
     entry = None
-    if row.seed is None and how.get("strategy") == "random" and how.get("regeneration") is None:
+    random = row.seed is None and how.get("strategy") == "random"
+    if (random or how.get("regenerations")) and how.get("regeneration") is None:
         entry = ledger.get(asset, candidate_key(partition_key, how.get("candidate", 0)))
     return plan_job_for(entry, asset, partition_key, row, **how)
 
@@ -130,6 +138,7 @@ def plan_job_for(
     default_size: str | None = None,
     candidate: int = 0,
     regeneration: str | None = None,
+    regenerations: bool = False,
 ) -> ImageJob:
     """The job for one partition of ``asset`` made from ``row``, given its ledger ``entry``.
 
@@ -140,13 +149,19 @@ def plan_job_for(
 
     ``partition_key`` is the Dagster partition key; ``candidate`` the candidate's index (the
     job's key is then the unit key) and ``regeneration`` the reject record a regeneration
-    answers (new seeds: see :func:`~zimage_dagster.dataset.request.choose_seed`).
+    answers (new seeds: see :func:`~zimage_dagster.dataset.request.choose_seed`). With
+    ``regenerations`` (the asset regenerates rejected partitions) and no ``regeneration``
+    given, the regeneration the unit's ledger ``entry`` records is kept while the request is
+    otherwise unchanged: a regenerated partition later picked keeps its regenerated images
+    instead of paying for its first seeds again.
 
     >>> plan_job_for(None, ("hero",), "fox", PromptRow("fox", "a fox", None, 7, None)).seed
     7
     """
     if default_size and not row.size:
         row = replace(row, size=default_size)
+    if regeneration is None and regenerations and entry is not None:
+        regeneration = _kept_regeneration(entry, row)
     kept: int | None = None
     if (
         row.seed is None
@@ -168,4 +183,22 @@ def plan_job_for(
         candidate=candidate,
         regeneration=regeneration,
     )
-    return ImageJob(partition_key=candidate_key(partition_key, candidate), row=row, seed=seed)
+    return ImageJob(
+        partition_key=candidate_key(partition_key, candidate),
+        row=row,
+        seed=seed,
+        regeneration=regeneration,
+    )
+
+
+#: The ledger entry's ``extra`` key naming the reject record a task's seed was derived from.
+REGENERATION_KEY = "regeneration"
+
+
+def _kept_regeneration(entry: LedgerEntry, row: PromptRow) -> str | None:
+    """The regeneration the entry's task answered, if its request is otherwise ``row``'s."""
+    found = entry.extra.get(REGENERATION_KEY)
+    same = entry.fingerprint == request_fingerprint(
+        row.prompt, row.size, entry.seed, bool(row.nsfw_check)
+    )
+    return found if isinstance(found, str) and same else None

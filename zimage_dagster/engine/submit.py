@@ -161,6 +161,7 @@ async def submit_jobs(
                     partition_key=job.partition_key,
                     fingerprint=job.fingerprint,
                     record=job.request.to_wire(),
+                    extra=job.ledger_extra or None,
                     wait_for_capacity=wait_for_capacity,
                     resubmits=decision.resubmits,
                     regenerated=decision.regenerated,
