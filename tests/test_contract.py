@@ -36,6 +36,9 @@ from zimage_dagster.ops import build_generate_images_op, load_prompts_op
 KEYS = ["fox", "owl", "elk"]
 TODAY = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")  # once: a run may cross midnight
 CELLS = [(p, m) for p in ("static", "dynamic", "daily") for m in ("blocking", "deferred")]
+#: Every cell makes two candidates per partition (one task each): variants=1, the default, is
+#: what every other test of the entry points runs (tests/dagster, tests/component, tests/sensors).
+VARIANTS = 2
 
 
 def _options(tmp_path: Path, partitioning: str, mode: str) -> dict[str, Any]:
@@ -49,6 +52,7 @@ def _options(tmp_path: Path, partitioning: str, mode: str) -> dict[str, Any]:
         "storage": str(tmp_path / "images"),
         "partitioning": partitioning,
         "mode": mode,
+        "variants": VARIANTS,
     }
     if partitioning == "daily":
         options.update(daily_start_date=TODAY, schedule={"cron": "0 6 * * *"})
@@ -160,7 +164,7 @@ def _materialize(
         }
         assert job.execute_in_process(instance=instance, tags=tags).success
     if mode == "deferred":
-        wait_terminal(emulator, len(keys))
+        wait_terminal(emulator, VARIANTS * len(keys))
         result = tick(defs.resolve_sensor_def("imgs_task_status"), instance, resource)
         assert len(result.run_requests) == 1  # one collect run for the whole batch
         for request in result.run_requests:
@@ -231,7 +235,7 @@ def test_cell(
         keys = _partition_keys(defs, partitioning, instance)
         _materialize(defs, partitioning, mode, keys, instance, emulator, resource)
         created = emulator.stats()["tasks_created"]
-        assert created == len(keys)
+        assert created == VARIANTS * len(keys)
         _load_downstream(defs, keys, instance, options["storage"])
         # A re-run of the same partitions reuses what is stored: no task is created.
         _materialize(defs, partitioning, "blocking", keys, instance, emulator, resource)
@@ -250,7 +254,9 @@ def test_op_job_cell(emulator: EmulatorServer, tmp_path: Path) -> None:
     """The op job (static rows, blocking): same engine, same store; loads downstream; 0 re-paid."""
     make_fast(emulator)
     options = _options(tmp_path, "static", "blocking")
-    op = build_generate_images_op("generate", asset_key="imgs", storage=options["storage"])
+    op = build_generate_images_op(
+        "generate", asset_key="imgs", storage=options["storage"], variants=VARIANTS
+    )
 
     @dg.job
     def images_job() -> None:
@@ -265,10 +271,14 @@ def test_op_job_cell(emulator: EmulatorServer, tmp_path: Path) -> None:
                 run_config=run_config, instance=instance, resources=resources
             )
             assert result.success
-            assert emulator.stats()["tasks_created"] == len(KEYS)
+            assert emulator.stats()["tasks_created"] == VARIANTS * len(KEYS)
+            records = result.output_for_node("generate")
+            assert sorted((r["partition_key"], r["candidate"]) for r in records) == sorted(
+                (k, i) for k in KEYS for i in range(VARIANTS)
+            )
         # The op's images are the asset "imgs" of static partitions: load them downstream.
         images = dg.Definitions.merge(
-            build_image_assets("imgs", rows, storage=options["storage"]),
+            build_image_assets("imgs", rows, storage=options["storage"], variants=VARIANTS),
             dg.Definitions(resources=resources),
         )
         _load_downstream(images, KEYS, instance, options["storage"])

@@ -33,7 +33,7 @@ from zimage_dagster.checks import (
     check_specs,
 )
 from zimage_dagster.engine.jobs import ImageJob, plan_candidates
-from zimage_dagster.engine.keys import partition_key_problem
+from zimage_dagster.engine.keys import partition_key_problem, split_candidate
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.reviews import current_verdicts
@@ -298,7 +298,12 @@ def _generate(
     partition_keys: Sequence[str] = context.partition_keys
     if batch is not None:
         # A collect run covers the range around its batch: it works on the batch alone.
-        wanted = batch_partitions(ledger, spec.asset_key.path, batch)
+        # Its units' partitions, every candidate of each (those stored are reused, those still
+        # running waited for): a partition is materialized whole.
+        wanted = {
+            split_candidate(unit)[0]
+            for unit in batch_partitions(ledger, spec.asset_key.path, batch)
+        }
         partition_keys = [k for k in partition_keys if str(k) in wanted]
         context.log.info(
             f"collect batch {batch}: {len(partition_keys)} partition(s) to collect, resubmit or "

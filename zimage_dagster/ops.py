@@ -46,7 +46,7 @@ import dagster as dg
 from pydantic import Field
 
 from zimage_dagster.engine.credits import CreditBudget
-from zimage_dagster.engine.jobs import plan_job
+from zimage_dagster.engine.jobs import plan_candidates
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
 from zimage_dagster.engine.settings import GenerationPolicy
@@ -232,15 +232,17 @@ def build_generate_images_op(
             context.log.warning(f"input row left out: {problem}")
         ledger = TaskLedger(ImageStore(root, store_options))
         jobs = [
-            plan_job(
+            job
+            for row in dataset
+            for job in plan_candidates(
                 ledger,
                 key.path,
                 row.key,
                 row,
+                settings.variants,
                 strategy=settings.seed_strategy,
                 default_size=settings.default_size,
             )
-            for row in dataset
         ]
         policy = replace(GenerationPolicy.of(settings, resource), budget=credit_budget)
         step = StepOptions(policy, gallery_url=gallery)
@@ -248,6 +250,10 @@ def build_generate_images_op(
         order = {job.partition_key: i for i, job in enumerate(jobs)}
         successes = sorted(report.successes, key=lambda s: order[s.job.partition_key])
         records = [to_provenance(s.record) for s in successes]
+        if settings.variants > 1:  # which candidate of its row each image is
+            records = [
+                {**r, "candidate": s.job.candidate} for r, s in zip(records, successes, strict=True)
+            ]
         reused = sum(1 for s in successes if s.record.reused)
         context.log.info(f"{report.summary()} ({reused} reused)")
         if report.failures:

@@ -48,6 +48,7 @@ from upath import UPath
 from zimage_dagster.dataset.request import request_fingerprint
 from zimage_dagster.engine.decide import Action, DecisionPolicy, decide, stored_record
 from zimage_dagster.engine.jobs import plan_job_for
+from zimage_dagster.engine.keys import split_candidate
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
 from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
@@ -237,16 +238,19 @@ def _collect_request(
     partitions: Callable[[], dg.PartitionsDefinition],
     instance: dg.DagsterInstance,
 ) -> dg.RunRequest:
-    """One collect run: the asset's job over the smallest range holding the batch."""
+    """One collect run: the asset's job over the smallest range holding the batch (the
+    partitions of its units: a candidate's unit key names its partition, see
+    :func:`~zimage_dagster.engine.keys.split_candidate`)."""
     tags = {COLLECT_TAG: batch.batch_id}
-    if len(batch.partitions) == 1:
+    keys = sorted({split_candidate(unit)[0] for unit in batch.partitions})
+    if len(keys) == 1:
         return dg.RunRequest(
             run_key=batch.run_key,
             job_name=job_name,
-            partition_key=batch.partitions[0],
+            partition_key=keys[0],
             tags=tags,
         )
-    first, last = partition_range(partitions(), batch.partitions, instance)
+    first, last = partition_range(partitions(), keys, instance)
     return dg.RunRequest(
         run_key=batch.run_key,
         job_name=job_name,
@@ -279,7 +283,7 @@ def _task_status_result(
         events.append(
             dg.AssetObservation(
                 asset_key=spec.asset_key,
-                partition=f.partition_key,
+                partition=split_candidate(f.partition_key)[0],
                 description=f"generation failed: {f.code}: {f.message}",
                 metadata={
                     "zimage_status": dg.MetadataValue.text("failed"),
@@ -522,6 +526,7 @@ def _runs_wanted(
             row,
             strategy=spec.seed_strategy,
             default_size=spec.default_size,
+            regenerations=spec.regenerate_rejected,  # a regenerated row is up to date
         )
         if decide(entry, record, job.fingerprint, policy).action != Action.CREATE:
             continue
