@@ -20,6 +20,7 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import dagster as dg
 from dagster import AssetExecutionContext
@@ -256,10 +257,22 @@ def _failure(
 
 
 def _with_gallery_link(description: str, gallery: str | None, key: dg.AssetKey) -> str:
-    """The description, then a markdown link to the asset's grid in the gallery (if any)."""
+    """The description, then markdown links to the asset's grid in the gallery (if any) and to
+    its review (the grid's unreviewed partitions, each page laying out its candidates).
+
+    >>> print(_with_gallery_link("Images.", "http://g", dg.AssetKey("hero")))
+    Images.
+    <BLANKLINE>
+    [See every image in the gallery](http://g/assets/hero/) · [Review the unreviewed candidates](http://g/assets/hero/?review=unreviewed)
+    """
     if gallery is None:
         return description
-    return f"{description}\n\n[See every image in the gallery]({grid_url(gallery, key.path)})"
+    grid = grid_url(gallery, key.path)
+    review = f"{grid}?{urlencode({'review': 'unreviewed'})}"
+    return (
+        f"{description}\n\n[See every image in the gallery]({grid}) · "
+        f"[Review the unreviewed candidates]({review})"
+    )
 
 
 def _describe_source(source: PromptSource, dataset: PromptDataset) -> str:
