@@ -8,6 +8,7 @@ materialization per partition with every candidate and the preview first.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,10 @@ def test_review_candidates_in_the_gallery_then_publish_the_picks(
             httpx.Client(base_url=gallery.url, timeout=30) as client,
         ):
             bearer = {"authorization": f"Bearer {TOKEN}"}
+            grid = client.get(links.grid_url("", ("imgs",)))
+            assert grid.status_code == 200
+            cards = re.findall(r"<article class='card' data-key='([^']*)'", grid.text)
+            assert sorted(cards) == KEYS  # candidates are not partitions
             page = client.get(links.partition_url("", ("imgs",), "p1"), headers=bearer)
             assert page.status_code == 200
             assert "class='candidates n4'" in page.text
