@@ -5,7 +5,7 @@
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
 Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, gallery_scale,
-deferred, emulator_load, ceiling, executor, planned_events. A full
+deferred, emulator_load, ceiling, executor, planned_events, candidates. A full
 run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from benchmarks import (
+    candidates,
     ceiling,
     claims,
     deferred,
@@ -56,6 +57,7 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     ceiling.NAME: ceiling.run,
     executor.NAME: executor.run,
     planned_events.NAME: planned_events.run,
+    candidates.NAME: candidates.run,
 }
 
 

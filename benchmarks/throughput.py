@@ -113,10 +113,15 @@ def resource_for(emu: EmulatorProcess) -> ZImageResource:
     return ZImageResource(api_key=emu.api_key, base_url=emu.url, concurrency=CONCURRENCY)
 
 
-def run_dagster(emu: EmulatorProcess, n: int, workdir: str, prefix: str = "d") -> dict[str, Any]:
-    """A single-run backfill of ``n`` partitions of the image asset; returns timings and stats."""
+def run_dagster(
+    emu: EmulatorProcess, n: int, workdir: str, prefix: str = "d", variants: int = 1
+) -> dict[str, Any]:
+    """A single-run backfill of ``n`` partitions of the image asset (``variants`` candidates
+    each); returns timings and stats."""
     rows = prompt_rows(n, prefix=prefix)
-    defs = build_image_assets("bench_images", rows, storage=os.path.join(workdir, "images"))
+    defs = build_image_assets(
+        "bench_images", rows, storage=os.path.join(workdir, "images"), variants=variants
+    )
     (asset,) = [a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition)]
     keys = [r["key"] for r in rows]
     home = os.path.join(workdir, "dagster_home")
