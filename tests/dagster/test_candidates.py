@@ -27,7 +27,7 @@ from tests.dagster._support import (
     run_range,
     values,
 )
-from zimage_dagster import build_image_assets
+from zimage_dagster import ZImageComponent, build_image_assets
 from zimage_dagster.checks import PARTITIONED_CHECKS, REVIEW_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.keys import candidate_key
@@ -35,6 +35,7 @@ from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.reviews import record_verdict
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links
+from zimage_dagster.ops import build_generate_images_op
 
 KEYS = ["p0", "p1", "p2", "p3", "p4"]
 TOKEN = "test-review-token-" + "c4" * 12
@@ -284,3 +285,22 @@ def test_review_candidates_in_the_gallery_then_publish_the_picks(
         _tick_review_sensor(defs, instance)
         assert _status(instance, REVIEW_CHECK, "p3") is True
         assert _status(instance, REVIEW_CHECK, "p4") is False
+
+
+@pytest.mark.parametrize("bad", [0, 9, -1])
+def test_variants_is_one_to_eight_everywhere(bad: int) -> None:
+    """One field, one validation: the factory, the component's YAML and the op refuse it."""
+    with pytest.raises(ValueError, match="variants"):
+        build_image_assets("imgs", rows(1), storage="memory://candidates-bad", variants=bad)
+    with pytest.raises(Exception, match="variants"):
+        ZImageComponent.resolve_from_yaml(f"asset_name: imgs\nprompts: [a fox]\nvariants: {bad}\n")
+    with pytest.raises(ValueError, match="variants"):
+        build_generate_images_op("generate", asset_key="imgs", variants=bad)
+
+
+def test_the_component_yaml_takes_variants_and_regenerate_rejected() -> None:
+    component = ZImageComponent.resolve_from_yaml(
+        "asset_name: imgs\nprompts: [a fox]\nvariants: 3\nregenerate_rejected: true\n"
+    )
+    assert component.variants == 3
+    assert component.regenerate_rejected is True
