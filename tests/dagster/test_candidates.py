@@ -27,6 +27,7 @@ from tests.dagster._support import (
     run_range,
     values,
 )
+from tests.sensors._support import tick, wait_terminal
 from zimage_dagster import ZImageComponent, build_image_assets
 from zimage_dagster.checks import PARTITIONED_CHECKS, REVIEW_CHECK
 from zimage_dagster.emulator import EmulatorServer
@@ -34,6 +35,7 @@ from zimage_dagster.engine.keys import candidate_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.reviews import record_verdict
 from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.gallery import Gallery, links
 from zimage_dagster.ops import build_generate_images_op
 
@@ -304,3 +306,55 @@ def test_the_component_yaml_takes_variants_and_regenerate_rejected() -> None:
     )
     assert component.variants == 3
     assert component.regenerate_rejected is True
+
+
+def _collect(
+    defs: dg.Definitions, instance: dg.DagsterInstance, emulator: EmulatorServer, tasks: int
+) -> str:
+    """Wait for the emulator's ``tasks`` to end, tick the task-status sensor and run its one
+    collect run; returns the run's ID."""
+    wait_terminal(emulator, tasks)
+    result = tick(defs.resolve_sensor_def("imgs_task_status"), instance, resource_for(emulator))
+    (request,) = result.run_requests
+    assert COLLECT_TAG in request.tags
+    run = defs.resolve_job_def("imgs_job").execute_in_process(
+        instance=instance, partition_key=request.partition_key, tags=request.tags
+    )
+    assert run.success
+    return run.run_id
+
+
+def test_deferred_candidates_and_a_regeneration(emulator: EmulatorServer, tmp_path: Path) -> None:
+    """Deferred mode: the submit run creates every candidate's task, one collect run stores and
+    materializes them; a rejected partition regenerated in deferred mode pays N once."""
+    make_fast(emulator)
+    store = ImageStore(tmp_path)
+
+    def defs_with(**options: Any) -> dg.Definitions:
+        built = build_image_assets(
+            "imgs", rows(2), storage=str(tmp_path), variants=2, mode="deferred", **options
+        )
+        return dg.Definitions.merge(
+            built, dg.Definitions(resources={"zimage": resource_for(emulator)})
+        )
+
+    tags = {"dagster/asset_partition_range_start": "p0", "dagster/asset_partition_range_end": "p1"}
+    with dg.instance_for_test() as instance:
+        defs = defs_with()
+        submit = defs.resolve_job_def("imgs_job").execute_in_process(instance=instance, tags=tags)
+        assert submit.success
+        assert emulator.stats()["tasks_created"] == 4
+        collected = _collect(defs, instance, emulator, 4)
+        assert sorted(materializations(instance, "imgs", collected)) == ["p0", "p1"]
+        assert len(store.records("imgs", candidates=True)) == 4
+
+        record_verdict(store, "imgs", "p1", "reject", reviewer="ana")
+        regenerating = defs_with(regenerate_rejected=True)
+        job = regenerating.resolve_job_def("imgs_job")
+        assert job.execute_in_process(instance=instance, tags=tags).success
+        assert emulator.stats()["tasks_created"] == 6
+        collected = _collect(regenerating, instance, emulator, 6)
+        (metadata,) = materializations(instance, "imgs", collected)["p1"]
+        assert [r["candidate"] for r in values(metadata)["replaced"]] == [0, 1]
+        assert job.execute_in_process(instance=instance, tags=tags).success
+        assert emulator.stats()["tasks_created"] == 6
