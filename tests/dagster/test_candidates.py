@@ -7,8 +7,11 @@ materialization per partition with every candidate and the preview first.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -240,6 +243,17 @@ def test_review_candidates_in_the_gallery_then_publish_the_picks(
                     headers=bearer,
                 )
                 assert answer.status_code == 201, answer.text
+            # The picks' zip holds each picked candidate's own bytes; its manifest says which.
+            exported = client.get(links.export_url("", ("imgs",)))
+            assert exported.status_code == 200
+            with zipfile.ZipFile(io.BytesIO(exported.content)) as archive:
+                manifest = list(csv.DictReader(io.StringIO(archive.read("manifest.csv").decode())))
+                assert {m["key"]: int(m["candidate"]) for m in manifest} == picked
+                for m in manifest:
+                    data = archive.read(m["file"])
+                    assert _sha(data) == m["sha256"]
+                    assert m["sha256"] == _provenance(store, m["key"], picked[m["key"]])["sha256"]
+                    assert int(m["seed"]) == _provenance(store, m["key"], picked[m["key"]])["seed"]
         _tick_review_sensor(defs, instance)
         statuses = {key: _status(instance, REVIEW_CHECK, key) for key in KEYS}
         assert statuses == {"p0": True, "p1": True, "p2": True, "p3": False, "p4": False}
