@@ -49,6 +49,7 @@ from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import plan_candidates
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import to_provenance
+from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery.links import gallery_base_url
@@ -231,6 +232,10 @@ def build_generate_images_op(
         for problem in dataset.problems:
             context.log.warning(f"input row left out: {problem}")
         ledger = TaskLedger(ImageStore(root, store_options))
+        rejects = {}  # rows to regenerate: their winning verdict is a reject
+        if settings.regenerate_rejected:
+            verdicts = current_verdicts(ledger.store, key.path)
+            rejects = {k: v.record_id for k, v in verdicts.items() if v.verdict == "reject"}
         jobs = [
             job
             for row in dataset
@@ -242,6 +247,8 @@ def build_generate_images_op(
                 settings.variants,
                 strategy=settings.seed_strategy,
                 default_size=settings.default_size,
+                regeneration=rejects.get(row.key),
+                regenerations=settings.regenerate_rejected,
             )
         ]
         policy = replace(GenerationPolicy.of(settings, resource), budget=credit_budget)

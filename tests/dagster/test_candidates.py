@@ -372,3 +372,44 @@ def test_deferred_candidates_and_a_regeneration(emulator: EmulatorServer, tmp_pa
         assert [r["candidate"] for r in values(metadata)["replaced"]] == [0, 1]
         assert job.execute_in_process(instance=instance, tags=tags).success
         assert emulator.stats()["tasks_created"] == 6
+
+
+def test_the_op_regenerates_a_rejected_row_once(emulator: EmulatorServer, tmp_path: Path) -> None:
+    make_fast(emulator)
+    store = ImageStore(tmp_path)
+
+    def run_op(**options: Any) -> list[dict[str, Any]]:
+        op = build_generate_images_op(
+            "generate", asset_key="imgs", storage=str(tmp_path), variants=2, **options
+        )
+
+        @dg.op
+        def the_rows() -> list[dict[str, Any]]:
+            return rows(2)
+
+        @dg.job
+        def images_job() -> None:
+            op(the_rows())
+
+        result = images_job.execute_in_process(
+            instance=instance, resources={"zimage": resource_for(emulator)}
+        )
+        assert result.success
+        records: list[dict[str, Any]] = result.output_for_node("generate")
+        return records
+
+    with dg.instance_for_test() as instance:
+        first = run_op()
+        assert emulator.stats()["tasks_created"] == 4
+        record_verdict(store, "imgs", "p1", "reject", reviewer="ana")
+        again = run_op(regenerate_rejected=True)
+        assert emulator.stats()["tasks_created"] == 6
+        seeds = {(r["partition_key"], r["candidate"]): r["seed"] for r in first}
+        changed = {
+            (r["partition_key"], r["candidate"])
+            for r in again
+            if r["seed"] != seeds[(r["partition_key"], r["candidate"])]
+        }
+        assert changed == {("p1", 0), ("p1", 1)}
+        run_op(regenerate_rejected=True)
+        assert emulator.stats()["tasks_created"] == 6
