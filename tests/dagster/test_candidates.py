@@ -52,6 +52,7 @@ def _provenance(store: ImageStore, key: str, candidate: int) -> dict[str, Any]:
     return dict(found.provenance)
 
 
+@pytest.mark.heavy  # 15-35 s: 20-28 tasks, several real runs
 def test_five_prompts_times_four_candidates_make_twenty_tasks_once(
     emulator: EmulatorServer, tmp_path: Path
 ) -> None:
@@ -182,6 +183,7 @@ def _asset(defs: dg.Definitions, name: str) -> dg.AssetsDefinition:
     return found
 
 
+@pytest.mark.heavy  # 15-35 s: 20-28 tasks, several real runs
 @pytest.mark.skipif(not PARTITIONED_CHECKS, reason="per-asset checks on this Dagster")
 def test_review_candidates_in_the_gallery_then_publish_the_picks(
     emulator: EmulatorServer, tmp_path: Path
@@ -338,6 +340,7 @@ def _collect(
     return run.run_id
 
 
+@pytest.mark.heavy  # 15-35 s: 20-28 tasks, several real runs
 def test_deferred_candidates_and_a_regeneration(emulator: EmulatorServer, tmp_path: Path) -> None:
     """Deferred mode: the submit run creates every candidate's task, one collect run stores and
     materializes them; a rejected partition regenerated in deferred mode pays N once."""
