@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from zimage_dagster.api.validation import DEFAULT_SIZE
+from zimage_dagster.engine.keys import split_candidate
 from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
 from zimage_dagster.engine.provenance import from_provenance
 from zimage_dagster.engine.scan import ScanCache, iter_stamps
@@ -82,11 +83,17 @@ _STORED = frozenset({"stored", "reused"})
 
 
 def _body(kind: str, value: object) -> tuple[tuple[str, ...], str, Mapping[str, Any] | None]:
-    """The asset, key and body (``None``: not a whole record) of a parsed file."""
-    if kind == "record" and isinstance(value, StoredRecord):
+    """The asset, key and body (``None``: not a whole record) of a parsed file. A partition's
+    candidates ``i >= 1`` (``variants=N``) are not partitions: their record and ledger entry
+    are left out (:mod:`zimage_dagster.gallery.candidates` reads them from the store)."""
+    if kind == "record" and isinstance(value, StoredRecord) and not value.candidate:
         whole = value.image_record is not None
         return value.asset, value.partition_key, value.provenance if whole else None
-    if kind == "entry" and isinstance(value, LedgerEntry):
+    if (
+        kind == "entry"
+        and isinstance(value, LedgerEntry)
+        and not split_candidate(value.partition_key)[1]
+    ):
         return value.asset, value.partition_key, value.to_json()
     return (), "", None
 
