@@ -33,6 +33,8 @@ these modules; they never read it.
   decision (``look_up``), shared by blocking and deferred mode.
 - :mod:`~zimage_dagster.engine.batch`: the batch generator (blocking mode).
 - :mod:`~zimage_dagster.engine.submit` and :mod:`~zimage_dagster.engine.watcher`: deferred mode.
+- :mod:`~zimage_dagster.engine.shards` and :mod:`~zimage_dagster.engine.manifest`: sharded mode:
+  which shard holds a row, and a shard's Parquet manifest.
 
 Nothing is imported here, so that importing one module does not load them all.
 

@@ -10,6 +10,9 @@ Layout under a root (a local folder by default, any fsspec URL such as ``s3://bu
     <root>/_ledger/<asset path...>/<storage key>.json   the task ledger (see ``engine.ledger``)
     <root>/_reviews/<asset path...>/<storage key>/<record id>.json   review verdicts
                                                   (append-only, see ``engine.reviews``)
+    <root>/_manifests/<asset path...>/<shard key>.parquet   a shard's manifest (sharded mode,
+                                                  see ``engine.manifest``); its rows' images
+                                                  are the asset's, keyed by row
 
 Every method takes the Dagster partition key itself (or a candidate's unit key,
 :func:`zimage_dagster.engine.keys.candidate_key`); the store turns it into the file stem with
@@ -19,8 +22,8 @@ provenance record with its asset and partition key) and :meth:`ImageStore.partit
 and the sensors ask them instead of parsing paths.
 
 A multi-part Dagster asset key (``AssetKey(["catalog", "hero"])``) maps to nested folders
-(``<root>/catalog/hero/...``). The first folder names ``_ledger`` and ``_reviews`` are reserved
-for the ledger and the review records (:data:`RESERVED_DIRS`).
+(``<root>/catalog/hero/...``). The first folder names ``_ledger``, ``_reviews`` and ``_manifests``
+are reserved for the ledger, the review records and the shards' manifests (:data:`RESERVED_DIRS`).
 
 Writes are atomic. On a local filesystem the bytes go to a hidden temp file in the same folder,
 which is flushed, fsynced and then renamed over the target with ``os.replace``, so a reader sees the
@@ -80,6 +83,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "IMAGE_EXTENSIONS",
     "LEDGER_DIR",
+    "MANIFESTS_DIR",
     "RESERVED_DIRS",
     "REVIEWS_DIR",
     "STORAGE_URL_ENV",
@@ -117,8 +121,11 @@ DEFAULT_STORAGE = "zimage_output"
 LEDGER_DIR = "_ledger"
 #: Reserved first-level folder under the root holding the review records (``engine.reviews``).
 REVIEWS_DIR = "_reviews"
+#: Reserved first-level folder under the root holding the shards' manifests (``engine.manifest``).
+MANIFESTS_DIR = "_manifests"
 #: First-level folder names that are never an asset's: the store's own records live there.
-RESERVED_DIRS: frozenset[str] = frozenset({LEDGER_DIR, REVIEWS_DIR})
+RESERVED_DIRS: frozenset[str] = frozenset({LEDGER_DIR, REVIEWS_DIR, MANIFESTS_DIR})
+_MANIFEST_SUFFIX = ".parquet"
 
 #: Image file extensions the store knows, in the order ``find`` probes them.
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp", "gif")
@@ -376,6 +383,29 @@ class ImageStore:
     def provenance_path(self, asset: AssetLike, partition_key: str) -> UPath:
         """``<root>/<asset>/<storage key>.json``."""
         return self.asset_dir(asset) / f"{file_stem(partition_key)}.json"
+
+    def manifests_dir(self, asset: AssetLike) -> UPath:
+        """``<root>/_manifests/<asset>``: the folder of an asset's shard manifests."""
+        self.asset_dir(asset)  # the same checks as the asset's own folder
+        return self.join(MANIFESTS_DIR, *asset_parts(asset))
+
+    def manifest_path(self, asset: AssetLike, shard_key: str) -> UPath:
+        """``<root>/_manifests/<asset>/<shard key>.parquet``: a shard's manifest.
+
+        >>> ImageStore("memory://doctest-manifest").manifest_path("hero", "shard-00001").name
+        'shard-00001.parquet'
+        """
+        return self.manifests_dir(asset) / f"{file_stem(shard_key)}{_MANIFEST_SUFFIX}"
+
+    def manifests(self, asset: AssetLike) -> dict[str, UPath]:
+        """``shard key -> manifest path`` of every manifest of the asset (the one reader of
+        their file names)."""
+        folder = self.manifests_dir(asset)
+        found: dict[str, UPath] = {}
+        for path in self.list_files(folder, _MANIFEST_SUFFIX):
+            if str(path.parent).rstrip("/") == str(folder).rstrip("/"):
+                found[decode_key(path.name[: -len(_MANIFEST_SUFFIX)])] = path
+        return dict(sorted(found.items()))
 
     # -- low-level I/O (also used by the ledger) ----------------------------------------------
 
