@@ -48,6 +48,7 @@ from zimage_dagster.prompts import PromptDataset
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.review_sensor import review_definitions
 from zimage_dagster.sensors import automation_definitions
+from zimage_dagster.shards import materialize_shards
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
 from zimage_dagster.step import StepOptions, materialized_successes, run_in_step
 
@@ -138,8 +139,10 @@ def build_image_definitions(
             dataset_options=dataset_options,
         ),
     ]
-    # Verdicts written in the gallery: the review sensor reports them as the review check.
-    parts.append(review_definitions(spec, partitions_def))
+    # Verdicts written in the gallery: the review sensor reports them as the review check
+    # (per image: not of a shard).
+    if spec.partitioning != "shards":
+        parts.append(review_definitions(spec, partitions_def))
     if spec.picks:
         parts.append(dg.Definitions(assets=[picks_asset(spec, partitions_def)]))
     if spec.balance_asset:
@@ -165,6 +168,12 @@ def _image_asset(
         "storage": dg.MetadataValue.text(spec.storage_root),
         "seed_strategy": dg.MetadataValue.text(spec.seed_strategy),
     }
+    sharded = spec.partitioning == "shards"
+    if sharded:
+        definition_metadata["shards"] = dg.MetadataValue.int(
+            len(partitions_def.get_partition_keys())
+        )
+        definition_metadata["shard_size"] = dg.MetadataValue.int(spec.shard_size)
     gallery = gallery_base_url(spec.gallery_url)
     if gallery is not None:
         definition_metadata["gallery"] = dg.MetadataValue.url(
@@ -181,7 +190,10 @@ def _image_asset(
         group_name=spec.group_name,
         description=_with_gallery_link(
             spec.description
-            or f"Z-Image-Turbo images, one per partition, from {_describe_source(spec.prompts, dataset)}.",
+            or (
+                f"Z-Image-Turbo images, {'a shard of rows' if sharded else 'one'} per "
+                f"partition, from {_describe_source(spec.prompts, dataset)}."
+            ),
             gallery,
             spec.asset_key,
         ),
@@ -192,7 +204,7 @@ def _image_asset(
         kinds=set(spec.kinds),
         metadata=definition_metadata,
         output_required=False,
-        check_specs=check_specs(spec.asset_key, partitions_def),
+        check_specs=None if sharded else check_specs(spec.asset_key, partitions_def),
         required_resource_keys={spec.resource_key},
         deps=[_dep(d) for d in spec.deps],
         tags=dict(spec.tags) or None,
@@ -203,6 +215,10 @@ def _image_asset(
     )
     def _asset(context: AssetExecutionContext) -> Iterator[Any]:
         resource: ZImageResource = getattr(context.resources, spec.resource_key)
+        if sharded:
+            count = len(partitions_def.get_partition_keys())
+            yield from materialize_shards(context, spec, resource, dataset, count)
+            return
         rows = spec_dataset(spec.prompts) if spec.partitioning == "dynamic" else dataset
         for problem in rows.problems:
             context.log.warning(f"dataset {rows.source}: {problem} (row left out)")

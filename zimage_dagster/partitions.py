@@ -18,6 +18,7 @@ from collections.abc import Collection
 
 import dagster as dg
 
+from zimage_dagster.engine.shards import shard_count, shard_keys
 from zimage_dagster.prompts import PromptDataset, PromptDatasetError, RowProblem, load_prompts
 from zimage_dagster.spec import ImageAssetSpec, PromptSource
 
@@ -76,6 +77,9 @@ def partitions_def_for(spec: ImageAssetSpec, dataset: PromptDataset) -> dg.Parti
                 PROMPT_DIMENSION: dg.StaticPartitionsDefinition(dataset.keys),
             }
         )
+    if spec.partitioning == "shards":
+        count = shard_count(len(dataset), spec.shard_size, spec.shard_count)
+        return dg.StaticPartitionsDefinition(shard_keys(count))
     raise dg.DagsterInvalidDefinitionError(f"unknown partitioning {spec.partitioning!r}")
 
 

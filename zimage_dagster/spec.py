@@ -44,7 +44,7 @@ __all__ = [
     "ScheduleSettings",
 ]
 
-Partitioning = Literal["static", "dynamic", "daily"]
+Partitioning = Literal["static", "dynamic", "daily", "shards"]
 #: A dataset path or URL, a loaded dataset, or inline rows (strings or mappings).
 PromptSource = str | PromptDataset | list[Any]
 
@@ -402,7 +402,26 @@ class ImageAssetSpec(GenerationOptions):
         description=(
             "static: one partition per dataset row; dynamic: partitions added at run time (by the "
             "prompt-dataset sensor; the dataset is re-read each run); daily: date x prompt, a new "
-            "image per prompt each day (seeds differ per day)."
+            "image per prompt each day (seeds differ per day); shards: one partition per shard of "
+            "about shard_size rows (a row's shard is a hash of its key), a Parquet manifest per "
+            "shard and no event per image: for 10,000 prompts and more."
+        ),
+    )
+    shard_size: int = Field(
+        default=1000,
+        ge=1,
+        description=(
+            "With partitioning: shards, rows per shard on average: the shard count is "
+            "ceil(rows / shard_size) of the dataset as loaded, unless shard_count pins it."
+        ),
+    )
+    shard_count: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "With partitioning: shards, a fixed number of shards (a growing dataset then never "
+            "moves a row to another shard). null: ceil(rows / shard_size), which grows with the "
+            "dataset (a row then only ever moves to a new shard, and its image is reused)."
         ),
     )
     dynamic_partitions_name: str | None = Field(
@@ -580,6 +599,27 @@ class ImageAssetSpec(GenerationOptions):
         if self.dataset_sensor and self.partitioning != "dynamic":
             raise ValueError(
                 f"dataset_sensor needs partitioning: dynamic (got partitioning: {self.partitioning})"
+            )
+        if self.partitioning == "shards":
+            if self.deferred:
+                raise ValueError(
+                    "partitioning: shards works in mode: blocking only (deferred collection is "
+                    "per partition): use mode: blocking with partitioning: shards, or mode: "
+                    "deferred with partitioning: static or dynamic"
+                )
+            if self.picks:
+                raise ValueError(
+                    "picks needs one partition per prompt: not with partitioning: shards"
+                )
+            if self.variants > 1 or self.regenerate_rejected:
+                raise ValueError(
+                    "variants and regenerate_rejected need one partition per prompt (a manifest "
+                    "row is one image): not with partitioning: shards"
+                )
+        elif self.shard_count is not None or self.shard_size != 1000:
+            raise ValueError(
+                "shard_size and shard_count need partitioning: shards "
+                f"(got partitioning: {self.partitioning})"
             )
         if self.balance_warn_below is not None and not self.balance_asset:
             raise ValueError("balance_warn_below needs balance_asset: true")

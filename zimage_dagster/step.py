@@ -44,7 +44,7 @@ from zimage_dagster.engine.claims import RunAliveFn
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
-from zimage_dagster.engine.outcome import BatchReport, ImageSuccess, Log
+from zimage_dagster.engine.outcome import BatchReport, ImageFailure, ImageSuccess, Log
 from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike, ImageStore
@@ -319,6 +319,8 @@ def run_in_step(
     asset_key: dg.AssetKey,
     jobs: Sequence[ImageJob],
     options: StepOptions = StepOptions(),
+    *,
+    on_outcome: Callable[[ImageSuccess | ImageFailure], None] | None = None,
 ) -> BatchReport:
     """Run ``jobs`` of ``asset_key`` (partition = the job's partition key) with the resource's
     client and settings, and record the step's spend.
@@ -327,6 +329,10 @@ def run_in_step(
     page in the gallery at ``options.gallery_url``, when given). Deferred
     (``options.deferred``): :func:`submit_deferred`, then materialize at once the partitions
     whose identical image was already stored.
+
+    With ``on_outcome`` (blocking only; sharded mode), no image is materialized: each success
+    and failure goes to ``on_outcome`` instead, in order, on the step's event thread (the
+    caller materializes what the jobs make up, e.g. a shard).
     """
     events = _EventWriter()
     units = Candidates(jobs, picks_of(ledger.store, asset_key.path) if _grouped(jobs) else None)
@@ -346,10 +352,20 @@ def run_in_step(
             context, asset_key, group, current, options.gallery_url, history
         )
 
+    if on_outcome is not None and options.deferred:
+        raise ValueError("on_outcome is for blocking mode")
+
     def on_success(success: ImageSuccess) -> None:
+        if on_outcome is not None:
+            events.submit(lambda: on_outcome(success))
+            return
         write = record(success)
         if write is not None:
             events.submit(write)
+
+    def on_failure(failure: ImageFailure) -> None:
+        if on_outcome is not None:
+            events.submit(lambda: on_outcome(failure))
 
     policy = options.policy_for(resource)
     identity = RunIdentity(
@@ -368,6 +384,7 @@ def run_in_step(
                 policy,
                 identity,
                 on_success=on_success,
+                on_failure=on_failure,
                 logger=context.log,
                 ledger_extra=options.ledger_extra,
             )

@@ -3,7 +3,11 @@ image store in :mod:`zimage_dagster.engine.store`).
 
 Example:
     >>> import tempfile
-    >>> from zimage_dagster.engine.store import ImageStore, resolve_storage
+    >>> from zimage_dagster.engine.shards import is_shard_key
+from zimage_dagster.engine.store import ImageStore, resolve_storage
+
+if typing.TYPE_CHECKING:
+    from zimage_dagster.engine.manifest import ShardManifest
     >>> root = tempfile.mkdtemp()
     >>> _ = ImageStore(root).save("hero", "2026-01-01|fox", b"img", "png", {"sha256": "ab"})
     >>> ImageStoreIOManager(root=root)._store().find("hero", "2026-01-01|fox").path.name
@@ -23,7 +27,11 @@ from pydantic import Field
 from upath import UPath
 
 from zimage_dagster._docs import ui_docstring
+from zimage_dagster.engine.shards import is_shard_key
 from zimage_dagster.engine.store import ImageStore, resolve_storage
+
+if typing.TYPE_CHECKING:
+    from zimage_dagster.engine.manifest import ShardManifest
 
 __all__ = ["ImageStoreIOManager"]
 
@@ -66,7 +74,10 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
     `ImageStore` as it arrives and returns `None`.
 
     ``load_input`` reads ``<root>/<asset>/<partition_key>.<ext>`` for each upstream partition the
-    input needs. What each value is:
+    input needs. A sharded image asset (``partitioning="shards"``) loads each shard as its
+    manifest instead: a :class:`~zimage_dagster.engine.manifest.ShardManifest` (its
+    ``pyarrow.Table`` in ``.table``, and its images read only when asked), or the bare
+    ``pyarrow.Table`` for an input annotated so. What each value is:
 
     * input metadata ``{"as": "pil"}`` / ``"bytes"`` / ``"path"``, else
     * the annotation: ``PIL.Image.Image`` -> decoded image, ``UPath`` -> path, anything else -> bytes.
@@ -124,6 +135,12 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
             )
         keys = list(context.asset_partition_keys)
         values: dict[str, Any] = {}
+        if keys and all(is_shard_key(str(k)) for k in keys):
+            shards = _load_shards(store, asset, [str(k) for k in keys], context, allow_missing)
+            if shards is not None:
+                if len(keys) == 1 and not force_dict:
+                    return shards.get(str(keys[0]))
+                return shards
         for key in keys:
             found = store.find(asset, str(key))
             if found is None:
@@ -142,3 +159,37 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
         if len(keys) == 1 and not force_dict:
             return values.get(str(keys[0]))
         return values
+
+
+def _load_shards(
+    store: ImageStore,
+    asset: dg.AssetKey,
+    keys: list[str],
+    context: dg.InputContext,
+    allow_missing: bool,
+) -> dict[str, ShardManifest | Any] | None:
+    """Shards of a sharded image asset (``partitioning="shards"``), each as its manifest: a
+    :class:`~zimage_dagster.engine.manifest.ShardManifest` (the ``pyarrow.Table`` in
+    ``.table``, images read when asked), or the bare table for an input annotated
+    ``pyarrow.Table``. ``None`` when the asset has no manifest at all (not a sharded asset)."""
+    from zimage_dagster.engine.manifest import ShardManifest
+
+    if not store.manifests(asset):
+        return None
+    typ: Any = context.dagster_type.typing_type if context.dagster_type else None
+    if typing.get_origin(typ) in (dict, Mapping, typing.Dict, typing.Mapping):  # noqa: UP006
+        args = typing.get_args(typ)
+        typ = args[1] if len(args) == 2 else Any
+    bare_table = getattr(typ, "__name__", "") == "Table" and "pyarrow" in getattr(
+        typ, "__module__", ""
+    )
+    shards: dict[str, Any] = {}
+    for key in keys:
+        try:
+            shard = ShardManifest.load(store, asset, key)
+        except FileNotFoundError:
+            if allow_missing:
+                continue
+            raise
+        shards[key] = shard.table if bare_table else shard
+    return shards
