@@ -2,7 +2,8 @@
 (``$DAGSTER_HOME``): the process the crash tests SIGKILL.
 
 Usage: ``python -m tests.reliability._child_run '<json spec>'`` with ``rows``, ``storage``,
-``storage_options``, ``key``, ``url``, ``start``, ``end`` and ``resource`` (extra resource fields).
+``storage_options``, ``key``, ``url``, ``start``, ``end``, ``resource`` (extra resource fields) and ``options`` (extra options of
+the asset, e.g. ``partitioning``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def asset_and_resource(spec: dict[str, Any]) -> tuple[dg.AssetsDefinition, ZImag
         storage=spec["storage"],
         storage_options=spec.get("storage_options") or None,
         retry_policy=None,
+        **spec.get("options", {}),
     )
     resource = ZImageResource(api_key=spec["key"], base_url=spec["url"], **spec.get("resource", {}))
     return image_asset(defs), resource
