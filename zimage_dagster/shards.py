@@ -232,8 +232,10 @@ def materialize_shards(
     for shard, keys in shards.items():
         if not keys:
             writer.write(shard)  # an empty shard: an empty manifest
+    # No thumbnail per image, downloads checked by their structure (GenerationPolicy.for_shards).
     options = StepOptions(
-        GenerationPolicy.of(spec, resource), gallery_url=gallery_base_url(spec.gallery_url)
+        GenerationPolicy.of(spec, resource).for_shards(),
+        gallery_url=gallery_base_url(spec.gallery_url),
     )
     report = run_in_step(
         context, resource, ledger, spec.asset_key, jobs, options, on_outcome=writer.add

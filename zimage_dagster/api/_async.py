@@ -16,6 +16,7 @@ from zimage_dagster.api.images import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_MAX_PIXELS,
     DownloadedImage,
+    ImageCheck,
 )
 from zimage_dagster.api.models import Credits, GenerationRequest, Task
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
@@ -225,11 +226,14 @@ class AsyncZImageClient:
         task_id: str | None = None,
         keep_pixels: bool = False,
         derive: Callable[[Image.Image], Any] | None = None,
+        check: ImageCheck = "decode",
     ) -> DownloadedImage:
         """See :meth:`ZImageClient.download` (the decode check runs in a worker thread).
         ``image = await client.download(url)``."""
         return await self._run(
-            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels, derive=derive)
+            self._core.download_flow(
+                url, task_id=task_id, keep_pixels=keep_pixels, derive=derive, check=check
+            )
         )
 
     async def generate(

@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from zimage_dagster.api._settings import Secret
-    from zimage_dagster.api.images import DownloadedImage
+    from zimage_dagster.api.images import DownloadedImage, ImageCheck
     from zimage_dagster.api.models import Credits, GenerationRequest, Task
     from zimage_dagster.api.results import GenerationResult, WaitOutcome
 
@@ -184,10 +184,16 @@ class ClientCore:
         task_id: str | None = None,
         keep_pixels: bool = False,
         derive: Callable[[Image.Image], Any] | None = None,
+        check: ImageCheck = "decode",
     ) -> Flow[DownloadedImage]:
         """Fetch a result image (see :func:`download_flow`)."""
         return download_flow(
-            self.settings, url, task_id=task_id, keep_pixels=keep_pixels, derive=derive
+            self.settings,
+            url,
+            task_id=task_id,
+            keep_pixels=keep_pixels,
+            derive=derive,
+            check=check,
         )
 
     def generate_flow(

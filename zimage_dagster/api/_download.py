@@ -28,7 +28,7 @@ from zimage_dagster.api.errors import (
     ResultExpiredError,
     ZImageError,
 )
-from zimage_dagster.api.images import DownloadedImage, decode_image
+from zimage_dagster.api.images import DownloadedImage, ImageCheck, decode_image
 from zimage_dagster.api.validation import is_internal_host
 
 if TYPE_CHECKING:
@@ -98,12 +98,13 @@ def download_flow(
     task_id: str | None = None,
     keep_pixels: bool = False,
     derive: Callable[[Image.Image], Any] | None = None,
+    check: ImageCheck = "decode",
 ) -> Flow[DownloadedImage]:
     """Fetch a result image: no API key, capped size (counted after decoding), a total
     deadline (``s.deadline``, across attempts and however slowly bytes come), at most
     ``MAX_REDIRECTS`` redirects and none towards an internal address (unless
     ``allow_internal_redirects``); decoded safely (see :func:`decode_image`, also for
-    ``keep_pixels`` and ``derive``). Returns ``DownloadedImage``."""
+    ``keep_pixels``, ``derive`` and ``check``). Returns ``DownloadedImage``."""
     parts = urlsplit(url) if isinstance(url, str) else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
         raise DownloadError(f"not an http(s) URL: {strip_query(str(url))!r}", task_id=task_id)
@@ -144,6 +145,7 @@ def download_flow(
                         task_id=task_id,
                         keep_pixels=keep_pixels,
                         derive=derive,
+                        check=check,
                     )
                 )
                 return _downloaded(image, clean, outcome.request_id)

@@ -14,6 +14,7 @@ from zimage_dagster.api.images import (
     DEFAULT_MAX_DOWNLOAD_BYTES,
     DEFAULT_MAX_PIXELS,
     DownloadedImage,
+    ImageCheck,
 )
 from zimage_dagster.api.models import Credits, GenerationRequest, Task
 from zimage_dagster.api.policies import PollPolicy, RetryPolicy
@@ -213,12 +214,15 @@ class ZImageClient:
         task_id: str | None = None,
         keep_pixels: bool = False,
         derive: Callable[[Image.Image], Any] | None = None,
+        check: ImageCheck = "decode",
     ) -> DownloadedImage:
         """Fetch a result image: streamed, size-capped, checked to decode; no API key is sent.
         ``keep_pixels``: the result keeps the decoded image (``DownloadedImage.pixels``), for a
         caller that needs the pixels and should not decode the file again. ``derive``: called
         with the decoded image, its result kept in ``DownloadedImage.derived`` (a thumbnail made
-        from the check's decode, without holding the pixels afterwards).
+        from the check's decode, without holding the pixels afterwards). ``check``:
+        ``"structure"`` checks the header and that the file is whole, without decoding the
+        pixels (see :func:`~zimage_dagster.api.images.decode_image`).
 
         Raises ``ResultExpiredError`` (403/404/410), ``ImageTooLargeError``, ``NotAnImageError``,
         ``DownloadError``.
@@ -227,7 +231,9 @@ class ZImageClient:
         >>> image.format, image.width, image.sha256[:8]  # doctest: +SKIP
         """
         return self._run(
-            self._core.download_flow(url, task_id=task_id, keep_pixels=keep_pixels, derive=derive)
+            self._core.download_flow(
+                url, task_id=task_id, keep_pixels=keep_pixels, derive=derive, check=check
+            )
         )
 
     def generate(

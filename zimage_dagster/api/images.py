@@ -16,7 +16,7 @@ import io
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MAX_DOWNLOAD_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DownloadedImage",
+    "ImageCheck",
     "decode_image",
 ]
 
@@ -36,6 +37,9 @@ ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
 DEFAULT_MAX_DOWNLOAD_BYTES = 50 * 1024 * 1024
 #: Far above the largest image the API makes (1536 x 1536), far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 4 * 1536 * 1536
+#: How a download is checked: ``decode`` (every pixel decoded) or ``structure`` (the header and
+#: the file's completeness; see :func:`decode_image`).
+ImageCheck = Literal["decode", "structure"]
 
 
 @dataclass(frozen=True)
@@ -89,6 +93,7 @@ def decode_image(
     task_id: str | None = None,
     keep_pixels: bool = False,
     derive: Callable[[Image.Image], Any] | None = None,
+    check: ImageCheck = "decode",
 ) -> DownloadedImage:
     """Check that ``data`` is an intact PNG, JPEG or WebP no larger than ``max_pixels``, and describe it.
 
@@ -100,6 +105,22 @@ def decode_image(
     decode's own thread, and its result kept in ``derived``: what a caller makes of the pixels
     (a thumbnail) without holding them (3 MiB for 1024 x 1024) until it gets to them. An error
     of ``derive`` is its own, raised as it is: the image itself was checked intact.
+
+    ``check="structure"`` (without ``keep_pixels`` or ``derive``, which need the pixels) skips
+    the decode of the pixels (about 17 ms for a 1024 x 1024 WebP, most of a sharded run's CPU per
+    image): the header is still parsed (format, size, the pixel limit) and the file must be
+    whole (a WebP's RIFF length, a PNG's final IEND chunk, a JPEG's end marker), so an error page
+    or a truncated download is still refused; damage inside complete compressed data is not
+    seen until the image is decoded.
+
+    >>> png = io.BytesIO(); Image.new("RGB", (8, 4), "red").save(png, "PNG")
+    >>> whole = png.getvalue()
+    >>> decode_image(whole, check="structure").width
+    8
+    >>> decode_image(whole[:-4], check="structure")
+    Traceback (most recent call last):
+    ...
+    zimage_dagster.api.errors.NotAnImageError: truncated or corrupt image: the PNG file does not end with its IEND chunk
 
     >>> buf = io.BytesIO(); Image.new("RGB", (8, 4), "red").save(buf, "PNG")
     >>> decode_image(buf.getvalue(), keep_pixels=True).pixels.getpixel((7, 3))
@@ -130,8 +151,12 @@ def decode_image(
                         url=url,
                         task_id=task_id,
                     )
-                img.load()
-                loaded = img
+                if check == "structure" and not keep_pixels and derive is None:
+                    _check_whole(data, fmt)
+                    loaded = None
+                else:
+                    img.load()
+                    loaded = img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(
             f"decompression bomb refused: {exc}", url=url, task_id=task_id
@@ -156,5 +181,25 @@ def decode_image(
         content_type=content_type,
         url=url,
         pixels=loaded if keep_pixels else None,
-        derived=derive(loaded) if derive is not None else None,
+        derived=derive(loaded) if derive is not None and loaded is not None else None,
     )
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def _check_whole(data: builtins.bytes, fmt: str) -> None:
+    """Raise ``SyntaxError`` unless the file of format ``fmt`` is complete (its container says
+    where it ends)."""
+    if fmt == "WEBP":
+        declared = int.from_bytes(data[4:8], "little") + 8 if data[:4] == b"RIFF" else -1
+        if len(data) not in (declared, declared + 1):
+            raise SyntaxError(f"the WebP file's RIFF length says {declared} bytes, got {len(data)}")
+    elif fmt == "PNG":
+        if not data.endswith(_PNG_END):
+            raise SyntaxError("the PNG file does not end with its IEND chunk")
+    elif fmt in ("JPEG", "MPO"):
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise SyntaxError("the JPEG file does not end with its EOI marker")
+    else:  # pragma: no cover - ALLOWED_FORMATS are the three above
+        raise SyntaxError(f"no structure check for {fmt}")

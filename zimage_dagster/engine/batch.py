@@ -274,7 +274,15 @@ class BatchGenerator:
         # Having waited for another run, reuse what it stored even if asked to regenerate:
         # both runs asked for the same image at the same time.
         policy = replace(self.policy, reuse_stored=True) if waited else self.policy
-        return look_up(self.store, self.ledger, self.asset, job, policy, self.log)
+        return look_up(
+            self.store,
+            self.ledger,
+            self.asset,
+            job,
+            policy,
+            self.log,
+            thumbnail=self.settings.thumbnails,
+        )
 
     async def _start(
         self, job: ImageJob, decision: Decision, state: _Attempt
@@ -359,7 +367,10 @@ class BatchGenerator:
                 await self._ledger_update(job, task.id, LedgerStatus.COMPLETED)
                 started = time.monotonic()
                 image = await self.client.download(
-                    _result_url(outcome.task), task_id=task.id, derive=make_thumbnail
+                    _result_url(outcome.task),
+                    task_id=task.id,
+                    derive=make_thumbnail if self.settings.thumbnails else None,
+                    check=self.settings.image_check,
                 )
                 downloading_s = time.monotonic() - started
             except TaskFailedError as exc:

@@ -286,6 +286,8 @@ def look_up(
     job: ImageJob,
     policy: DecisionPolicy,
     logger: Log | None = None,
+    *,
+    thumbnail: bool = True,
 ) -> tuple[Decision, ImageSuccess | None]:
     """Read what is known of ``job`` (its ledger entry, its stored image's record), decide
     (:func:`~zimage_dagster.engine.decide.decide`) and act on what needs no task:
@@ -294,6 +296,8 @@ def look_up(
       returned (and a ledger entry still open for its task is marked collected); damaged or
       gone, the decision is taken again without it (same seed, so the same image);
     * an entry recovered from a damaged file gets the job's request when the decision uses it.
+
+    ``thumbnail``: a reused image comes with its thumbnail (made from the file read).
     """
     parts = tuple(asset)
     entry = ledger.get(parts, job.partition_key)
@@ -301,7 +305,7 @@ def look_up(
     record = stored_record(found.provenance if found is not None else None)
     decision = decide(entry, record, job.fingerprint, policy)
     if decision.action == Action.REUSE and found is not None:
-        reused = _intact(store, ledger, parts, job, found, entry, logger)
+        reused = _intact(store, ledger, parts, job, found, entry, logger, thumbnail)
         if reused is not None:
             return decision, reused
         decision = decide(entry, None, job.fingerprint, policy)
@@ -338,6 +342,7 @@ def _intact(
     found: StoredImage,
     entry: LedgerEntry | None,
     logger: Log | None,
+    thumbnail: bool = True,
 ) -> ImageSuccess | None:
     data = store.read_bytes_or_none(found.path)
     if data is None:
@@ -351,7 +356,7 @@ def _intact(
     record = replace(from_provenance(found.provenance), reused=True, regenerated=False)
     if entry is not None and entry.is_open and entry.task_id == record.task_id:
         ledger.mark_collected(asset, job.partition_key, entry.task_id)
-    return ImageSuccess(job, record, make_thumbnail(data))
+    return ImageSuccess(job, record, make_thumbnail(data) if thumbnail else None)
 
 
 def reusable_image(

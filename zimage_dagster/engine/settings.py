@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any, Protocol
 
+from zimage_dagster.api.images import ImageCheck
 from zimage_dagster.engine.claims import RunAliveFn
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.decide import DecisionPolicy
@@ -59,7 +60,16 @@ class GenerationPolicy:
     ``reuse_stored`` / ``retry_rejected`` / ``max_resubmits``: the decision's options
     (:class:`~zimage_dagster.engine.decide.DecisionPolicy`); ``concurrency``: tasks in flight at
     once; ``wait_deadline``: seconds to wait for one task (``None``: the client's);
-    ``budget``: the credit budgets and the balance preflight (``None``: none).
+    ``budget``: the credit budgets and the balance preflight (``None``: none);
+    ``thumbnails``: make each image's thumbnail (its materialization shows it) from the
+    download's decode; ``image_check``: how each download is checked (``decode``: every pixel;
+    ``structure``: the header and the file's completeness, see
+    :func:`~zimage_dagster.api.images.decode_image`). Sharded mode sets ``thumbnails=False``
+    and ``image_check="structure"`` (:meth:`for_shards`): no event per image shows a thumbnail,
+    and those two are most of the CPU of an image.
+
+    >>> GenerationPolicy().for_shards().image_check
+    'structure'
     """
 
     reuse_stored: bool = True
@@ -68,6 +78,12 @@ class GenerationPolicy:
     concurrency: int = 8
     wait_deadline: float | None = None
     budget: CreditBudget | None = None
+    thumbnails: bool = True
+    image_check: ImageCheck = "decode"
+
+    def for_shards(self) -> GenerationPolicy:
+        """The policy of sharded mode: no thumbnails, the structure check of downloads."""
+        return replace(self, thumbnails=False, image_check="structure")
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
