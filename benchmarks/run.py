@@ -5,7 +5,7 @@
     python -m benchmarks.run --quick            # smaller N: a smoke check (~2-3 minutes)
 
 Names: throughput, polling, memory, overhead, sensor, emulator, claims, gallery, gallery_scale,
-deferred, emulator_load, ceiling, executor, planned_events, candidates. A full
+deferred, emulator_load, ceiling, executor, planned_events, candidates, shards. A full
 run (all benchmarks, not ``--quick``) writes ``latest.*``; any other run writes ``partial.*`` (not
 committed), unless ``--out`` says where.
 """
@@ -36,6 +36,7 @@ from benchmarks import (
     planned_events,
     polling,
     sensor,
+    shards,
     throughput,
 )
 from benchmarks._common import BenchResult, fmt, machine_description
@@ -58,6 +59,7 @@ BENCHMARKS: dict[str, Callable[..., BenchResult]] = {
     executor.NAME: executor.run,
     planned_events.NAME: planned_events.run,
     candidates.NAME: candidates.run,
+    shards.NAME: shards.run,
 }
 
 
