@@ -215,13 +215,13 @@ def _image_asset(
     )
     def _asset(context: AssetExecutionContext) -> Iterator[Any]:
         resource: ZImageResource = getattr(context.resources, spec.resource_key)
+        rows = spec_dataset(spec.prompts) if spec.partitioning == "dynamic" else dataset
+        for problem in rows.problems:
+            context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         if sharded:
             count = len(partitions_def.get_partition_keys())
             yield from materialize_shards(context, spec, resource, dataset, count)
             return
-        rows = spec_dataset(spec.prompts) if spec.partitioning == "dynamic" else dataset
-        for problem in rows.problems:
-            context.log.warning(f"dataset {rows.source}: {problem} (row left out)")
         report, missing = _generate(context, spec, resource, rows)
         yield from _check_results(spec, report, context.instance)
         yield from check_outputs(context)

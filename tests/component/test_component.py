@@ -194,6 +194,7 @@ def test_unset_resource_fields_keep_the_resource_defaults() -> None:
         ("static", {}, dg.StaticPartitionsDefinition),
         ("dynamic", {"dynamic_partitions_name": "poster_prompts"}, dg.DynamicPartitionsDefinition),
         ("daily", {"daily_start_date": "2026-01-01"}, dg.MultiPartitionsDefinition),
+        ("shards", {"shard_count": 2}, dg.StaticPartitionsDefinition),
     ],
 )
 def test_partitioning(partitioning: str, extra: dict[str, Any], expected: type) -> None:
@@ -204,7 +205,9 @@ def test_partitioning(partitioning: str, extra: dict[str, Any], expected: type) 
             assert isinstance(partitions, expected)
             if isinstance(partitions, dg.DynamicPartitionsDefinition):
                 assert partitions.name == "poster_prompts"
-            if isinstance(partitions, dg.StaticPartitionsDefinition):
+            if partitioning == "shards":
+                assert partitions.get_partition_keys() == ["shard-00000", "shard-00001"]
+            elif isinstance(partitions, dg.StaticPartitionsDefinition):
                 assert partitions.get_partition_keys() == ["fox", "lighthouse", "poster"]
             assert not list(defs.schedules or [])
 
@@ -296,7 +299,7 @@ def test_relative_storage_is_under_the_project_root() -> None:
     ("extra", "fragments"),
     [
         ({"colour": "blue"}, ["attributes.colour", "Extra inputs are not permitted"]),
-        ({"partitioning": "hourly"}, ["partitioning", "'static', 'dynamic' or 'daily'"]),
+        ({"partitioning": "hourly"}, ["partitioning", "'static', 'dynamic', 'daily' or 'shards'"]),
         ({"seed_strategy": "lucky"}, ["seed_strategy", "'derived' or 'random'"]),
         ({"retry": {"max_retries": -1}}, ["retry", "max_retries must be 0 or more"]),
         ({"retry": {"delay": -3}}, ["retry", "delay must be 0 or more"]),
