@@ -206,6 +206,7 @@ def test_partitioning(partitioning: str, extra: dict[str, Any], expected: type) 
             if isinstance(partitions, dg.DynamicPartitionsDefinition):
                 assert partitions.name == "poster_prompts"
             if partitioning == "shards":
+                assert isinstance(partitions, dg.StaticPartitionsDefinition)
                 assert partitions.get_partition_keys() == ["shard-00000", "shard-00001"]
             elif isinstance(partitions, dg.StaticPartitionsDefinition):
                 assert partitions.get_partition_keys() == ["fox", "lighthouse", "poster"]
