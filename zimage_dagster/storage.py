@@ -3,11 +3,7 @@ image store in :mod:`zimage_dagster.engine.store`).
 
 Example:
     >>> import tempfile
-    >>> from zimage_dagster.engine.shards import is_shard_key
-from zimage_dagster.engine.store import ImageStore, resolve_storage
-
-if typing.TYPE_CHECKING:
-    from zimage_dagster.engine.manifest import ShardManifest
+    >>> from zimage_dagster.engine.store import ImageStore, resolve_storage
     >>> root = tempfile.mkdtemp()
     >>> _ = ImageStore(root).save("hero", "2026-01-01|fox", b"img", "png", {"sha256": "ab"})
     >>> ImageStoreIOManager(root=root)._store().find("hero", "2026-01-01|fox").path.name
