@@ -131,6 +131,30 @@ def test_a_failed_image_is_in_the_manifest_and_the_table_and_the_shard_still_mat
         assert emulator.stats()["tasks_created"] == 20
 
 
+def test_a_run_that_stored_nothing_fails_its_step_after_materializing_its_shard(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    _fast(emulator)
+    dataset = [{"key": "bad", "prompt": "a forbidden fox", "size": "376x376"}]
+    asset = image_asset(
+        build_image_assets(
+            "bulk", dataset, storage=tmp_path, partitioning="shards", retry_policy=None
+        )
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(asset, instance, emulator, ["shard-00000"])
+        assert not result.success
+        meta = materializations(instance, "bulk")["shard-00000"][-1]
+        assert meta["failed"].value == 1
+        failures = [
+            e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE
+        ]
+        error = failures[-1].step_failure_data.error
+        assert error is not None
+        assert "every one of the 1 row(s) failed" in error.message
+        assert "content_policy_violation" in error.message
+
+
 def test_adding_50_rows_moves_no_existing_row(tmp_path: Path) -> None:
     before = rows(600)
     after = [*before, *rows(50, prefix="new")]
