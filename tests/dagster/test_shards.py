@@ -229,3 +229,5 @@ def test_refused_combinations_say_why() -> None:
         ImageAssetSpec(asset_name="b", prompts=["x"], shard_size=10)
     with pytest.raises(ValueError, match="picks"):
         ImageAssetSpec(asset_name="b", prompts=["x"], partitioning="shards", picks=True)
+    with pytest.raises(ValueError, match="variants and regenerate_rejected"):
+        ImageAssetSpec(asset_name="b", prompts=["x"], partitioning="shards", variants=2)
