@@ -29,8 +29,8 @@ Example:
     >>> import asyncio, tempfile
     >>> from zimage_dagster import api, emulator
     >>> from zimage_dagster.engine.ledger import TaskLedger
-    >>> async def main(url: str, key: str, ledger: TaskLedger) -> str:
-    ...     async with api.AsyncZImageClient(api_key=key, base_url=url) as client:
+    >>> async def main(server: emulator.EmulatorServer, ledger: TaskLedger) -> str:
+    ...     async with api.AsyncZImageClient(api_key=server.api_key, base_url=server.url) as client:
     ...         slots = OwnSlots(client, ledger, "catalogue")
     ...         request = api.GenerationRequest(prompt="a red fox", seed=7)
     ...         first = await client.create_task(request)
@@ -38,13 +38,16 @@ Example:
     ...             "catalogue", "fox", task_id=first.id, request={"prompt": "a red fox", "seed": 7}
     ...         )
     ...         slots.opened(first, "fox")
-    ...         async with slots.turn() as hook:  # cap 1: answered 429, waits for the fox
+    ...         # The cap (1) is reached; the provider asks to come back in 30 s (a fault with a
+    ...         # long Retry-After: the fox, 0.3 s, is seen finished long before it passes).
+    ...         server.configure(http_faults=[{"route": "create", "status": 429, "retry_after": 30, "count": 1}])
+    ...         async with slots.turn() as hook:  # answered 429, waits for the fox, not 30 s
     ...             await client.create_task(request, wait_for_capacity=hook)
     ...         await slots.aclose()
     ...         return f"{slots.summary()}; fox is {ledger.get('catalogue', 'fox').status.value}"
     >>> config = emulator.EmulatorConfig.for_tests(concurrency_cap=1, latency_s=0.3)
     >>> with emulator.EmulatorServer(config) as server:
-    ...     asyncio.run(main(server.url, server.api_key, TaskLedger(tempfile.mkdtemp())))
+    ...     asyncio.run(main(server, TaskLedger(tempfile.mkdtemp())))
     '1 create(s) throttled; 1 task(s) seen finished, 1 create(s) given their slot; fox is completed'
 """
 
