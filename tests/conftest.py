@@ -26,18 +26,17 @@ after the other.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from _pytest.nodeid import NodeId
 
+from tests._support import once_per_run
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
 
 #: How many heavy tests may run at once: one per core of the machine (2 in CI).
@@ -187,22 +186,6 @@ def emulator(emulator_server: EmulatorServer) -> EmulatorServer:
     """The session emulator, reset (tasks, stats, config, faults, clock) for this test."""
     emulator_server.reset()
     return emulator_server
-
-
-@contextmanager
-def once_per_run(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
-    """A folder ``name`` shared by every worker of this run (under xdist, the parent of the
-    workers' temporary roots; else this process's own root), held locked while the block runs:
-    the first worker makes it, the others wait for the lock and find it made."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent
-    with (root / f"{name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield root / name
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture(scope="session")

@@ -92,6 +92,13 @@ class Venv:
         if requirements:
             _run([str(self.bin / "python"), "-m", "pip", "install", "--quiet", *requirements])
 
+    @classmethod
+    def existing(cls, root: Path) -> Venv:
+        """The venv made earlier at ``root`` (by another test of the run)."""
+        venv = cls.__new__(cls)
+        venv.root = root
+        return venv
+
     @property
     def bin(self) -> Path:
         return self.root / "bin"
