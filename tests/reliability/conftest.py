@@ -20,6 +20,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -114,18 +115,36 @@ class S3:
 def s3_server() -> Iterator[S3]:
     moto_server = pytest.importorskip("moto.server", reason="pip install 'moto[server]'")
     pytest.importorskip("s3fs", reason="pip install s3fs")
+    from werkzeug.serving import make_server  # moto[server]'s
+
     # Never let botocore look for real credentials or the instance metadata service.
     saved = {k: os.environ.get(k) for k in ("AWS_EC2_METADATA_DISABLED", "AWS_CONFIG_FILE")}
     os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
     os.environ["AWS_CONFIG_FILE"] = os.devnull
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per S3 request
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    # moto checks a conditional PutObject's If-None-Match / If-Match, then writes, with no lock
+    # between the two (moto 5.2 s3/responses.py put_object), and its ThreadedMotoServer serves
+    # each request on its own thread: two racing writes can both pass the check, which S3 never
+    # lets happen (it answers 409/412 to all but one). One request at a time makes moto as
+    # atomic as S3 is; connections stay on their own threads (keep-alive never blocks another
+    # client). Seen before: two runs claiming one partition, one of 60 CAS updates lost.
+    app = moto_server.DomainDispatcherApplication(moto_server.create_backend_app)
+    one_at_a_time = threading.Lock()
+
+    def serial(environ: dict[str, Any], start_response: Any) -> Any:
+        with one_at_a_time:
+            return list(app(environ, start_response))
+
+    server = make_server(
+        "127.0.0.1", 0, serial, threaded=True, request_handler=moto_server.MotoRequestHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
     try:
-        yield S3(endpoint_url=f"http://{host}:{port}")
+        yield S3(endpoint_url=f"http://127.0.0.1:{server.server_port}")
     finally:
-        server.stop()
+        server.shutdown()
+        thread.join()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
