@@ -296,11 +296,8 @@ class CreateGate:
             await asyncio.to_thread(self._adjust, taken, -estimate)
             raise
         actual = to_micro(task.credits_reserved) if task.credits_reserved is not None else estimate
-        if actual != estimate:
-            await asyncio.to_thread(self._adjust, taken, actual - estimate)
-        if self.budget.credits_per_task is None and task.credits_reserved is not None:
-            self._price = actual  # the provider's own answer is the best estimate
-        self.usage.created(from_micro(actual))
+        # The ledger first: between the provider's answer and this write, a kill leaves a task
+        # the ledger does not know, so nothing else comes before it.
         await asyncio.to_thread(
             self.ledger.record_submitted,
             self.asset,
@@ -315,6 +312,11 @@ class CreateGate:
             regenerated=regenerated,
             deferred=deferred,
         )
+        if actual != estimate:
+            await asyncio.to_thread(self._adjust, taken, actual - estimate)
+        if self.budget.credits_per_task is None and task.credits_reserved is not None:
+            self._price = actual  # the provider's own answer is the best estimate
+        self.usage.created(from_micro(actual))
         return task
 
     def task_failed(self, task: Task) -> None:
