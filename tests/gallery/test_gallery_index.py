@@ -257,3 +257,167 @@ def test_an_object_store_is_read_whole_but_only_changed_records_are_parsed(
             index.close()
     finally:
         store.root.fs.rm(store.root.path, recursive=True)
+
+
+_PROMPTS = [
+    "A Red Fox in snow",
+    "a red owl at dusk",
+    "a grey fox, STRASSE lights",
+    "Straße at night",
+    'the "quoted" sea',
+    "ÉCOLE de la mer",
+    "fox",
+    "an ox and a bee",
+]
+
+
+def _search_catalog(path: Path, fts: bool) -> tuple[catalog.Catalog, int]:
+    cat = catalog.Catalog(path, root="/store", fts=fts)
+    asset = cat.asset_id(("imgs",))
+    rows = [
+        {"key": f"k{n:02d}", "prompt": _PROMPTS[n % len(_PROMPTS)], "created_at": float(n % 7)}
+        for n in range(40)
+    ]
+    cat.put_rows(asset, [indexer.manifest_fields(str(r["key"]), r) for r in rows])
+    cat.commit()
+    return cat, asset
+
+
+@pytest.mark.parametrize("fts", [True, False], ids=["trigram", "scan"])
+def test_a_search_means_the_same_with_or_without_the_trigram_index(
+    tmp_path: Path, fts: bool
+) -> None:
+    cat, asset = _search_catalog(tmp_path / "i.sqlite", fts)
+    try:
+        assert cat.fts is fts
+        for q in ["fox", "FOX red", "ox", "x", "a", "strasse", "STRASSE", "école", "ÉCOLE MER",
+                  '"quoted"', 'quoted" sea', "k0", "k03 red", "zebra", "fox zebra", "ox bee",
+                  "OX BE", "e d"]:  # fmt: skip
+            words = q.casefold().split()
+            for order in ("newest", "partition"):
+                got = [
+                    i.partition_key
+                    for i in cat.select(asset, Query(q=q, order=order, per_page=500)).items
+                ]
+                everything = list(cat.iterate(asset, order))
+                want = [i.partition_key for i in everything
+                        if all(w in i.search_text for w in words)]  # fmt: skip
+                assert got == want, (q, order)
+        # What each word means is "a substring of the prompt or key, any case": Straße folds
+        # to strasse, so "strasse" finds both spellings.
+        found = cat.select(asset, Query(q="strasse", per_page=500)).items
+        assert {i.prompt for i in found} == {"a grey fox, STRASSE lights", "Straße at night"}
+    finally:
+        cat.close()
+
+
+def test_without_a_trigram_tokenizer_the_index_scans_and_a_file_is_built_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert catalog.trigram_supported()  # SQLite 3.34+ here: the default path uses the index
+    store = ImageStore(tmp_path / "store")
+    _save(store, "fox", "a red fox")
+    cache = tmp_path / "cache"
+    with_fts = GalleryIndex(store, refresh_s=0, cache_dir=cache)
+    assert with_fts.catalog.fts
+    assert _keys(with_fts, Query(q="RED fox")) == ["fox"]
+    with_fts.close()
+    monkeypatch.setattr(catalog, "trigram_supported", lambda: False)
+    without = GalleryIndex(store, refresh_s=0, cache_dir=cache)
+    try:
+        assert not without.catalog.fts
+        assert without.catalog.rebuilt  # the file held a table this SQLite cannot read
+        assert _keys(without, Query(q="RED fox")) == ["fox"]
+    finally:
+        without.close()
+
+
+def test_an_index_row_changed_or_removed_leaves_the_trigram_index(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    _save(store, "k1", "a red fox")
+    _save(store, "k2", "a red owl")
+    index = GalleryIndex(store, refresh_s=0)
+    try:
+        assert _keys(index, Query(q="red")) == ["k1", "k2"]
+        _save(store, "k1", "a blue whale")
+        store.delete("imgs", "k2")
+        assert _keys(index, Query(q="red")) == []
+        assert _keys(index, Query(q="whale")) == ["k1"]
+        integrity = index.catalog._writer.execute(
+            "INSERT INTO items_fts (items_fts, rank) VALUES ('integrity-check', 1)"
+        )
+        assert integrity is not None  # raises when the index and the rows disagree
+    finally:
+        index.close()
+
+
+@pytest.mark.parametrize("q", ["", "prompt", "p"], ids=["all", "trigram-search", "scan-search"])
+@pytest.mark.parametrize("order", ["newest", "partition"])
+def test_pages_by_cursor_walk_the_whole_order_both_ways(tmp_path: Path, order: str, q: str) -> None:
+    cat = catalog.Catalog(tmp_path / "i.sqlite", root="/store")
+    asset = cat.asset_id(("imgs",))
+    rows = [{"key": f"k{n:03d}", "prompt": f"prompt {n}", "created_at": float(n % 9)}
+            for n in range(103)]  # fmt: skip
+    cat.put_rows(asset, [indexer.manifest_fields(str(r["key"]), r) for r in rows])
+    cat.commit()
+    try:
+        want = [i.partition_key for i in cat.iterate(asset, order)]
+        query = Query(q=q, order=order, per_page=10)
+        pages = [cat.select(asset, query)]
+        while pages[-1].after:
+            nxt = pages[-1]
+            query = Query(q=q, order=order, per_page=10, page=nxt.page + 1, after=nxt.after)
+            pages.append(cat.select(asset, query))
+        assert [i.partition_key for p in pages for i in p.items] == want
+        assert [p.page for p in pages] == list(range(1, 12))
+        assert (pages[-1].page, pages[-1].pages, len(pages[-1].items)) == (11, 11, 3)
+        # The last page by number is the same rows (read from the end, without OFFSET).
+        last = cat.select(asset, Query(q=q, order=order, per_page=10, page=11))
+        assert last.items == pages[-1].items
+        assert last.before == pages[-1].before
+        # Back, by the previous pages' cursors, to the first page.
+        back = [pages[-1]]
+        while back[-1].before:
+            prev = back[-1]
+            query = Query(q=q, order=order, per_page=10, page=prev.page - 1, before=prev.before)
+            back.append(cat.select(asset, query))
+        assert [p.items for p in back[::-1]] == [p.items for p in pages]
+        assert back[-1].page == 1
+        # A bookmarked cursor's page keeps its rows when a newer partition comes in.
+        mark = Query(q=q, order=order, per_page=10, page=4, after=pages[2].after)
+        cat.put_rows(
+            asset, [indexer.manifest_fields("a-new", {"prompt": "prompt new", "created_at": 99.0})]
+        )
+        cat.commit()
+        assert cat.select(asset, mark).items == pages[3].items
+    finally:
+        cat.close()
+
+
+def test_the_grids_pager_links_carry_cursors(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    for n in range(5):
+        _save(store, f"k{n}", f"prompt {n}", when=float(n))
+    with (
+        Gallery(store, cache_dir=tmp_path / "cache", refresh_s=0) as gallery,
+        httpx.Client(base_url=gallery.url, timeout=30) as client,
+    ):
+        seen: list[str] = []
+        url: str | None = links.asset_path("imgs") + "?per_page=2&q=prompt"
+        while url:
+            page = client.get(url.replace("&amp;", "&")).text
+            seen += [k for k, _ in CARD.findall(page)]
+            nxt = re.search(r"rel='next' href='([^']*)'", page)
+            url = nxt.group(1) if nxt else None
+            if url:
+                assert "after=" in url
+                assert "q=prompt" in url
+        assert seen == ["k4", "k3", "k2", "k1", "k0"]
+        prev = re.search(r"rel='prev' href='([^']*)'", page)
+        assert prev is not None
+        assert "before=" in prev.group(1)
+        # Back to page 1: no cursor in the link.
+        second = client.get(prev.group(1).replace("&amp;", "&")).text
+        first = re.search(r"rel='prev' href='([^']*)'", second)
+        assert first is not None
+        assert "before=" not in first.group(1)

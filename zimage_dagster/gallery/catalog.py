@@ -24,6 +24,7 @@ one SQLite cannot read, is deleted and built again.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import logging
@@ -37,17 +38,41 @@ from typing import Any
 
 from zimage_dagster.engine.ledger import LedgerEntry
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance, to_provenance
-from zimage_dagster.gallery.items import GalleryItem, Page, Query, item_of
+from zimage_dagster.gallery.items import (
+    GalleryItem,
+    Page,
+    Query,
+    cursor_of,
+    item_of,
+    parse_cursor,
+)
 
-__all__ = ["COUNT_CAP", "SCHEMA_VERSION", "Catalog"]
+__all__ = ["COUNT_CAP", "SCHEMA_VERSION", "TRIGRAM_MIN", "Catalog", "trigram_supported"]
 
 log = logging.getLogger(__name__)
 
 #: Bumped when the tables change: a file of another version is built again.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A search (or a partition-key filter) counts its matches up to this many.
 COUNT_CAP = 10_000
 _CHUNK = 500  # SQL parameters per statement
+#: The shortest word the trigram index finds (shorter ones are looked for in every prompt).
+TRIGRAM_MIN = 3
+
+# The search index: every prompt's (and key's) trigrams, kept in step with ``items`` by
+# triggers. ``search`` is case-folded already (by Python, as the words are): case_sensitive 1
+# makes a word's match exactly "is a substring of", as ``instr`` says.
+_FTS_SCHEMA = """
+CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
+    search, content='items', content_rowid='id', tokenize='trigram case_sensitive 1');
+CREATE TRIGGER IF NOT EXISTS items_fts_insert AFTER INSERT ON items BEGIN
+    INSERT INTO items_fts (rowid, search) VALUES (new.id, new.search); END;
+CREATE TRIGGER IF NOT EXISTS items_fts_delete AFTER DELETE ON items BEGIN
+    INSERT INTO items_fts (items_fts, rowid, search) VALUES ('delete', old.id, old.search); END;
+CREATE TRIGGER IF NOT EXISTS items_fts_update AFTER UPDATE OF search ON items BEGIN
+    INSERT INTO items_fts (items_fts, rowid, search) VALUES ('delete', old.id, old.search);
+    INSERT INTO items_fts (rowid, search) VALUES (new.id, new.search); END;
+"""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -68,6 +93,27 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_key ON files (asset_id, key);
 CREATE INDEX IF NOT EXISTS files_gen ON files (gen);
 """
+
+
+def trigram_supported() -> bool:
+    """True when this Python's SQLite has FTS5 and its ``trigram`` tokenizer (SQLite 3.34+).
+
+    >>> isinstance(trigram_supported(), bool)
+    True
+    """
+    try:
+        with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+            conn.execute(
+                "CREATE VIRTUAL TABLE t USING fts5(x, tokenize='trigram case_sensitive 1')"
+            )
+    except sqlite3.Error:
+        return False
+    return True
+
+
+def _match(words: Iterable[str]) -> str:
+    """An FTS5 query: every word, each as a quoted phrase (a substring, for trigrams)."""
+    return " AND ".join('"' + w.replace('"', '""') + '"' for w in words)
 
 
 def _record(body: str | None) -> ImageRecord | None:
@@ -103,11 +149,15 @@ class Catalog:
     Writes go through one connection (the indexer's, one writer at a time: the caller holds
     :attr:`write_lock`); each reading thread has its own connection, and SQLite's write-ahead
     log lets them read while a pass writes. :attr:`version` moves at every commit.
+
+    ``fts``: keep a trigram index of the prompts for searches (default: when SQLite has it,
+    :func:`trigram_supported`); without it a search scans every prompt.
     """
 
-    def __init__(self, path: Path, *, root: str) -> None:
+    def __init__(self, path: Path, *, root: str, fts: bool | None = None) -> None:
         self.path = Path(path)
         self.root = root
+        self.fts = trigram_supported() if fts is None else fts
         self.write_lock = threading.RLock()
         self.version = 0
         self._local = threading.local()
@@ -153,11 +203,15 @@ class Catalog:
         row = conn.execute("SELECT value FROM meta WHERE name='root'").fetchone()
         if row is None or row[0] != self.root:
             return False
+        if ("items_fts" in tables) != self.fts:
+            return False
         conn.execute("SELECT count(*) FROM assets").fetchone()  # a damaged page raises here
         return True
 
     def _create(self, conn: sqlite3.Connection) -> None:
         conn.executescript(_SCHEMA)
+        if self.fts:
+            conn.executescript(_FTS_SCHEMA)
         conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('root', ?)", (self.root,))
         conn.commit()
@@ -496,6 +550,23 @@ class Catalog:
             args.append(json.dumps(sorted(keys)))
         return " AND ".join(clauses), args
 
+    def _search_ids(self, where: str, args: list[Any], words: Sequence[str]) -> list[Any] | None:
+        """The matches' ``(id, time, key)`` up to the cap (one more: the count is capped), read
+        through the trigram index when a word is long enough for it, or ``None`` (the caller
+        scans)."""
+        long = [w for w in words if len(w) >= TRIGRAM_MIN]
+        if not (self.fts and long):
+            return None
+        return (
+            self._reader()
+            .execute(
+                "SELECT i.id, i.time, i.key FROM items_fts f CROSS JOIN items i ON i.id = f.rowid "
+                f"WHERE items_fts MATCH ? AND {where} LIMIT ?",
+                [_match(long), *args, COUNT_CAP + 1],
+            )
+            .fetchall()
+        )
+
     def select(
         self,
         asset_id: int,
@@ -506,28 +577,35 @@ class Catalog:
         known_total: int | None = None,
     ) -> Page:
         """The page of ``query`` (``keys``: only those partitions, or with ``exclude`` all but
-        those: the review filter). A search counts up to :data:`COUNT_CAP` matches, reading the
-        table in its own order (a scan of every prompt), and when it found fewer than that, its
-        page comes from the same kind of scan (then a sort of those matches); a search matching
-        more reads the grid's order until the page is full. ``known_total``: the asset's
-        partitions, when the query has no filter."""
+        those: the review filter). A search counts up to :data:`COUNT_CAP` matches: through the
+        trigram index when one of its words has 3 characters or more (then every word is checked
+        as a substring of those rows), else by a scan of every prompt; when it found fewer than
+        that, its page comes from those matches (sorted here). A search matching more, and every
+        other query, reads the grid's order: from ``query.after`` / ``before`` when given
+        (keyset), else page by number (from whichever end is nearer). ``known_total``: the
+        asset's partitions, when the query has no filter."""
         where, args = self._where(asset_id, query, keys, exclude)
         capped_count = bool(query.words or query.partition)
-        sort = "i.key" if query.order == "partition" else "i.time DESC, i.key"
+        partition_order = query.order == "partition"
+        sort = "i.key" if partition_order else "i.time DESC, i.key"
+        back = "i.key DESC" if partition_order else "i.time ASC, i.key DESC"
         matches: list[tuple[int, float, str]] | None = None
         if known_total is not None and not (capped_count or keys is not None or query.status
                                              or query.date or query.size):  # fmt: skip
             total = known_total
         elif capped_count:
-            # One scan of the table in its own order: the matches' ids, up to the cap.
-            matches = (
-                self._reader()
-                .execute(
-                    f"SELECT i.id, i.time, i.key FROM items i NOT INDEXED WHERE {where} LIMIT ?",
-                    [*args, COUNT_CAP + 1],
+            matches = self._search_ids(where, args, query.words)
+            if matches is None:
+                # One scan of the table in its own order: the matches' ids, up to the cap.
+                matches = (
+                    self._reader()
+                    .execute(
+                        f"SELECT i.id, i.time, i.key FROM items i NOT INDEXED WHERE {where} "
+                        "LIMIT ?",
+                        [*args, COUNT_CAP + 1],
+                    )
+                    .fetchall()
                 )
-                .fetchall()
-            )
             total = len(matches)
         else:
             total = int(
@@ -537,28 +615,94 @@ class Catalog:
         capped = capped_count and total > COUNT_CAP
         total = min(total, COUNT_CAP) if capped_count else total
         pages = max(1, math.ceil(total / query.per_page))
-        page = query.page if capped else min(query.page, pages)
+        page = max(1, query.page if capped else min(query.page, pages))
         start = (page - 1) * query.per_page
+        per = query.per_page
+        after, before = parse_cursor(query.after), parse_cursor(query.before)
+        # ``more``: one row past the page was found (next page with ``after``, previous with
+        # ``before``); a page by number knows its neighbours from the count.
+        more = False
         if matches is not None and not capped:
             # Fewer than the cap: sort those matches here, and read the page's rows alone.
-            if query.order == "partition":
-                matches.sort(key=lambda m: m[2])
+            def order(m: tuple[Any, ...]) -> tuple[Any, ...]:
+                return (m[-1],) if partition_order else (-m[-2], m[-1])
+
+            matches.sort(key=order)
+            positions = [order(m) for m in matches]
+            if after is not None:
+                first = bisect.bisect_right(positions, order(after))
+                chosen, more = matches[first : first + per], first + per < len(matches)
+            elif before is not None:
+                last = bisect.bisect_left(positions, order(before))
+                chosen, more = matches[max(0, last - per) : last], last > per
             else:
-                matches.sort(key=lambda m: (-m[1], m[2]))
-            ids = [m[0] for m in matches[start : start + query.per_page]]
+                chosen = matches[start : start + per]
+            ids = [m[0] for m in chosen]
             found = self._items(
                 f"WHERE i.id IN (SELECT value FROM json_each(?)) ORDER BY {sort}",
                 [json.dumps(ids)],
             ) if ids else []  # fmt: skip
+        elif after is not None:
+            found = self._items(
+                f"WHERE {where} AND {self._past(partition_order)} ORDER BY {sort} LIMIT ?",
+                [*args, *self._cursor_args(after, partition_order), per + 1],
+            )
+            found, more = found[:per], len(found) > per
+        elif before is not None:
+            found = self._items(
+                f"WHERE {where} AND {self._short_of(partition_order)} ORDER BY {back} LIMIT ?",
+                [*args, *self._cursor_args(before, partition_order), per + 1],
+            )
+            found, more = found[:per][::-1], len(found) > per
+        elif total and not capped and start > total // 2:
+            # Nearer the end: read the order backwards (the last page reads its own rows).
+            end = min(start + per, total)
+            found = self._items(
+                f"WHERE {where} ORDER BY {back} LIMIT ? OFFSET ?", [*args, end - start, total - end]
+            )[::-1]
         elif total:
             found = self._items(
-                f"WHERE {where} ORDER BY {sort} LIMIT ? OFFSET ?", [*args, query.per_page, start]
+                f"WHERE {where} ORDER BY {sort} LIMIT ? OFFSET ?", [*args, per, start]
             )
         else:
             found = []
-        if capped:
-            pages = page + 1 if len(found) == query.per_page else page
-        return Page(found, total, page, pages, capped)
+        if after is not None:
+            has_prev, has_next = True, more
+        elif before is not None:
+            has_prev, has_next = more, True
+            if not more:
+                page = 1  # nothing is left before it: this is the first page
+        else:
+            has_prev = page > 1
+            has_next = len(found) == per if capped else page < pages
+        if not found:
+            has_next = False
+        if capped or page >= pages:
+            pages = page + 1 if has_next else page
+        return Page(
+            found,
+            total,
+            page,
+            pages,
+            capped,
+            after=cursor_of(found[-1]) if has_next else "",
+            before=cursor_of(found[0]) if found and has_prev else "",
+        )
+
+    @staticmethod
+    def _past(partition_order: bool) -> str:
+        """Rows after a cursor in the grid's order."""
+        return "i.key > ?" if partition_order else "i.time <= ? AND (i.time < ? OR i.key > ?)"
+
+    @staticmethod
+    def _short_of(partition_order: bool) -> str:
+        """Rows before a cursor in the grid's order."""
+        return "i.key < ?" if partition_order else "i.time >= ? AND (i.time > ? OR i.key < ?)"
+
+    @staticmethod
+    def _cursor_args(cursor: tuple[float, str], partition_order: bool) -> list[Any]:
+        when, key = cursor
+        return [key] if partition_order else [when, when, key]
 
     def neighbours(
         self,

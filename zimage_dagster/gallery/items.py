@@ -14,11 +14,12 @@ A partition's status:
 >>> item.status, item.search_text
 ('stored', 'a red fox\\nfox')
 >>> Query.from_params({"q": " owl ", "page": "x", "status": "nope"})
-Query(q='owl', partition='', date='', status='', size='', review='', order='newest', page=1, per_page=48)
+Query(q='owl', partition='', date='', status='', size='', review='', order='newest', page=1, per_page=48, after='', before='')
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus
 from zimage_dagster.engine.provenance import ImageRecord
 from zimage_dagster.engine.reviews import REVIEW_STATES
 
-__all__ = ["ORDERS", "STATUSES", "GalleryItem", "Page", "Query", "date_of", "item_of"]
+__all__ = ["ORDERS", "STATUSES", "GalleryItem", "Page", "Query", "cursor_of", "date_of", "item_of",
+           "parse_cursor"]  # fmt: skip
 
 #: The statuses a partition can have in the gallery, in the order the filters show them.
 STATUSES: tuple[str, ...] = ("stored", "failed", "pending", "expired")
@@ -156,9 +158,37 @@ def item_of(
     )
 
 
+def cursor_of(item: GalleryItem) -> str:
+    """A position in the grid's orders, just past or before ``item``: ``<time>:<key>`` (the
+    newest-first order reads both, the partition order the key alone). A link holding one reads
+    its page from the index's order at that point (keyset pagination): as fast on the last page as
+    on the first, and the same rows whatever was added before it.
+
+    >>> cursor_of(GalleryItem(("hero",), "a:b", "failed"))
+    '0.0:a:b'
+    >>> parse_cursor("0.0:a:b"), parse_cursor("nope")
+    ((0.0, 'a:b'), None)
+    """
+    return f"{item.time!r}:{item.partition_key}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str] | None:
+    """``(time, key)`` of a :func:`cursor_of` string, or ``None`` when it is not one."""
+    when, sep, key = cursor.partition(":")
+    try:
+        value = float(when)
+    except ValueError:
+        return None
+    return (value, key) if sep and math.isfinite(value) else None
+
+
 @dataclass(frozen=True)
 class Query:
-    """What the grid shows: free-text search in prompts, filters, order and page."""
+    """What the grid shows: free-text search in prompts, filters, order and page.
+
+    ``after`` / ``before``: a :func:`cursor_of` position; the page is the rows just after (or
+    before) it in the grid's order, and ``page`` is then only the number the pager shows.
+    """
 
     q: str = ""
     partition: str = ""
@@ -169,6 +199,8 @@ class Query:
     order: str = "newest"
     page: int = 1
     per_page: int = 48
+    after: str = ""
+    before: str = ""
 
     @classmethod
     def from_params(cls, params: Mapping[str, str]) -> Query:
@@ -193,11 +225,14 @@ class Query:
             order=order if order in ORDERS else "newest",
             page=number("page", 1, 1_000_000),
             per_page=number("per_page", 48, 500),
+            after=params.get("after", "")[:600],
+            before=params.get("before", "")[:600] if "after" not in params else "",
         )
 
     def params(self, **changes: Any) -> dict[str, str]:
-        """The non-default parameters (with ``changes``), for links that keep the filters."""
-        values = {**self.__dict__, **changes}
+        """The non-default parameters (with ``changes``), for links that keep the filters (a
+        cursor only when ``changes`` names one: a link elsewhere starts from its first page)."""
+        values = {**self.__dict__, "after": "", "before": "", **changes}
         defaults = Query().__dict__
         return {k: str(v) for k, v in values.items() if v != defaults[k]}
 
@@ -211,10 +246,13 @@ class Query:
 class Page:
     """One page of a query's results. ``capped``: counting stopped at ``total`` (a search over a
     very large asset counts its matches up to a limit; the pager then offers the next page as
-    long as the page is full)."""
+    long as the page is full). ``after`` / ``before``: the cursors (:func:`cursor_of`) of the
+    next and previous pages' links, empty when there is none."""
 
     items: Sequence[GalleryItem]
     total: int
     page: int
     pages: int
     capped: bool = False
+    after: str = ""
+    before: str = ""

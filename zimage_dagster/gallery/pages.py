@@ -330,15 +330,19 @@ def asset_page(
     verdicts = verdicts or {}
     base = links.asset_path(index.asset)
 
-    def to(n: int) -> str:
-        return base + "?" + urlencode(query.params(page=n))
+    def to(n: int, **cursor: str) -> str:
+        # From the page's cursor when it has one (keyset: a deep page is read as fast as the
+        # first); the first page needs none.
+        cursor = {k: v for k, v in cursor.items() if v and n > 1}
+        return base + "?" + urlencode(query.params(page=n, **cursor))
 
+    prev = to(page.page - 1, before=page.before)
     pager = (
         "<nav class='pager'>"
-        + (f"<a rel='prev' href='{_text(to(page.page - 1))}'>← newer</a>" if page.page > 1 else "")
+        + (f"<a rel='prev' href='{_text(prev)}'>← newer</a>" if page.page > 1 else "")
         + f"<span class='muted'>page {page.page} of {page.pages}</span>"
         + (
-            f"<a rel='next' href='{_text(to(page.page + 1))}'>next →</a>"
+            f"<a rel='next' href='{_text(to(page.page + 1, after=page.after))}'>next →</a>"
             if page.page < page.pages
             else ""
         )
