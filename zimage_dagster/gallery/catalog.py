@@ -59,12 +59,15 @@ _CHUNK = 500  # SQL parameters per statement
 #: The shortest word the trigram index finds (shorter ones are looked for in every prompt).
 TRIGRAM_MIN = 3
 
-# The search index: every prompt's (and key's) trigrams, kept in step with ``items`` by
+# The search index: which rows hold each trigram of their prompt and key (``detail=none``: no
+# positions; half the file and a third less time to build), kept in step with ``items`` by
 # triggers. ``search`` is case-folded already (by Python, as the words are): case_sensitive 1
-# makes a word's match exactly "is a substring of", as ``instr`` says.
+# compares those as they are. A word's trigrams all present does not make it a substring, so
+# the rows found are checked with ``instr`` (the scan's own test): the meaning is the scan's.
 _FTS_SCHEMA = """
 CREATE VIRTUAL TABLE IF NOT EXISTS items_fts USING fts5(
-    search, content='items', content_rowid='id', tokenize='trigram case_sensitive 1');
+    search, content='items', content_rowid='id', detail=none,
+    tokenize='trigram case_sensitive 1');
 CREATE TRIGGER IF NOT EXISTS items_fts_insert AFTER INSERT ON items BEGIN
     INSERT INTO items_fts (rowid, search) VALUES (new.id, new.search); END;
 CREATE TRIGGER IF NOT EXISTS items_fts_delete AFTER DELETE ON items BEGIN
@@ -112,8 +115,13 @@ def trigram_supported() -> bool:
 
 
 def _match(words: Iterable[str]) -> str:
-    """An FTS5 query: every word, each as a quoted phrase (a substring, for trigrams)."""
-    return " AND ".join('"' + w.replace('"', '""') + '"' for w in words)
+    """An FTS5 query: every trigram of every word (each quoted).
+
+    >>> _match(["fox", "rust", "ox"])
+    '"fox" AND "rus" AND "ust"'
+    """
+    grams = dict.fromkeys(w[i : i + 3] for w in words for i in range(len(w) - 2))
+    return " AND ".join('"' + g.replace('"', '""') + '"' for g in grams)
 
 
 def _record(body: str | None) -> ImageRecord | None:
