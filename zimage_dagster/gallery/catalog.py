@@ -4,7 +4,9 @@ It holds, per partition, what a grid filters and orders by (status, time, date, 
 case-folded prompt and key) and the provenance record and ledger entry the page shows, plus, per
 file read from the store, the file's stamp, so a later pass reads only what changed
 (:mod:`zimage_dagster.gallery.indexer` fills it). Pages are SQL queries: a page of 48 reads 48
-rows, whatever the store's size, and no listing of the store is held in memory.
+rows, whatever the store's size, and no listing of the store is held in memory. A page past a
+cursor (:func:`~zimage_dagster.gallery.items.cursor_of`) is read from the grid's order at that
+point; a search finds its rows through an FTS5 trigram index when SQLite has one.
 
 The file is a cache: one made for another store root or by another version of this module, or
 one SQLite cannot read, is deleted and built again.
@@ -685,7 +687,7 @@ class Catalog:
             has_next = len(found) == per if capped else page < pages
         if not found:
             has_next = False
-        if capped or page >= pages:
+        if capped or page >= pages or not has_next:
             pages = page + 1 if has_next else page
         return Page(
             found,
