@@ -19,6 +19,7 @@ from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, catalog, indexer, links
 from zimage_dagster.gallery.index import INDEX_FILE, GalleryIndex, Query
+from zimage_dagster.gallery.items import cursor_of
 
 CARD = re.compile(r"data-key='([^']*)' data-status='([^']*)'")
 
@@ -383,6 +384,10 @@ def test_pages_by_cursor_walk_the_whole_order_both_ways(tmp_path: Path, order: s
             back.append(cat.select(asset, query))
         assert [p.items for p in back[::-1]] == [p.items for p in pages]
         assert back[-1].page == 1
+        # A cursor past the last row: an empty page, and no next link after it.
+        beyond = Query(q=q, order=order, per_page=10, page=5, after=cursor_of(pages[-1].items[-1]))
+        end = cat.select(asset, beyond)
+        assert (list(end.items), end.page, end.pages, end.after) == ([], 5, 5, "")
         # A bookmarked cursor's page keeps its rows when a newer partition comes in.
         mark = Query(q=q, order=order, per_page=10, page=4, after=pages[2].after)
         cat.put_rows(
