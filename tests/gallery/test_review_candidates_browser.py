@@ -1,0 +1,117 @@
+"""Review of a store with 3 candidates per partition in Debian's Chromium, with the keyboard.
+
+A real ``variants=3`` run (3 prompts, 9 tasks), the gallery with a review token, Playwright:
+next, pick candidate 2 by its number key, reject another partition with a note, undo, export.
+The zip's manifest is checked against the store: the picked candidate's own bytes.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from playwright.sync_api import Browser, ViewportSize, expect
+
+from tests.dagster._support import image_asset, make_fast, resource_for, rows, run_range
+from tests.gallery._support import REVIEW_TOKEN, StoredRun, browser_page
+from tests.ui._support import chromium_executable, launched_chromium
+from zimage_dagster import build_image_assets
+from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.keys import candidate_key
+from zimage_dagster.engine.reviews import current_verdicts, read_records
+from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.gallery import Gallery, links
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+
+ASSET = "imgs"
+VARIANTS = 3
+KEYS = ["p0", "p1", "p2"]
+VIEWPORT: ViewportSize = {"width": 1440, "height": 1000}
+
+
+@pytest.fixture(scope="module")
+def run(emulator_server: EmulatorServer, tmp_path_factory: pytest.TempPathFactory) -> StoredRun:
+    chromium_executable()  # fail before the slow part when the browser is missing
+    emulator_server.reset()
+    make_fast(emulator_server)
+    root = tmp_path_factory.mktemp("review-candidates")
+    asset = image_asset(build_image_assets(ASSET, rows(3), storage=root, variants=VARIANTS))
+    with dg.DagsterInstance.ephemeral() as instance:
+        assert run_range(asset, instance, resource_for(emulator_server), "p0", "p2").success
+    assert emulator_server.stats()["tasks_created"] == len(KEYS) * VARIANTS
+    assert ImageStore(root).partitions(ASSET) == KEYS
+    return StoredRun(root, emulator_server.api_key, frozenset(KEYS), "", "", "")
+
+
+@pytest.fixture(scope="module")
+def browser(run: StoredRun) -> Iterator[Browser]:
+    with launched_chromium() as launched:
+        yield launched
+
+
+def test_keyboard_review_of_three_candidates_picks_candidate_2_and_exports_its_bytes(
+    browser: Browser, review: Gallery, root: Path, tmp_path: Path
+) -> None:
+    store = ImageStore(root)
+    with browser_page(browser, tmp_path, VIEWPORT, "review-candidates") as page:
+        page.goto(review.url + "/")
+        page.get_by_role("link", name="sign in to review").click()
+        page.get_by_label("Review token").fill(REVIEW_TOKEN)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#who")).to_contain_text("reviewing as ana")
+        page.goto(review.url + links.asset_path(ASSET) + "?order=partition")
+        page.locator("article.card a.pic").first.click()
+        expect(page.locator("h1")).to_contain_text("p0")
+        expect(page.locator("figure.candidate")).to_have_count(VARIANTS)
+
+        page.keyboard.press("j")  # next
+        expect(page.locator("h1")).to_contain_text("p1")
+        page.keyboard.press("2")  # candidate 2 on the page: index 1 in the record
+        expect(page.locator("#verdict")).to_have_attribute("data-review", "picked")
+        expect(page.locator("figure.candidate.picked")).to_have_count(1)
+        expect(page.locator("figure.candidate").nth(1)).to_have_class("candidate picked")
+
+        page.keyboard.press("j")
+        expect(page.locator("h1")).to_contain_text("p2")
+        page.locator("textarea[name=note]").fill("all three off-brief")
+        page.locator("body").click(position={"x": 5, "y": 900})  # leave the note field
+        page.keyboard.press("x")
+        expect(page.locator("#verdict")).to_have_attribute("data-review", "rejected")
+        expect(page.locator("#verdict-note")).to_have_text("all three off-brief")
+        page.keyboard.press("u")  # undo the reject: unreviewed again
+        expect(page.locator("#verdict")).to_have_attribute("data-review", "unreviewed")
+        page.locator("textarea[name=note]").fill("all three off-brief, twice")
+        page.locator("body").click(position={"x": 5, "y": 900})
+        page.keyboard.press("x")
+        expect(page.locator("#verdict")).to_have_attribute("data-review", "rejected")
+
+        verdicts = current_verdicts(store, ASSET)
+        assert {k: (v.verdict, v.candidate) for k, v in verdicts.items()} == {
+            "p1": ("pick", 1),
+            "p2": ("reject", None),
+        }
+        assert [r.verdict for r in read_records(store, ASSET, "p2")] == ["reject", "undo", "reject"]
+        assert verdicts["p2"].note == "all three off-brief, twice"
+
+        page.get_by_role("link", name="grid", exact=True).click()
+        with page.expect_download() as download_info:
+            page.locator("#export").click()
+        archive = zipfile.ZipFile(io.BytesIO(Path(download_info.value.path()).read_bytes()))
+    (row,) = csv.DictReader(io.StringIO(archive.read("manifest.csv").decode()))
+    picked = store.find(ASSET, candidate_key("p1", 1))
+    first = store.find(ASSET, "p1")
+    assert picked is not None and first is not None
+    assert picked.sha256 != first.sha256  # the test tells candidate 2 from candidate 1
+    data = archive.read(row["file"])
+    assert (row["key"], row["candidate"], row["reviewer"]) == ("p1", "1", "ana")
+    assert hashlib.sha256(data).hexdigest() == row["sha256"] == picked.sha256
+    assert data == picked.path.read_bytes()
+    assert row["seed"] == str(picked.provenance["seed"])
+    assert row["task_id"] == picked.provenance["task_id"]
