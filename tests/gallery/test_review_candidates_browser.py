@@ -107,7 +107,8 @@ def test_keyboard_review_of_three_candidates_picks_candidate_2_and_exports_its_b
     (row,) = csv.DictReader(io.StringIO(archive.read("manifest.csv").decode()))
     picked = store.find(ASSET, candidate_key("p1", 1))
     first = store.find(ASSET, "p1")
-    assert picked is not None and first is not None
+    assert picked is not None
+    assert first is not None
     assert picked.sha256 != first.sha256  # the test tells candidate 2 from candidate 1
     data = archive.read(row["file"])
     assert (row["key"], row["candidate"], row["reviewer"]) == ("p1", "1", "ana")
