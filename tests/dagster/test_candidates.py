@@ -22,6 +22,8 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from tests.dagster._support import (
+    SMALL,
+    failure_message,
     image_asset,
     make_fast,
     materializations,
@@ -135,6 +137,31 @@ def test_one_variant_changes_nothing(emulator: EmulatorServer, tmp_path: Path) -
             assert list(new[key][0]) == list(old[key][0])
             assert "preview" not in new[key][0]
             assert "candidates" not in new[key][0]
+
+
+def test_a_failed_candidate_is_named_by_its_partition_and_number(
+    emulator: EmulatorServer, tmp_path: Path
+) -> None:
+    """The step's failure lists each failed unit as people read it: ``p1`` for candidate 0 (as
+    with one image), ``p1 (candidate 2)`` for index 1, counted from 1 like the gallery; never
+    the unit key ``p1...1``. The failed partition is counted once."""
+    make_fast(emulator, failure_rules=[{"pattern": "doomed", "code": "content_policy_violation"}])
+    data = [*rows(1), {"key": "p1", "prompt": "a doomed harbour", "size": SMALL}]
+    asset = image_asset(build_image_assets("imgs", data, storage=str(tmp_path), variants=3))
+    with dg.instance_for_test() as instance:
+        result = run_range(asset, instance, resource_for(emulator), "p0", "p1")
+    assert not result.success
+    assert emulator.stats()["tasks_created"] == 6
+    message = failure_message(result)
+    assert "1 of 2 partitions failed" in message
+    listed = [line for line in message.splitlines() if line.startswith("- ")]
+    assert sorted(line.split(": ")[0] for line in listed) == [
+        "- p1",
+        "- p1 (candidate 2)",
+        "- p1 (candidate 3)",
+    ]
+    assert all(": content_policy_violation: " in line for line in listed)
+    assert "..." not in message
 
 
 def _sha(data: bytes) -> str:

@@ -57,6 +57,7 @@ __all__ = [
     "InvalidPartitionKeyError",
     "candidate_key",
     "check_partition_key",
+    "describe_unit",
     "partition_key",
     "partition_key_problem",
     "split_candidate",
@@ -91,6 +92,20 @@ def split_candidate(unit_key: str) -> tuple[str, int]:
     if found is None:
         return unit_key, 0
     return found.group(1), int(found.group(2))
+
+
+def describe_unit(unit_key: str) -> str:
+    """A unit key as people read it in a message: the partition, and the candidate numbered as
+    the gallery numbers it (from 1) when it is not the partition's first one.
+
+    Candidate 0 reads as its partition, exactly as a partition of one image (``variants=1``)
+    does.
+
+    >>> describe_unit("fox"), describe_unit("fox...2"), describe_unit("2026-01-01|fox...1")
+    ('fox', 'fox (candidate 3)', '2026-01-01|fox (candidate 2)')
+    """
+    partition, candidate = split_candidate(unit_key)
+    return f"{partition} (candidate {candidate + 1})" if candidate else partition
 
 
 def storage_key(key: str) -> str:

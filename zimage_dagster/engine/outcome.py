@@ -47,6 +47,7 @@ from zimage_dagster.engine.claims import ClaimLostError
 from zimage_dagster.engine.credits import Usage
 from zimage_dagster.engine.decide import Action, Decision, DecisionPolicy, decide, stored_record
 from zimage_dagster.engine.jobs import ImageJob
+from zimage_dagster.engine.keys import describe_unit
 from zimage_dagster.engine.ledger import LedgerConflictError, LedgerEntry, TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, from_provenance
 from zimage_dagster.engine.store import ImageStore, StoredImage
@@ -99,6 +100,8 @@ class ImageFailure:
     >>> job = ImageJob.from_row(PromptRow("fox", "a fox", None, None, None), seed=7)
     >>> ImageFailure(job, "content_policy_violation", "no", False, "t-1").describe()
     'fox: content_policy_violation: no (task t-1)'
+    >>> ImageFailure(replace(job, partition_key="fox...2"), "timeout", "late", True).describe()
+    'fox (candidate 3): timeout: late'
     """
 
     job: ImageJob
@@ -108,9 +111,11 @@ class ImageFailure:
     task_id: str | None = None
 
     def describe(self) -> str:
-        """``<partition>: <code>: <message> (task <id>)``."""
+        """``<partition>: <code>: <message> (task <id>)``; a candidate after the first one is
+        named with its partition, ``<partition> (candidate <n>): ...``, counted from 1 as in the
+        gallery (:func:`~zimage_dagster.engine.keys.describe_unit`)."""
         task = f" (task {self.task_id})" if self.task_id else ""
-        return f"{self.job.partition_key}: {self.code}: {self.message}{task}"
+        return f"{describe_unit(self.job.partition_key)}: {self.code}: {self.message}{task}"
 
 
 @dataclass(frozen=True)
@@ -349,7 +354,7 @@ def _intact(
         return None
     if hashlib.sha256(data).hexdigest() != found.sha256:
         (logger or log).warning(
-            f"partition {job.partition_key}: the stored file {found.path} differs from its "
+            f"partition {describe_unit(job.partition_key)}: the stored file {found.path} differs from its "
             "provenance record (sha256); generating it again"
         )
         return None
