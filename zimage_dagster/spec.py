@@ -257,7 +257,8 @@ class GenerationOptions(dg.Model, dg.Resolvable):
         description=(
             "A partition whose winning review verdict is reject gets N new candidates with new "
             "seeds (derived from the reject record: one reject never pays twice) in the next "
-            "run, under its budgets; the rejected seeds and task IDs stay in the history."
+            "run, under its budgets; the rejected seeds and task IDs stay in the history. "
+            "Turning it off again goes back to the first seeds, and pays for them once more."
         ),
     )
     reuse_stored: bool = Field(

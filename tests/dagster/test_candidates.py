@@ -443,3 +443,10 @@ def test_the_op_regenerates_a_rejected_row_once(emulator: EmulatorServer, tmp_pa
         assert changed == {("p1", 0), ("p1", 1)}
         run_op(regenerate_rejected=True)
         assert emulator.stats()["tasks_created"] == 6
+        # Turned off, the regenerated row goes back to its first seeds (the documented trade-off):
+        # their images were replaced, so they are paid for again, once.
+        back = run_op()
+        assert emulator.stats()["tasks_created"] == 8
+        assert {(r["partition_key"], r["candidate"]): r["seed"] for r in back} == seeds
+        run_op()
+        assert emulator.stats()["tasks_created"] == 8
