@@ -2,7 +2,8 @@
 
 A real ``variants=3`` run (3 prompts, 9 tasks), the gallery with a review token, Playwright:
 next, pick candidate 2 by its number key, reject another partition with a note, undo, export.
-The zip's manifest is checked against the store: the picked candidate's own bytes.
+The zip's manifest is checked against the store: the picked candidate's own bytes. The grid's
+card shows the picked candidate's thumbnail.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import pytest
 from playwright.sync_api import Browser, ViewportSize, expect
 
@@ -101,6 +103,13 @@ def test_keyboard_review_of_three_candidates_picks_candidate_2_and_exports_its_b
         assert verdicts["p2"].note == "all three off-brief, twice"
 
         page.get_by_role("link", name="grid", exact=True).click()
+        # Each card shows its current candidate: the pick (candidate 2 of p1), else the first.
+        thumbs = {k: page.locator(f"article.card[data-key={k}] img") for k in KEYS}
+        for thumb in thumbs.values():
+            thumb.evaluate("i => i.decode()")  # loaded (a failed load logs an error too)
+        sources = {k: thumb.get_attribute("src") or "" for k, thumb in thumbs.items()}
+        assert sources["p1"].endswith("&candidate=1")
+        assert "candidate" not in sources["p0"] + sources["p2"]
         with page.expect_download() as download_info:
             page.locator("#export").click()
         archive = zipfile.ZipFile(io.BytesIO(Path(download_info.value.path()).read_bytes()))
@@ -116,3 +125,11 @@ def test_keyboard_review_of_three_candidates_picks_candidate_2_and_exports_its_b
     assert data == picked.path.read_bytes()
     assert row["seed"] == str(picked.provenance["seed"])
     assert row["task_id"] == picked.provenance["task_id"]
+    # The thumbnail cache holds the picked candidate's thumbnail (named by its sha256).
+    assert (tmp_path / "thumbs" / f"{picked.sha256}-320.jpg").is_file()
+    served = httpx.get(review.url + sources["p1"], timeout=30)
+    assert served.status_code == 200
+    assert served.content == (tmp_path / "thumbs" / f"{picked.sha256}-320.jpg").read_bytes()
+    for wanted in ("3", "../1", "-1"):  # no such candidate: 404
+        thumb_url = links.thumbnail_url("", ASSET, "p1") + f"?candidate={wanted}"
+        assert httpx.get(review.url + thumb_url, timeout=30).status_code == 404

@@ -24,7 +24,7 @@ import getpass
 import os
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
@@ -309,7 +309,15 @@ def create_gallery_app(
                 )
             )
         if located.what == "thumbnail":
-            return _thumbnail(item)
+            wanted = request.query_params.get("candidate", "0")
+            if wanted == "0":
+                return _thumbnail(item)
+            candidate = candidate_at(item, wanted, store)
+            if candidate is None:
+                return _not_found("No such candidate in this partition.")
+            return _thumbnail(
+                replace(item, partition_key=candidate.unit_key, record=candidate.record)
+            )
         if located.what == "image":
             wanted = request.query_params.get("candidate", "0")
             candidate = candidate_at(item, wanted, store) if wanted != "0" else None

@@ -197,10 +197,13 @@ def _badge(status: str) -> str:
     )
 
 
-def _thumb(item: GalleryItem, *, lazy: bool = True) -> str:
+def _thumb(item: GalleryItem, *, lazy: bool = True, candidate: int = 0) -> str:
+    """The thumbnail of candidate ``candidate`` (0: the partition's first image)."""
     record = item.record
     version = (record.sha256 or record.task_id)[:16] if record else ""
     src = links.thumbnail_url("", item.asset, item.partition_key) + f"?v={_text(version)}"
+    if candidate:
+        src += f"&amp;candidate={candidate}"
     loading = " loading='lazy'" if lazy else ""
     return f"<img src='{src}'{loading} alt='{_text(item.prompt[:200])}'>"
 
@@ -300,7 +303,8 @@ def _verdict_badge(verdict: Verdict | None) -> str:
 def _card(item: GalleryItem, query: Query, verdict: Verdict | None = None) -> str:
     href = _with_query(links.partition_url("", item.asset, item.partition_key), query)
     if item.has_image:
-        pic = _thumb(item)
+        picked = verdict.candidate if verdict is not None and verdict.verdict == "pick" else None
+        pic = _thumb(item, candidate=picked or 0)  # the current candidate: the pick, else 0
     else:
         detail = item.error_code or item.status
         pic = f"<div class='nopic'>{_text(detail)}</div>"
