@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.ui._support import chromium_executable, launched_chromium
 from zimage_dagster import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.keys import candidate_key
+from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.reviews import current_verdicts, read_records
 from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.gallery import Gallery, links
@@ -133,3 +135,41 @@ def test_keyboard_review_of_three_candidates_picks_candidate_2_and_exports_its_b
     for wanted in ("3", "../1", "-1"):  # no such candidate: 404
         thumb_url = links.thumbnail_url("", ASSET, "p1") + f"?candidate={wanted}"
         assert httpx.get(review.url + thumb_url, timeout=30).status_code == 404
+
+
+def test_a_failed_candidate_is_listed_with_its_number_on_its_partition_page(
+    review: Gallery, root: Path
+) -> None:
+    """Candidate 3 of p2 failed for good (the emulator fails by prompt, so every candidate of a
+    prompt alike: the failure is written to the ledger here, as the run writes it, and its image
+    removed). The partition page lists it as candidate 3 with its task, code and message; the
+    stored candidates 1 and 2 are still laid out."""
+    store = ImageStore(root)
+    unit = candidate_key("p2", 2)
+    stored = store.find(ASSET, unit)
+    assert stored is not None
+    request = {"prompt": "a fox", "size": "376x376", "seed": int(stored.provenance["seed"]) + 100}
+    ledger = TaskLedger(store)
+    ledger.record_submitted(ASSET, unit, task_id="task-doomed", request=request)
+    ledger.update(
+        ASSET,
+        unit,
+        "task-doomed",
+        "failed",
+        error_code="content_policy_violation",
+        error_message="<b>refused</b>",
+    )
+    for path in (root / ASSET).glob("p2~2.*"):
+        path.unlink()
+    page = httpx.get(review.url + links.partition_url("", ASSET, "p2"), timeout=30)
+    assert page.status_code == 200
+    assert "class='candidates n2'" in page.text
+    (table,) = re.findall(r"<table class='facts' id='failed-candidates'>.*?</table>", page.text)
+    assert re.findall(r"<tr data-candidate='(\d+)'><td>(candidate \d+)</td>", table) == [
+        ("2", "candidate 3")
+    ]
+    assert "task-doomed" in table
+    assert "content_policy_violation" in table
+    assert "&lt;b&gt;refused&lt;/b&gt;" in table  # escaped
+    other = httpx.get(review.url + links.partition_url("", ASSET, "p0"), timeout=30)
+    assert "failed-candidates" not in other.text

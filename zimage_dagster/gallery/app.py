@@ -23,7 +23,7 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
@@ -43,7 +43,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from upath import UPath
 
+from zimage_dagster.engine.keys import candidate_key
+from zimage_dagster.engine.ledger import LedgerEntry, LedgerStatus, TaskLedger
 from zimage_dagster.engine.reviews import (
+    MAX_CANDIDATES,
     NothingToUndoError,
     ReviewError,
     current_verdicts,
@@ -215,6 +218,7 @@ def create_gallery_app(
         cache_dir if cache_dir is not None else default_cache_dir(str(store.root)),
         thumbnail_side,
     )
+    ledger = TaskLedger(store)
 
     def snapshot_assets() -> Mapping[str, AssetIndex]:
         return index.snapshot().assets
@@ -296,6 +300,7 @@ def create_gallery_app(
                 asset, item.partition_key, query, verdicts.keep(asset, query.review)
             )
             history = read_records(store, item.asset, item.partition_key)
+            shown = candidates_of(item, store)
             return _html(
                 pages.partition_page(
                     item,
@@ -305,7 +310,8 @@ def create_gallery_app(
                     verdict=verdicts.of(asset.asset).get(item.partition_key),
                     history=history,
                     visitor=visitor(request),
-                    candidates=candidates_of(item, store),
+                    candidates=shown,
+                    failed=_failed_candidates(item, shown),
                 )
             )
         if located.what == "thumbnail":
@@ -338,6 +344,26 @@ def create_gallery_app(
                 "cache-control": "no-store",
             },
         )
+
+    def _failed_candidates(
+        item: GalleryItem, shown: Sequence[Candidate]
+    ) -> list[tuple[int, LedgerEntry]]:
+        """The candidates ``i >= 1`` with no stored image whose ledger entry says their task
+        failed for good: the gaps among the stored ones, then upwards until a candidate the
+        ledger does not know (one read for a partition of one image)."""
+        have = {c.index for c in shown}
+        failed: list[tuple[int, LedgerEntry]] = []
+        for index in range(1, MAX_CANDIDATES):
+            if index in have:
+                continue
+            entry = ledger.get(item.asset, candidate_key(item.partition_key, index))
+            if entry is None:
+                if index > max(have, default=0):
+                    break
+                continue
+            if entry.status == LedgerStatus.FAILED:
+                failed.append((index, entry))
+        return failed
 
     def _thumbnail(item: GalleryItem) -> Response:
         data = thumbs.get(store, item) if item.has_image else None

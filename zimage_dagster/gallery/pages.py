@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from html import escape
 from urllib.parse import urlencode
 
+from zimage_dagster.engine.ledger import LedgerEntry
 from zimage_dagster.engine.reviews import REVIEW_STATES, ReviewRecord, Verdict, review_state
 from zimage_dagster.gallery import links
 from zimage_dagster.gallery.access import Visitor
@@ -412,6 +413,22 @@ def _earlier(item: GalleryItem) -> str:
     )
 
 
+def _failed_candidates(failed: Sequence[tuple[int, LedgerEntry]]) -> str:
+    """The candidates that failed for good, numbered as the reviewer numbers them (from 1)."""
+    if not failed:
+        return ""
+    rows = "".join(
+        f"<tr data-candidate='{index}'><td>candidate {index + 1}</td>"
+        f"<td class='mono'>{_text(entry.task_id)}</td><td class='bad'>{_text(entry.error_code or '')}</td>"
+        f"<td>{_text(entry.error_message or '')}</td></tr>"
+        for index, entry in failed
+    )
+    return (
+        "<h2>Failed candidates</h2><table class='facts' id='failed-candidates'><tr>"
+        f"<th>candidate</th><th>task ID</th><th>code</th><th>message</th></tr>{rows}</table>"
+    )
+
+
 def _status_block(item: GalleryItem) -> str:
     entry = item.entry
     if item.status not in ("failed", "pending", "expired") or (entry is None and not item.failure):
@@ -556,12 +573,14 @@ def partition_page(
     history: Sequence[ReviewRecord] = (),
     visitor: Visitor | None = None,
     candidates: Sequence[Candidate] | None = None,
+    failed: Sequence[tuple[int, LedgerEntry]] = (),
 ) -> str:
     """A partition's review page: its candidates side by side, fitted to the screen, with the
     verdict, the review forms (``--review``), the prompt and the facts beside them; then the
     review history, earlier tasks and the request that reproduces the image. ``around``: the
     previous and next partitions under the grid's ``query``; ``candidates``: the partition's
-    images (default: :func:`~zimage_dagster.gallery.candidates.candidates_of`)."""
+    images (default: :func:`~zimage_dagster.gallery.candidates.candidates_of`); ``failed``: its
+    candidates whose task failed for good, ``(index, ledger entry)``, listed with their number."""
     record = item.record
     query = query or Query()
     visitor = visitor or Visitor()
@@ -635,7 +654,7 @@ def partition_page(
     parts = [f"<div class='review'>{view}<aside class='side'>{''.join(side)}</aside></div>"]
     if figures:
         parts.append(_status_block(item))
-    parts += [_history(history), _earlier(item)]
+    parts += [_failed_candidates(failed), _history(history), _earlier(item)]
     request = request_json(item)
     body = json.dumps(request, indent=2, ensure_ascii=False)
     curl = (
