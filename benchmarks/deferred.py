@@ -37,9 +37,9 @@ from typing import Any
 import dagster as dg
 
 from benchmarks._common import BenchResult, emulator, prompt_rows, stop_process_group
+from zimage_dagster.engine.collect import COLLECT_TAG
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG
 
 NAME = "deferred"
 TITLE = "9. Deferred mode at scale (1,000 images, 2 s latency, cap 32, real daemon)"

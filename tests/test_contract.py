@@ -30,7 +30,7 @@ from zimage_dagster import (
     build_image_assets,
 )
 from zimage_dagster.emulator import EmulatorServer
-from zimage_dagster.engine.watcher import COLLECT_TAG
+from zimage_dagster.engine.collect import COLLECT_TAG
 from zimage_dagster.ops import build_generate_images_op, load_prompts_op
 
 KEYS = ["fox", "owl", "elk"]

@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "automation_definitions": "sensors",
     "image_metadata": "metadata",
     "usage_metadata": "metadata",
-    "ImageStoreIOManager": "storage",
+    "ImageStoreIOManager": "io_manager",
     "submit_deferred": "step",
     "PromptDataset": "prompts",
     "PromptDatasetError": "prompts",
@@ -61,7 +61,7 @@ _EXPORTS: dict[str, str] = {
     "StoredImage": "engine.store",
     "submit_jobs": "engine.submit",
     "make_thumbnail": "engine.thumbnails",
-    "TaskWatcher": "engine.watcher",
+    "TaskWatcher": "engine.collect",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

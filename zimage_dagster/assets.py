@@ -13,7 +13,7 @@ asset writes through :class:`~zimage_dagster.engine.store.ImageStore` itself and
 (one materialization per partition, with its own metadata). Dagster skips downstream steps *in the
 same run* of an asset that yields no output, so downstream assets (a contact sheet...) run in
 their own runs: an automation condition, a sensor, or a second job. They load images with
-:class:`~zimage_dagster.storage.ImageStoreIOManager`.
+:class:`~zimage_dagster.io_manager.ImageStoreIOManager`.
 """
 
 import os
@@ -33,6 +33,7 @@ from zimage_dagster.checks import (
     check_outputs,
     check_specs,
 )
+from zimage_dagster.engine.collect import COLLECT_TAG, batch_partitions
 from zimage_dagster.engine.jobs import ImageJob, plan_candidates
 from zimage_dagster.engine.keys import partition_key_problem, split_candidate
 from zimage_dagster.engine.ledger import TaskLedger
@@ -40,7 +41,6 @@ from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.reviews import current_verdicts
 from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG, batch_partitions
 from zimage_dagster.gallery.links import gallery_base_url, grid_url
 from zimage_dagster.partitions import partitions_def_for, prompt_key, spec_dataset
 from zimage_dagster.picks import picks_asset

@@ -7,7 +7,7 @@ range copies, for each partition whose verdict is a pick
 provenance into the store under ``<name>_picks`` and records a materialization (its sha256,
 reviewer, candidate). A partition that is rejected or unreviewed is not materialized, and a
 pick stored earlier and since rejected or undone is removed from ``<name>_picks``. A
-publishing asset then loads ``<name>_picks`` with :class:`~zimage_dagster.storage.ImageStoreIOManager`
+publishing asset then loads ``<name>_picks`` with :class:`~zimage_dagster.io_manager.ImageStoreIOManager`
 (``allow_missing_partitions``) and gets approved images alone.
 
 Candidates: a pick names a candidate index (``variants=N``: 0..N-1); :func:`candidate_image`

@@ -12,7 +12,7 @@ after 1, 2 and 4 s. Callbacks are **not signed**, so this receiver:
   no API call), then re-reads the task from the API with its own client, and records what the
   API says: ``completed`` (with ``completed_at``) or ``failed`` (code and message), marked
   ``via: "callback"``, through the one writer of a task's end
-  (:func:`~zimage_dagster.engine.watcher.record_end`). A task the API calls pending or unknown is recorded as nothing; an entry
+  (:func:`~zimage_dagster.engine.collect.record_end`). A task the API calls pending or unknown is recorded as nothing; an entry
   that moved on meanwhile (a collect run marked it ``collected`` during the re-read) is left as it
   is: ledger states only move forward (a compare-and-set, see :mod:`zimage_dagster.engine.ledger`);
 - reads at most 64 KiB of body (413 as soon as ``Content-Length`` or the bytes read say more,
@@ -103,9 +103,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from zimage_dagster.api import AsyncZImageClient, ConfigurationError, NotFoundError, ZImageError
 from zimage_dagster.api._core import DEFAULT_BASE_URL, ENV_BASE_URL, resolve_settings
+from zimage_dagster.engine.collect import record_end
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import record_end
 from zimage_dagster.serving import (
     BodyTooLargeError,
     HelpFormatter,

@@ -1,6 +1,6 @@
 """Sensors of deferred mode and of the dynamic-partitions variant.
 
-- :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.engine.watcher.TaskWatcher`
+- :func:`build_task_status_sensor`: each tick, a :class:`~zimage_dagster.engine.collect.TaskWatcher`
   reads the asset's deferred ledger entries in bulk, polls the open tasks concurrently within a
   time budget (a cursor spreads a large backlog over ticks), and answers with at most one
   collect run per tick, over up to ``max_per_run`` partitions (completed tasks to store, retryable failures to
@@ -46,13 +46,7 @@ from dagster._core.storage.tags import (
 from upath import UPath
 
 from zimage_dagster.dataset.request import request_fingerprint
-from zimage_dagster.engine.decide import Action, DecisionPolicy, decide, stored_record
-from zimage_dagster.engine.jobs import plan_job_for
-from zimage_dagster.engine.keys import split_candidate
-from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
-from zimage_dagster.engine.settings import GenerationPolicy
-from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import (
+from zimage_dagster.engine.collect import (
     COLLECT_TAG,
     DEFAULT_MAX_ACTIVE_RUNS,
     DEFAULT_MAX_COLLECT_RUNS,
@@ -63,6 +57,12 @@ from zimage_dagster.engine.watcher import (
     TaskWatcher,
     TickReport,
 )
+from zimage_dagster.engine.decide import Action, DecisionPolicy, decide, stored_record
+from zimage_dagster.engine.jobs import plan_job_for
+from zimage_dagster.engine.keys import split_candidate
+from zimage_dagster.engine.ledger import LedgerEntry, TaskLedger
+from zimage_dagster.engine.settings import GenerationPolicy
+from zimage_dagster.engine.store import ImageStore
 from zimage_dagster.partitions import partition_range, partitions_def_for, spec_dataset
 from zimage_dagster.prompts import PromptDataset, PromptRow, load_prompts
 from zimage_dagster.spec import ImageAssetSpec

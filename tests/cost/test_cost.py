@@ -26,11 +26,11 @@ from zimage_dagster.balance import BALANCE_CHECK
 from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.atomic import conditional_files
 from zimage_dagster.engine.batch import BatchGenerator
+from zimage_dagster.engine.collect import TaskWatcher
 from zimage_dagster.engine.credits import DAY_S, CreditBudget, SpendCounter, to_micro
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.submit import submit_jobs
-from zimage_dagster.engine.watcher import TaskWatcher
 from zimage_dagster.ops import build_generate_images_op
 from zimage_dagster.prompts import PromptRow
 from zimage_dagster.resource import ZImageResource

@@ -36,11 +36,11 @@ from tests.sensors._support import tick, wait_terminal
 from zimage_dagster import ZImageComponent, build_image_assets
 from zimage_dagster.checks import PARTITIONED_CHECKS, REVIEW_CHECK
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import COLLECT_TAG
 from zimage_dagster.engine.keys import candidate_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.reviews import record_verdict
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.gallery import Gallery, links
 from zimage_dagster.ops import build_generate_images_op
 

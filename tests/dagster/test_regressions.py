@@ -31,10 +31,10 @@ from tests.dagster._support import (
 from zimage_dagster import ImageStoreIOManager, ZImageResource, build_image_assets
 from zimage_dagster.api import AsyncZImageClient, PollPolicy
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import TaskWatcher
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.store import STORAGE_URL_ENV, ImageStore
-from zimage_dagster.engine.watcher import TaskWatcher
 from zimage_dagster.prompts import PromptRow
 from zimage_dagster.step import submit_deferred
 

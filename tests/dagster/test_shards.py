@@ -22,8 +22,8 @@ from zimage_dagster.emulator import EmulatorServer
 from zimage_dagster.engine.manifest import ShardManifest, manifest_schema, read_manifest
 from zimage_dagster.engine.shards import group_by_shard, shard_count
 from zimage_dagster.engine.store import ImageStore
+from zimage_dagster.io_manager import ImageStoreIOManager
 from zimage_dagster.spec import ImageAssetSpec
-from zimage_dagster.storage import ImageStoreIOManager
 
 SHARDS = ["shard-00000", "shard-00001", "shard-00002"]
 

@@ -15,14 +15,14 @@ from hypothesis import strategies as st
 from PIL import Image
 from upath import UPath
 
-import zimage_dagster.storage as storage_module
+import zimage_dagster.io_manager as storage_module
 from zimage_dagster.engine.store import (
     ImageStore,
     UnsafePathError,
     check_path_component,
     extension_for_format,
 )
-from zimage_dagster.storage import ImageStoreIOManager
+from zimage_dagster.io_manager import ImageStoreIOManager
 
 
 def png(color: str = "red", size: tuple[int, int] = (8, 6)) -> bytes:

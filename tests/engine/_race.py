@@ -127,11 +127,11 @@ def create_race(
 
     from zimage_dagster.api import AsyncZImageClient
     from zimage_dagster.engine.batch import BatchGenerator
+    from zimage_dagster.engine.collect import TaskWatcher
     from zimage_dagster.engine.ledger import TaskLedger
     from zimage_dagster.engine.settings import GenerationPolicy
     from zimage_dagster.engine.store import ImageStore
     from zimage_dagster.engine.submit import submit_jobs
-    from zimage_dagster.engine.watcher import TaskWatcher
 
     ledger = TaskLedger(ImageStore(root))
 

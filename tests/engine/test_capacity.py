@@ -20,12 +20,12 @@ import pytest
 
 from zimage_dagster.api import AsyncZImageClient, GenerationRequest, RetryPolicy, Task
 from zimage_dagster.emulator import EmulatorConfig, EmulatorServer
+from zimage_dagster.engine.collect import TaskWatcher, record_end
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.outcome import BatchReport
 from zimage_dagster.engine.settings import GenerationPolicy
 from zimage_dagster.engine.submit import submit_jobs
-from zimage_dagster.engine.watcher import TaskWatcher, record_end
 from zimage_dagster.prompts import PromptRow
 
 ASSET = ("cards",)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from tests.engine import _race
+from zimage_dagster.engine.collect import TaskWatcher
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import TaskWatcher
 
 Root = tuple[str, dict[str, Any]]
 TASK = "task-unified-1796000000-abcdefgh"

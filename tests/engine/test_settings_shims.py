@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from zimage_dagster.api import AsyncZImageClient
+from zimage_dagster.engine.collect import TaskWatcher
 from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.decide import DecisionPolicy
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity
-from zimage_dagster.engine.watcher import TaskWatcher
 
 BUDGET = CreditBudget(max_credits_per_run=0.5, daily_credits=2.0)
 

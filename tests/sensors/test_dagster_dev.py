@@ -17,10 +17,10 @@ import pytest
 
 from benchmarks._common import stop_process_group
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import COLLECT_TAG
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import COLLECT_TAG
 from zimage_dagster.prompts import load_prompts
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.step import submit_deferred

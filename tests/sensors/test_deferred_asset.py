@@ -10,8 +10,8 @@ import dagster as dg
 
 from zimage_dagster import build_image_assets
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import COLLECT_TAG
 from zimage_dagster.engine.ledger import LedgerStatus
-from zimage_dagster.engine.watcher import COLLECT_TAG
 
 from ._support import (
     ROWS,

@@ -17,9 +17,9 @@ import pytest
 
 from zimage_dagster.assets import build_image_definitions
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import batch_digest
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
 from zimage_dagster.engine.store import ImageStore
-from zimage_dagster.engine.watcher import batch_digest
 from zimage_dagster.receiver import (
     MAX_BODY_BYTES,
     CallbackReceiver,

@@ -10,8 +10,8 @@ from dagster import DagsterRun, DagsterRunStatus
 from dagster._core.utils import make_new_run_id
 
 from zimage_dagster.emulator import EmulatorServer
+from zimage_dagster.engine.collect import COLLECT_TAG, batch_digest
 from zimage_dagster.engine.ledger import LedgerStatus, TaskLedger
-from zimage_dagster.engine.watcher import COLLECT_TAG, batch_digest
 from zimage_dagster.sensors import build_task_status_sensor
 from zimage_dagster.spec import ImageAssetSpec
 from zimage_dagster.step import submit_deferred

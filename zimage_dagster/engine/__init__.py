@@ -32,7 +32,7 @@ these modules; they never read it.
 - :mod:`~zimage_dagster.engine.outcome`: one report, one error classification, and acting on a
   decision (``look_up``), shared by blocking and deferred mode.
 - :mod:`~zimage_dagster.engine.batch`: the batch generator (blocking mode).
-- :mod:`~zimage_dagster.engine.submit` and :mod:`~zimage_dagster.engine.watcher`: deferred mode.
+- :mod:`~zimage_dagster.engine.submit` and :mod:`~zimage_dagster.engine.collect`: deferred mode.
 - :mod:`~zimage_dagster.engine.shards` and :mod:`~zimage_dagster.engine.manifest`: sharded mode:
   which shard holds a row, and a shard's Parquet manifest.
 

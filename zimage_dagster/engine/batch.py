@@ -67,6 +67,7 @@ from zimage_dagster.api import (
 )
 from zimage_dagster.engine.atomic import remove_stale_temp_files
 from zimage_dagster.engine.claims import ClaimLostError, Owner, PartitionClaim, PartitionGate
+from zimage_dagster.engine.collect import collected_record
 from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import from_micro, to_micro
 from zimage_dagster.engine.decide import Action, Decision, decide
@@ -86,7 +87,6 @@ from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.settings import GenerationPolicy, RunIdentity, settings_of
 from zimage_dagster.engine.store import AssetLike, ImageStore, asset_parts
 from zimage_dagster.engine.thumbnails import make_thumbnail
-from zimage_dagster.engine.watcher import collected_record
 
 __all__ = ["BatchGenerator"]
 

@@ -18,7 +18,7 @@ instead; each create takes a :meth:`OwnSlots.turn`, whose hook
   when it passes, the head asks again (for slots freed by tasks that are not ours), and if that
   create is accepted, the next in line asks at once too.
 * What is seen is kept: the task's end goes to the ledger
-  (:func:`~zimage_dagster.engine.watcher.record_end`, as the task watcher writes it), so the
+  (:func:`~zimage_dagster.engine.collect.record_end`, as the task watcher writes it), so the
   task-status sensor does not poll it again.
 * :meth:`OwnSlots.aclose` (the last create made) stops following: open tasks are the sensor's.
 
@@ -61,10 +61,10 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 
 from zimage_dagster.api import AsyncZImageClient, CapacityHook, Task, TaskFailedError, ZImageError
+from zimage_dagster.engine.collect import record_end
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.outcome import Log
 from zimage_dagster.engine.store import AssetLike, asset_parts
-from zimage_dagster.engine.watcher import record_end
 
 __all__ = ["OwnSlots"]
 

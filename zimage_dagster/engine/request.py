@@ -10,22 +10,7 @@ with them). Importing a name from here still works, with a ``DeprecationWarning`
 ('DeprecationWarning', 'zimage_dagster.dataset.request')
 """
 
-from __future__ import annotations
-
-import warnings
-from typing import Any
-
-from zimage_dagster.dataset import request as _moved
+from zimage_dagster.engine.moved import forwarder
 
 __all__: list[str] = []
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _moved.__all__:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"zimage_dagster.engine.request.{name} moved to zimage_dagster.dataset.request.{name}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return getattr(_moved, name)
+__getattr__ = forwarder(__name__, "zimage_dagster.dataset.request")

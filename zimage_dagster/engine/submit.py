@@ -3,7 +3,7 @@
 Waiting for the provider inside a running step holds a worker for the whole generation. In
 deferred mode a step only submits (:func:`submit_jobs`): one task per partition (bounded
 concurrency, async client), each task ID written to the ledger (``deferred``: watched by the
-sensor) before anything else. The task watcher (:mod:`zimage_dagster.engine.watcher`, driven by the
+sensor) before anything else. The task watcher (:mod:`zimage_dagster.engine.collect`, driven by the
 task-status sensor) collects the images later.
 
 Per partition, the one decision of blocking mode (:func:`~zimage_dagster.engine.decide.decide`,
