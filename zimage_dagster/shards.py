@@ -48,12 +48,15 @@ from zimage_dagster.gallery.links import gallery_base_url
 from zimage_dagster.prompts import PromptDataset
 from zimage_dagster.resource import ZImageResource
 from zimage_dagster.spec import ImageAssetSpec
-from zimage_dagster.step import StepOptions, run_in_step
+from zimage_dagster.step import StepOptions, refused_in_step, run_in_step
 
-__all__ = ["ShardWriter", "materialize_shards", "shard_metadata"]
+__all__ = ["ShardWriter", "materialize_shards", "shard_metadata", "shard_windows"]
 
 #: Images drawn on a shard's contact sheet.
 SHEET_IMAGES = 8
+#: Rows one engine call works on (whole shards, at least this many): a run's memory follows a
+#: window, not the run.
+WINDOW_ROWS = 4000
 #: Failed keys listed in a shard's table (the manifest holds them all).
 MAX_FAILED_ROWS = 100
 
@@ -161,15 +164,15 @@ class ShardWriter:
             self.write(shard)
 
     def finish(self, report: BatchReport, jobs: Sequence[ImageJob]) -> None:
-        """Write every shard not written yet: outcomes the callbacks did not see (a run refused
-        before it started) from the report, rows with none as ``pending``."""
+        """Write every shard of ``jobs`` not written yet: outcomes the callbacks did not see (a
+        run refused before it started) from the report, rows with none as ``pending``."""
         outcomes: list[ImageSuccess | ImageFailure] = [*report.successes, *report.failures]
         for outcome in outcomes:
             shard = self.shard_of.get(outcome.job.partition_key)
             if shard is not None and outcome.job.partition_key not in self.rows[shard]:
                 self.add(outcome)
         by_key = {job.partition_key: job for job in jobs}
-        for shard in sorted(self.expected):
+        for shard in sorted({self.shard_of[key] for key in by_key}):
             if shard in self.written:
                 continue
             for key in self.expected[shard] - set(self.rows[shard]):
@@ -224,9 +227,11 @@ def materialize_shards(
         for key in shards[shard]
         if (row := dataset.get(key)) is not None
     ]
+    windows = shard_windows(shards, WINDOW_ROWS)
     context.log.info(
-        f"{len(shards)} shard(s), {len(jobs)} row(s): each shard is materialized (manifest, "
-        "counts, failed keys) once all its rows are done"
+        f"{len(shards)} shard(s), {len(jobs)} row(s), in {len(windows)} window(s) of about "
+        f"{WINDOW_ROWS} row(s): each shard is materialized (manifest, counts, failed keys) once "
+        "all its rows are done"
     )
     writer = ShardWriter(context, store, spec.asset_key, shards)
     for shard, keys in shards.items():
@@ -237,22 +242,65 @@ def materialize_shards(
         GenerationPolicy.of(spec, resource).for_shards(),
         gallery_url=gallery_base_url(spec.gallery_url),
     )
-    report = run_in_step(
-        context, resource, ledger, spec.asset_key, jobs, options, on_outcome=writer.add
-    )
-    writer.finish(report, jobs)
-    if report.failures:
-        context.log.warning(
-            f"{len(report.failures)} row(s) failed (see each shard's failed_keys and manifest; "
-            "materializing a shard again retries its failed rows only):\n"
-            + "\n".join(f"- {f.describe()}" for f in report.failures[:MAX_FAILED_ROWS])
+    # over_budget="refuse" judges the whole run before its first window (each window's own
+    # check then sees the run's spend so far: the run's counter is shared by its windows).
+    refused = refused_in_step(context, resource, ledger, spec.asset_key, jobs, options)
+    if refused is not None:
+        writer.finish(refused, jobs)
+        _fail_if_nothing_stored(context, refused.failures, 0)
+    by_shard: dict[str, list[ImageJob]] = {}
+    for job in jobs:
+        by_shard.setdefault(writer.shard_of[job.partition_key], []).append(job)
+    del jobs  # each window keeps its own jobs, outcomes and report only while it runs
+    failures: list[ImageFailure] = []
+    stored = 0
+    for window in windows:
+        window_jobs = [job for shard in window for job in by_shard.pop(shard, [])]
+        if not window_jobs:
+            continue
+        report = run_in_step(
+            context, resource, ledger, spec.asset_key, window_jobs, options, on_outcome=writer.add
         )
-    if report.failures and not report.successes:
+        writer.finish(report, window_jobs)
+        stored += len(report.successes)
+        failures.extend(report.failures)
+        del report, window_jobs
+    _fail_if_nothing_stored(context, failures, stored)
+    yield from ()
+
+
+def shard_windows(shards: dict[str, list[str]], rows: int) -> list[list[str]]:
+    """The shards in order, cut into windows of whole shards of at least ``rows`` rows each
+    (the last may hold fewer): what one engine call works on, so that a run's memory grows
+    with a window, not with the run.
+
+    >>> shard_windows({"s0": ["a", "b"], "s1": ["c"], "s2": ["d", "e"], "s3": []}, 3)
+    [['s0', 's1'], ['s2', 's3']]
+    """
+    windows: list[list[str]] = [[]]
+    size = 0
+    for shard in sorted(shards):
+        if size >= rows:
+            windows.append([])
+            size = 0
+        windows[-1].append(shard)
+        size += len(shards[shard])
+    return [w for w in windows if w]
+
+
+def _fail_if_nothing_stored(
+    context: dg.AssetExecutionContext, failures: Sequence[ImageFailure], stored: int
+) -> None:
+    if failures:
+        context.log.warning(
+            f"{len(failures)} row(s) failed (see each shard's failed_keys and manifest; "
+            "materializing a shard again retries its failed rows only):\n"
+            + "\n".join(f"- {f.describe()}" for f in failures[:MAX_FAILED_ROWS])
+        )
+    if failures and not stored:
         raise dg.Failure(
             description=(
-                f"every one of the {len(report.failures)} row(s) failed, e.g. "
-                f"{report.failures[0].describe()}"
+                f"every one of the {len(failures)} row(s) failed, e.g. {failures[0].describe()}"
             ),
-            allow_retries=report.all_retryable,
+            allow_retries=BatchReport(failures=list(failures)).all_retryable,
         )
-    yield from ()

@@ -41,6 +41,7 @@ from dagster._core.definitions.data_version import (
 
 from zimage_dagster.engine.batch import BatchGenerator
 from zimage_dagster.engine.claims import RunAliveFn
+from zimage_dagster.engine.create import CreateGate
 from zimage_dagster.engine.credits import CreditBudget
 from zimage_dagster.engine.jobs import ImageJob
 from zimage_dagster.engine.ledger import TaskLedger
@@ -64,6 +65,8 @@ __all__ = [
     "made_and_reused",
     "materialized_successes",
     "picks_of",
+    "refused_in_step",
+    "run_identity",
     "run_in_step",
     "submit_deferred",
 ]
@@ -312,6 +315,45 @@ def made_and_reused(report: BatchReport) -> str:
     return f"{made} image(s) generated, {reused} reused, {len(report.failures)} failed"
 
 
+def run_identity(context: StepContext, asset_key: dg.AssetKey) -> RunIdentity:
+    """Who the step's engine works for: the run, the asset, the run storage's liveness."""
+    return RunIdentity(
+        run_id=context.run.run_id,
+        step=asset_key.to_user_string(),
+        is_run_alive=run_alive_fn(context.instance),
+    )
+
+
+def refused_in_step(
+    context: StepContext,
+    resource: ZImageResource,
+    ledger: TaskLedger,
+    asset_key: dg.AssetKey,
+    jobs: Sequence[ImageJob],
+    options: StepOptions = StepOptions(),
+) -> BatchReport | None:
+    """The engine's budget check (:meth:`~zimage_dagster.engine.create.CreateGate.refused`)
+    of ``jobs`` as one batch, before any of them runs: ``None`` when they may start, else the
+    report failing every job with ``budget_refused``. A step that runs its jobs in windows
+    (sharded mode) calls it first, so that ``over_budget="refuse"`` judges the whole run, not
+    one window (the run's spend counter is already shared by its windows: it is the run's)."""
+    policy = options.policy_for(resource)
+
+    async def check() -> BatchReport | None:
+        async with resource.async_client() as client:
+            gate = CreateGate(
+                client,
+                ledger,
+                asset_key.path,
+                policy,
+                run_identity(context, asset_key),
+                logger=context.log,
+            )
+            return await gate.refused(jobs, policy.decision())
+
+    return asyncio.run(check())
+
+
 def run_in_step(
     context: StepContext,
     resource: ZImageResource,
@@ -368,11 +410,7 @@ def run_in_step(
             events.submit(lambda: on_outcome(failure))
 
     policy = options.policy_for(resource)
-    identity = RunIdentity(
-        run_id=context.run.run_id,
-        step=asset_key.to_user_string(),
-        is_run_alive=run_alive_fn(context.instance),
-    )
+    identity = run_identity(context, asset_key)
 
     async def generate() -> BatchReport:
         async with resource.async_client() as client:

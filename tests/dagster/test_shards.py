@@ -231,3 +231,56 @@ def test_refused_combinations_say_why() -> None:
         ImageAssetSpec(asset_name="b", prompts=["x"], partitioning="shards", picks=True)
     with pytest.raises(ValueError, match="variants and regenerate_rejected"):
         ImageAssetSpec(asset_name="b", prompts=["x"], partitioning="shards", variants=2)
+
+
+def test_a_run_over_several_windows_materializes_each_shard_once_and_budgets_the_whole_run(
+    emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zimage_dagster.shards as shards_module
+
+    _fast(emulator)
+    monkeypatch.setattr(shards_module, "WINDOW_ROWS", 20)  # 4 shards of ~15 rows: 2+ windows
+    dataset = rows(60)
+    shards = [f"shard-0000{i}" for i in range(4)]
+    groups = group_by_shard([r["key"] for r in dataset], 4)
+    windows = shards_module.shard_windows({s: groups.get(s, []) for s in shards}, 20)
+    assert len(windows) >= 2
+    # A run budget the first window fits in but the run does not: refused before any task.
+    refused = image_asset(
+        build_image_assets(
+            "bulk",
+            dataset,
+            storage=tmp_path,
+            partitioning="shards",
+            shard_size=15,
+            max_credits_per_run=0.026 * 40,
+            retry_policy=None,
+        )
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(refused, instance, emulator, shards)
+        assert not result.success
+        assert emulator.stats()["tasks_created"] == 0
+        mats = materializations(instance, "bulk")
+        assert sorted(mats) == shards  # every shard's manifest says why (pending: refused)
+        assert sum(m[-1]["failed"].value for m in mats.values()) == 60
+
+    asset = image_asset(
+        build_image_assets("bulk", dataset, storage=tmp_path, partitioning="shards", shard_size=15)
+    )
+    store = ImageStore(tmp_path)
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = _run(asset, instance, emulator, shards)
+        assert result.success
+        assert emulator.stats()["tasks_created"] == 60
+        mats = materializations(instance, "bulk")
+        assert sorted(mats) == shards
+        assert all(len(m) == 1 for m in mats.values())
+        for shard in shards:
+            table = read_manifest(store, "bulk", shard)
+            assert table is not None
+            assert sorted(table.column("key").to_pylist()) == sorted(groups.get(shard, []))
+            assert set(table.column("status").to_pylist()) <= {"stored"}
+            assert mats[shard][0]["stored"].value == len(groups.get(shard, []))
+        logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
+        assert any(f"in {len(windows)} window(s)" in m for m in logs)
