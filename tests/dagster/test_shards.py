@@ -8,6 +8,7 @@ the manifests, the shards' materializations and their metadata, the stable row-t
 from __future__ import annotations
 
 import hashlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,8 @@ import dagster as dg
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
+from dagster._core.launcher import LaunchRunContext
+from dagster._core.launcher.sync_in_memory_run_launcher import SyncInMemoryRunLauncher
 
 from tests.dagster._support import image_asset, make_fast, materializations, resource_for, rows
 from zimage_dagster.assets import build_image_assets
@@ -284,3 +287,128 @@ def test_a_run_over_several_windows_materializes_each_shard_once_and_budgets_the
             assert mats[shard][0]["stored"].value == len(groups.get(shard, []))
         logs = [e.message for e in instance.all_logs(result.run_id) if e.message]
         assert any(f"in {len(windows)} window(s)" in m for m in logs)
+
+
+class ThreadRunLauncher(SyncInMemoryRunLauncher):
+    """Dagster's in-memory launcher, each run on a thread of its own: the backfill daemon's
+    iteration runs inside an event loop, which a run's step (``asyncio.run``) must not share; a
+    deployed launcher starts each run in a process of its own anyway."""
+
+    def launch_run(self, context: LaunchRunContext) -> None:
+        thread = threading.Thread(target=super().launch_run, args=(context,))
+        thread.start()
+        thread.join()
+
+
+_BACKFILL_DEFS = """
+import os
+
+import dagster as dg
+
+from zimage_dagster import ZImageResource, build_image_assets
+
+rows = [
+    {"key": f"p{i}", "prompt": f"a small red fox, study number {i}", "size": "376x376"}
+    for i in range(60)
+]
+defs = dg.Definitions.merge(
+    build_image_assets(
+        "bulk", rows, storage=os.environ["SHARDS_TEST_STORE"], partitioning="shards",
+        shard_size=20, max_partitions_per_run=1,
+    ),
+    dg.Definitions(
+        resources={
+            "zimage": ZImageResource(
+                api_key=os.environ["SHARDS_TEST_KEY"], base_url=os.environ["SHARDS_TEST_URL"],
+                concurrency=24, max_poll_interval=0.25,
+            )
+        },
+        executor=dg.in_process_executor,
+    ),
+)
+"""
+
+
+@pytest.mark.heavy
+def test_a_multi_run_backfill_materializes_each_shard_once_in_a_run_of_its_own(
+    emulator: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster's own backfill (the daemon's iteration, on a real instance) over the shards of an
+    asset with ``max_partitions_per_run=1``: one run per shard, each shard materialized once,
+    one task per row."""
+    import logging
+    import sys
+    import time
+
+    from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.test_utils import create_test_daemon_workspace_context
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+    from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
+    from dagster._daemon.backfill import execute_backfill_iteration
+
+    _fast(emulator)
+    monkeypatch.setenv("SHARDS_TEST_STORE", str(tmp_path / "images"))
+    monkeypatch.setenv("SHARDS_TEST_KEY", emulator.api_key)
+    monkeypatch.setenv("SHARDS_TEST_URL", emulator.url)
+    code = tmp_path / "shard_defs.py"
+    code.write_text(_BACKFILL_DEFS)
+    (tmp_path / "home").mkdir()
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(
+            executable_path=sys.executable,
+            python_file=str(code),
+            working_directory=str(tmp_path),
+            attribute="defs",
+        ),
+        location_name="shards",
+    )
+    with (
+        dg.instance_for_test(
+            overrides={
+                "run_launcher": {"module": __name__, "class": "ThreadRunLauncher"},
+            },
+            temp_dir=str(tmp_path / "home"),
+            synchronous_run_coordinator=True,
+        ) as instance,
+        create_test_daemon_workspace_context(InProcessWorkspaceLoadTarget(origin), instance) as ws,
+    ):
+        graph = ws.create_request_context().asset_graph
+        instance.add_backfill(
+            PartitionBackfill.from_asset_partitions(
+                backfill_id="shards",
+                asset_graph=graph,
+                partition_names=SHARDS,
+                asset_selection=[dg.AssetKey("bulk")],
+                backfill_timestamp=time.time(),
+                tags={},
+                dynamic_partitions_store=instance,
+                all_partitions=False,
+                title=None,
+                description=None,
+                run_config=None,
+            )
+        )
+        for _ in range(10):
+            list(execute_backfill_iteration(ws, logging.getLogger("shards-backfill")))
+            backfill = instance.get_backfill("shards")
+            assert backfill is not None
+            if backfill.status != BulkActionStatus.REQUESTED:
+                break
+        assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
+        runs = instance.get_runs()
+        assert len(runs) == 3
+        assert all(run.status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        ranges = [
+            (
+                run.tags["dagster/asset_partition_range_start"],
+                run.tags["dagster/asset_partition_range_end"],
+            )
+            for run in runs
+        ]
+        assert sorted(ranges) == [(shard, shard) for shard in SHARDS]  # one run per shard
+        mats = materializations(instance, "bulk")
+        assert sorted(mats) == SHARDS
+        assert all(len(m) == 1 for m in mats.values())
+        assert sum(m[0]["stored"].value for m in mats.values()) == 60
+        assert emulator.stats()["tasks_created"] == 60
