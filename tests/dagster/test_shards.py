@@ -395,6 +395,7 @@ def test_a_multi_run_backfill_materializes_each_shard_once_in_a_run_of_its_own(
             assert backfill is not None
             if backfill.status != BulkActionStatus.REQUESTED:
                 break
+        assert backfill is not None
         assert backfill.status == BulkActionStatus.COMPLETED_SUCCESS
         runs = instance.get_runs()
         assert len(runs) == 3
