@@ -71,7 +71,7 @@ class ImageStoreIOManager(dg.ConfigurableIOManager):
 
     ``load_input`` reads ``<root>/<asset>/<partition_key>.<ext>`` for each upstream partition the
     input needs. A sharded image asset (``partitioning="shards"``) loads each shard as its
-    manifest instead: a :class:`~zimage_dagster.engine.manifest.ShardManifest` (its
+    manifest instead: a ``ShardManifest`` of ``zimage_dagster.engine.manifest`` (its
     ``pyarrow.Table`` in ``.table``, and its images read only when asked), or the bare
     ``pyarrow.Table`` for an input annotated so. What each value is:
 

@@ -162,7 +162,7 @@ def test_dg_check_names_the_bad_field(tmp_path: Path) -> None:
     assert done.returncode != 0
     output = done.stdout + done.stderr
     assert "partitioning" in output
-    assert "'static', 'dynamic' or 'daily'" in output
+    assert "'static', 'dynamic', 'daily' or 'shards'" in output
 
     # Bad retry settings.
     defs_yaml.write_text(
