@@ -33,6 +33,7 @@ import httpx
 from PIL import Image, ImageDraw
 
 from benchmarks._common import BenchResult
+from zimage_dagster.engine.keys import candidate_key
 from zimage_dagster.engine.ledger import TaskLedger
 from zimage_dagster.engine.provenance import ImageRecord, to_provenance
 from zimage_dagster.engine.store import ImageStore
@@ -87,10 +88,12 @@ def _image(i: int, base: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def build_store(root: str, n: int) -> dict[str, Any]:
-    """N images with provenance and ledger entries; every 50th partition failed instead.
+def build_store(root: str, n: int, candidates: int = 1) -> dict[str, Any]:
+    """N partitions of ``candidates`` images each (``variants``), with provenance and ledger
+    entries; every 50th partition failed instead.
 
     Written by 8 threads (each write is fsynced: the machine's disk, not Python, is the limit).
+    Candidate ``c`` of a partition is its unit ``candidate_key(key, c)``, as the engine stores it.
     """
     store = ImageStore(root)
     ledger = TaskLedger(store)
@@ -100,16 +103,21 @@ def build_store(root: str, n: int) -> dict[str, Any]:
     prompts = [" ".join(rng.choice(_WORDS) for _ in range(12)) + f" number {i}" for i in range(n)]
 
     def one(i: int) -> bool:
-        key = f"p{i:05d}"
-        task_id = f"task-unified-{1_700_000_000 + i}-{i:08d}"
-        request = {"model": "z-image-turbo", "prompt": prompts[i], "size": "1:1", "seed": i + 1}
+        return all([unit(i, c) for c in range(candidates)])
+
+    def unit(i: int, c: int) -> bool:
+        partition = f"p{i:05d}"
+        key = candidate_key(partition, c)
+        task_id = f"task-unified-{1_700_000_000 + i}-{i:08d}" + (f"-{c}" if c else "")
+        seed = i + 1 + c
+        request = {"model": "z-image-turbo", "prompt": prompts[i], "size": "1:1", "seed": seed}
         ledger.record_submitted(ASSET, key, task_id=task_id, request=request)
         if i % 50 == 49:
             ledger.mark_failed(ASSET, key, task_id, "content_policy_violation", "blocked")
             return False
-        data = _image(i, base)
+        data = _image(i + c * 1_000_003, base)
         record = ImageRecord(
-            seed=i + 1,
+            seed=seed,
             task_id=task_id,
             prompt=prompts[i],
             width=512,
@@ -117,7 +125,7 @@ def build_store(root: str, n: int) -> dict[str, Any]:
             format="JPEG",
             sha256=hashlib.sha256(data).hexdigest(),
             bytes=len(data),
-            partition_key=key,
+            partition_key=partition,
             asset=ASSET,
             created_at=1_700_000_000.0 + i,
         )
