@@ -640,15 +640,20 @@ def run_crash_scenario(
     storage: str,
     storage_options: Mapping[str, Any] | None = None,
     name: str,
+    latency_range_s: tuple[float, float] = (0.4, 1.2),
 ) -> dict[str, Any]:
     """Kill the run's process (SIGKILL) twice, at about a third and two thirds of the way, then
-    resume; see ``test_crash_resume``. Returns the figures."""
+    resume; see ``test_crash_resume``. Returns the figures.
+
+    ``latency_range_s``: the tasks' latencies. The kill must find tasks in flight, so they must
+    outlast the time the test takes to see the run far enough (a scan of the whole ledger, which
+    on an object store is one request per entry)."""
     from zimage_dagster.assets import build_image_assets
 
     rows = dataset(n)
     keys = [r["key"] for r in rows]
     keys_by_prompt = {r["prompt"]: r["key"] for r in rows}
-    emulator.configure(latency_range_s=[0.4, 1.2], estimated_time=1, random_seed=3)
+    emulator.configure(latency_range_s=list(latency_range_s), estimated_time=1, random_seed=3)
     store = ImageStore(storage, storage_options)
     ledger = TaskLedger(store)
     spec = {

@@ -67,6 +67,10 @@ def _crash(
         storage=f"s3://{bucket}/zimage",
         storage_options=s3.storage_options,
         name=name,
+        # moto serves one request at a time (tests/reliability/conftest.py): the test's ledger
+        # scans queue behind the run's writes, so the tasks must last longer than locally for the
+        # kill to find some in flight (0.4-1.2 s: none left once, at load 7).
+        latency_range_s=(1.5, 3.0),
     )
     with dg.DagsterInstance.from_config(str(home)) as instance:
         # The killed runs stay in PostgreSQL as they were left; the resuming run succeeded.
