@@ -297,26 +297,29 @@ class CreateGate:
             raise
         actual = to_micro(task.credits_reserved) if task.credits_reserved is not None else estimate
         # The ledger first: between the provider's answer and this write, a kill leaves a task
-        # the ledger does not know, so nothing else comes before it.
-        await asyncio.to_thread(
-            self.ledger.record_submitted,
-            self.asset,
-            partition_key,
-            task_id=task.id,
-            request=record if record is not None else request.to_wire(),
-            fingerprint=fingerprint,
-            run_id=run_id or self.run_id,
-            extra=extra,
-            credits_reserved=from_micro(actual),
-            resubmits=resubmits,
-            regenerated=regenerated,
-            deferred=deferred,
-        )
-        if actual != estimate:
-            await asyncio.to_thread(self._adjust, taken, actual - estimate)
-        if self.budget.credits_per_task is None and task.credits_reserved is not None:
-            self._price = actual  # the provider's own answer is the best estimate
-        self.usage.created(from_micro(actual))
+        # the ledger does not know, so nothing else comes before it. The task exists and is
+        # billed whatever the write does, so the budget and the usage count it either way.
+        try:
+            await asyncio.to_thread(
+                self.ledger.record_submitted,
+                self.asset,
+                partition_key,
+                task_id=task.id,
+                request=record if record is not None else request.to_wire(),
+                fingerprint=fingerprint,
+                run_id=run_id or self.run_id,
+                extra=extra,
+                credits_reserved=from_micro(actual),
+                resubmits=resubmits,
+                regenerated=regenerated,
+                deferred=deferred,
+            )
+        finally:
+            if actual != estimate:
+                await asyncio.to_thread(self._adjust, taken, actual - estimate)
+            if self.budget.credits_per_task is None and task.credits_reserved is not None:
+                self._price = actual  # the provider's own answer is the best estimate
+            self.usage.created(from_micro(actual))
         return task
 
     def task_failed(self, task: Task) -> None:
